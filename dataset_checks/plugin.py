@@ -1,0 +1,153 @@
+"""pytest adapter: options, one parametrized test per identity, report hooks.
+
+Everything of substance lives in `CheckSession`; the hooks here only translate. Loading the
+plugin imports neither faiss nor numpy-heavy code, so unrelated pytest runs pay nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from .rules import RulesError, load_rules
+from .session import CheckSession, DatasetError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+SESSION = pytest.StashKey[CheckSession]()
+ID_ESCAPING = "disable_test_id_escaping_and_forfeit_all_rights_to_community_support"
+
+
+def _threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [-1, 1], found {text!r}") from None
+    if not math.isfinite(value) or not -1.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [-1, 1], found {text!r}")
+    return value
+
+
+def _existing_dir(text: str) -> Path:
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"not an existing folder: {text!r}")
+    return path.resolve()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("dataset_checks", "face dataset checks (pytest dataset_checks)")
+    group.addoption("--dataset", type=_existing_dir, metavar="PATH",
+                    help="dataset root: one folder per identity (overrides rules.yaml)")
+    group.addoption("--rules", metavar="PATH", help="rules file (default: rules.yaml in the rootdir)")
+    group.addoption("--threshold", type=_threshold, metavar="FLOAT",
+                    help="cosine similarity at or above which two faces of different identities fail "
+                         "(overrides rules.yaml)")
+    group.addoption("--report-dir", metavar="PATH", default=None,
+                    help="where findings.csv and findings.json go (default: reports/ in the rootdir)")
+
+
+def _targets_us(args: list[str]) -> bool:
+    for arg in args:
+        if arg.startswith("-"):
+            continue
+        path = Path(arg.split("::")[0])
+        try:
+            resolved = path.resolve()
+        except OSError:
+            continue
+        if resolved == PACKAGE_DIR or PACKAGE_DIR in resolved.parents:
+            return True
+    return False
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
+    # `pytest dataset_checks` must work from any folder, not only from a checkout of this project:
+    # a bare `dataset_checks` that is not a path there names the installed package.
+    for k, arg in enumerate(args):
+        name = arg.split("::")[0]
+        if name in ("dataset_checks", "dataset_checks/") and not Path(name).exists():
+            args[k] = str(PACKAGE_DIR) + arg[len(name):]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not (_targets_us(config.args) or config.getoption("dataset") or config.getoption("rules")):
+        return
+    rules_path = config.getoption("rules")
+    if rules_path is None:
+        default = config.rootpath / "rules.yaml"
+        rules_path = default if default.is_file() else None
+    try:
+        rules = load_rules(rules_path)
+    except RulesError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    if config.getoption("dataset") is not None:
+        rules = replace(rules, dataset=config.getoption("dataset"))
+    if config.getoption("threshold") is not None:
+        rules = replace(rules, threshold=config.getoption("threshold"))
+    report_dir = config.getoption("report_dir")
+    report_dir = Path(report_dir) if report_dir else config.rootpath / "reports"
+    session = CheckSession(rules, report_dir=report_dir)
+    try:
+        session.identities()
+    except DatasetError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[SESSION] = session
+    # Test ids are the folder names exactly: 高橋 and 髙橋 must read as themselves, not \u escapes.
+    config._inicache[ID_ESCAPING] = True
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    session = config.stash.get(SESSION, None)
+    if session is not None:
+        session.close()
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    # The dataset may live inside the rootdir; its folders are data, never test files.
+    session = config.stash.get(SESSION, None)
+    if session is not None and not session.is_demo:
+        root = session.root
+        if collection_path == root or root in collection_path.parents:
+            return True
+    return None
+
+
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    session = config.stash.get(SESSION, None)
+    return session.header_lines() if session is not None else None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "identity" not in metafunc.fixturenames or not metafunc.definition.path.is_relative_to(PACKAGE_DIR):
+        return
+    session = metafunc.config.stash.get(SESSION, None)
+    identities = session.identities() if session is not None else []
+    metafunc.parametrize("identity", [i.name for i in identities], ids=[i.display for i in identities])
+
+
+@pytest.fixture(scope="session")
+def dataset_checks_session(request: pytest.FixtureRequest) -> CheckSession:
+    session = request.config.stash.get(SESSION, None)
+    if session is None:
+        pytest.skip("dataset_checks is not configured for this run (run `pytest dataset_checks`)")
+    return session
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    check = session.config.stash.get(SESSION, None)
+    if check is not None:
+        check.write_reports()
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    check = config.stash.get(SESSION, None)
+    if check is None or not check.written:
+        return
+    terminalreporter.section("dataset_checks")
+    for line in check.summary_lines():
+        terminalreporter.write_line(line)

@@ -1,0 +1,221 @@
+"""rules.yaml: parsed once, validated, and turned into a typed `Rules` object.
+
+Every error names the file, the key, what was expected and what was found, so a
+user can fix a broken rules file without reading code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+KNOWN_VECTOR_KEYS = ("efficientnetv2_arcface", "dlib")
+INDEX_TYPES = ("auto", "flat", "ivf")
+DEFAULT_THRESHOLD = 0.85
+
+
+class RulesError(ValueError):
+    """A rules.yaml that cannot be used; the message is meant for the user as is."""
+
+    def __init__(self, file: str | Path | None, key: str, expected: str, found: Any):
+        self.file, self.key, self.expected, self.found = file, key, expected, found
+        where = f"{file}: " if file else ""
+        super().__init__(f"{where}key '{key}': expected {expected}, found {found!r}")
+
+
+@dataclass(frozen=True)
+class AllowedPair:
+    identities: frozenset[str]
+    reason: str
+
+    def covers(self, a: str, b: str) -> bool:
+        return frozenset((a, b)) == self.identities
+
+
+@dataclass(frozen=True)
+class IndexRules:
+    type: str = "auto"  # auto | flat | ivf
+    nlist: int | None = None  # None: chosen from the dataset size
+    nprobe: int | None = None  # None: calibrated on a sample against brute force
+    flat_below: int = 20_000  # exact flat search below this many vectors (measured crossover)
+    gpu: bool | None = None  # None: use a GPU when faiss sees one
+    recall_target: float = 0.999  # sampled recall that calibrating nprobe must reach
+
+
+@dataclass(frozen=True)
+class Rules:
+    source: Path | None = None
+    dataset: Path | None = None
+    vector_key: str | None = None  # None: whichever known key is present
+    threshold: float = DEFAULT_THRESHOLD
+    index: IndexRules = field(default_factory=IndexRules)
+    identity_thresholds: dict[str, float] = field(default_factory=dict)
+    allow: tuple[AllowedPair, ...] = ()
+    bad_input: str = "fail"  # fail | warn
+
+    def threshold_for(self, identity: str) -> float:
+        return self.identity_thresholds.get(identity, self.threshold)
+
+    @property
+    def min_threshold(self) -> float:
+        """The search radius: low enough for every per-identity override."""
+        return min([self.threshold, *self.identity_thresholds.values()])
+
+    def allowed(self, a: str, b: str) -> AllowedPair | None:
+        for pair in self.allow:
+            if pair.covers(a, b):
+                return pair
+        return None
+
+
+# -- validation helpers -------------------------------------------------------
+
+
+class _Checker:
+    def __init__(self, file: Path | None):
+        self.file = file
+
+    def fail(self, key: str, expected: str, found: Any) -> RulesError:
+        return RulesError(self.file, key, expected, found)
+
+    def mapping(self, key: str, value: Any, allowed: set[str]) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(key, "a mapping", value)
+        for k in value:
+            if k not in allowed:
+                where = f"{key}.{k}" if key else str(k)
+                raise self.fail(where, f"one of the known keys ({', '.join(sorted(allowed))})", "an unknown key")
+        return value
+
+    def threshold(self, key: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(key, "a number in [-1, 1]", value)
+        value = float(value)
+        if not math.isfinite(value) or not -1.0 <= value <= 1.0:
+            raise self.fail(key, "a number in [-1, 1]", value)
+        return value
+
+    def optional_int(self, key: str, value: Any, minimum: int) -> int | None:
+        if value is None or value == "auto":
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.fail(key, f"'auto' or a whole number >= {minimum}", value)
+        return value
+
+    def choice(self, key: str, value: Any, choices: tuple[str, ...]) -> str:
+        if value not in choices:
+            raise self.fail(key, "one of " + ", ".join(choices), value)
+        return value
+
+
+_TOP_KEYS = {"dataset", "embeddings", "threshold", "index", "identity_thresholds", "allow", "bad_input"}
+
+
+def _recall_target(c: _Checker, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
+        raise c.fail("index.recall_target", "a number in (0, 1]", value)
+    return float(value)
+
+
+def parse_rules(data: Any, file: Path | None = None) -> Rules:
+    """Validate an already-parsed YAML document; relative paths resolve against the file's folder."""
+    c = _Checker(file)
+    data = c.mapping("", data, _TOP_KEYS)
+    base = file.parent if file is not None else Path.cwd()
+
+    dataset = data.get("dataset")
+    if dataset is not None:
+        if not isinstance(dataset, str) or not dataset.strip():
+            raise c.fail("dataset", "a path to the dataset root (a string)", dataset)
+        dataset = (base / Path(dataset).expanduser()).resolve()
+        if not dataset.is_dir():
+            raise c.fail("dataset", "an existing folder", str(dataset))
+
+    emb = c.mapping("embeddings", data.get("embeddings"), {"key"})
+    key = emb.get("key", "auto")
+    if not isinstance(key, str) or not key:
+        raise c.fail("embeddings.key", "'auto' or the name of the vector array in npKnown.npz", key)
+    vector_key = None if key == "auto" else key
+
+    threshold = c.threshold("threshold", data.get("threshold", DEFAULT_THRESHOLD))
+
+    ix = c.mapping("index", data.get("index"), {"type", "nlist", "nprobe", "flat_below", "gpu", "recall_target"})
+    gpu = ix.get("gpu", "auto")
+    if gpu not in ("auto", True, False):
+        raise c.fail("index.gpu", "auto, true or false", gpu)
+    flat_below = ix.get("flat_below", IndexRules.flat_below)
+    if isinstance(flat_below, bool) or not isinstance(flat_below, int) or flat_below < 0:
+        raise c.fail("index.flat_below", "a whole number >= 0", flat_below)
+    index = IndexRules(
+        type=c.choice("index.type", ix.get("type", "auto"), INDEX_TYPES),
+        nlist=c.optional_int("index.nlist", ix.get("nlist"), 1),
+        nprobe=c.optional_int("index.nprobe", ix.get("nprobe"), 1),
+        flat_below=flat_below,
+        gpu=None if gpu == "auto" else gpu,
+        recall_target=_recall_target(c, ix.get("recall_target", IndexRules.recall_target)),
+    )
+
+    overrides_raw = data.get("identity_thresholds") or {}
+    if not isinstance(overrides_raw, dict):
+        raise c.fail("identity_thresholds", "a mapping of identity folder name to threshold", overrides_raw)
+    overrides = {
+        str(name): c.threshold(f"identity_thresholds.{name}", value) for name, value in overrides_raw.items()
+    }
+
+    allow_raw = data.get("allow") or []
+    if not isinstance(allow_raw, list):
+        raise c.fail("allow", "a list of {identities: [A, B], reason: ...}", allow_raw)
+    allow = []
+    for i, entry in enumerate(allow_raw):
+        key_i = f"allow[{i}]"
+        entry = c.mapping(key_i, entry, {"identities", "reason"})
+        names = entry.get("identities")
+        if (
+            not isinstance(names, list)
+            or len(names) != 2
+            or not all(isinstance(n, str) and n for n in names)
+            or names[0] == names[1]
+        ):
+            raise c.fail(f"{key_i}.identities", "a list of two different identity folder names", names)
+        reason = entry.get("reason")
+        if not isinstance(reason, str) or not reason.strip():
+            raise c.fail(f"{key_i}.reason", "a non-empty reason (why these are different people)", reason)
+        allow.append(AllowedPair(frozenset(names), reason.strip()))
+
+    bad_input = c.choice("bad_input", data.get("bad_input", "fail"), ("fail", "warn"))
+    return Rules(
+        source=file,
+        dataset=dataset,
+        vector_key=vector_key,
+        threshold=threshold,
+        index=index,
+        identity_thresholds=overrides,
+        allow=tuple(allow),
+        bad_input=bad_input,
+    )
+
+
+def load_rules(path: str | Path | None) -> Rules:
+    """Read and validate a rules file; `None` or a missing default gives the built-in defaults."""
+    if path is None:
+        return Rules()
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RulesError(path, "(file)", "an existing rules file", "no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RulesError(path, "(file)", "a readable UTF-8 YAML file", str(exc)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "(file)"
+        raise RulesError(path, where, "valid YAML", getattr(exc, "problem", None) or str(exc)) from None
+    return parse_rules(data, path.resolve())

@@ -1,0 +1,353 @@
+"""One similarity search over the whole dataset: every cross-folder pair at or above a threshold.
+
+This is a range search, not a top-k search: a vector in a crowded folder (video frames, bursts)
+has all its k nearest neighbours in its own folder, so a top-k recipe never sees its cross-folder
+match. Here every neighbour with similarity >= the radius is returned, however many there are.
+
+* `flat`: exact `IndexFlatIP` range search (BLAS); chosen below `flat_below` vectors.
+* `ivf`: `IndexIVFFlat` with inner product. `nprobe` is calibrated in the same run: a sample of
+  queries is searched exactly and with the IVF index, and the smallest nprobe that reaches the
+  rules' recall target on it (and misses no sampled clear match) is used.
+* On a GPU (faiss-gpu with a visible device) the same indexes run there; GPU indexes have no range
+  search, so a k-NN search is widened until it reaches below the radius for every query, and the
+  few queries that still saturate the largest k fall back to the CPU range search.
+
+Similarities are recomputed in float64 for the candidates, and only pairs >= the threshold kept,
+so the result is exact for whatever the index returns; candidates are gathered at a radius a
+little below the threshold so that float32 rounding cannot drop a pair sitting on it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from .rules import IndexRules
+
+# float32 dot products of unit vectors are off by at most a few 1e-7 (d <= 4096); the margin
+# keeps every pair whose exact similarity is >= threshold among the candidates.
+RADIUS_MARGIN = 1e-4
+QUERY_BATCH = 4096
+GPU_K_START, GPU_K_MAX = 128, 2048
+CALIBRATION_QUERIES = 512
+MAX_PAIRS_DEFAULT = 5_000_000
+# A sampled miss this far above the threshold is never tolerated, whatever recall_target says:
+# clear matches are the label errors users care about most.
+CLEAR_MATCH_MARGIN = 0.05
+
+
+class SearchTooBroad(RuntimeError):
+    """The threshold matches so many cross-folder pairs that the result would be meaningless."""
+
+
+@dataclass
+class SearchResult:
+    i: np.ndarray  # int64, i < j, row indices into the vector table
+    j: np.ndarray
+    sim: np.ndarray  # float64 cosine similarity, >= threshold
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.i.size)
+
+
+def _faiss():
+    import faiss  # deferred: importing faiss costs time that `--collect-only` must not pay
+
+    return faiss
+
+
+def gpu_count() -> int:
+    faiss = _faiss()
+    get = getattr(faiss, "get_num_gpus", None)
+    try:
+        return int(get()) if get else 0
+    except Exception:  # a CUDA build with a broken driver: run on the CPU
+        return 0
+
+
+def auto_nlist(n: int) -> int:
+    """About 2*sqrt(n) lists, a power of two: measured on the 57k benchmark as the best trade
+    between k-means training (which grows with nlist) and scanning (which shrinks with it)."""
+    if n < 64:
+        return 1
+    return int(2 ** round(math.log2(2 * math.sqrt(n))))
+
+
+def exact_pairs(vectors: np.ndarray, labels: np.ndarray, threshold: float, block: int = 2048) -> SearchResult:
+    """Numpy brute force: the reference every index is checked against (float64 similarities)."""
+    x = np.asarray(vectors, dtype=np.float64)
+    out_i, out_j, out_s = [], [], []
+    for s in range(0, len(x), block):
+        sims = x[s : s + block] @ x.T
+        r, c = np.nonzero(sims >= threshold)
+        r = r + s
+        keep = (r < c) & (labels[r] != labels[c])
+        out_i.append(r[keep])
+        out_j.append(c[keep])
+        out_s.append(sims[r[keep] - s, c[keep]])
+    return _pack(out_i, out_j, out_s)
+
+
+def _pack(out_i, out_j, out_s) -> SearchResult:
+    if not out_i:
+        return SearchResult(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
+    i, j, s = (np.concatenate(a) for a in (out_i, out_j, out_s))
+    order = np.lexsort((j, i, -s))
+    return SearchResult(i[order].astype(np.int64), j[order].astype(np.int64), s[order].astype(np.float64))
+
+
+class _Collector:
+    """Turns raw (query, neighbour) candidates into unique cross-folder pairs >= threshold."""
+
+    def __init__(self, vectors: np.ndarray, labels: np.ndarray, threshold: float, max_pairs: int):
+        self.vectors, self.labels, self.threshold, self.max_pairs = vectors, labels, threshold, max_pairs
+        self.keys: list[np.ndarray] = []
+        self.total = 0
+        self.candidates = 0
+
+    def add(self, q: np.ndarray, nb: np.ndarray) -> None:
+        self.candidates += q.size
+        keep = (nb >= 0) & (self.labels[q] != self.labels[np.maximum(nb, 0)])
+        q, nb = q[keep], nb[keep]
+        if not q.size:
+            return
+        a, b = np.minimum(q, nb), np.maximum(q, nb)
+        sims = np.einsum("ij,ij->i", self.vectors[a].astype(np.float64), self.vectors[b].astype(np.float64))
+        ok = sims >= self.threshold
+        key = np.unique(a[ok].astype(np.int64) * len(self.vectors) + b[ok])
+        self.keys.append(key)
+        self.total += key.size
+        if self.total > 2 * self.max_pairs:
+            self.keys = [np.unique(np.concatenate(self.keys))]
+            self.total = self.keys[0].size
+            if self.total > self.max_pairs:
+                raise SearchTooBroad(
+                    f"more than {self.max_pairs:,} cross-folder pairs reach the threshold {self.threshold:g}: "
+                    "the threshold is too low for these embeddings (descriptors such as dlib's are not centred; "
+                    "different people score about 0.83 there)"
+                )
+
+    def result(self) -> SearchResult:
+        n = len(self.vectors)
+        key = np.unique(np.concatenate(self.keys)) if self.keys else np.zeros(0, np.int64)
+        if key.size > self.max_pairs:
+            raise SearchTooBroad(
+                f"{key.size:,} cross-folder pairs reach the threshold {self.threshold:g}, more than the "
+                f"limit of {self.max_pairs:,}: the threshold is too low for these embeddings"
+            )
+        i, j = key // max(n, 1), key % max(n, 1)
+        s = np.einsum("ij,ij->i", self.vectors[i].astype(np.float64), self.vectors[j].astype(np.float64))
+        return _pack([i], [j], [s])
+
+
+def _range_batches(search: Callable[[np.ndarray], tuple], x: np.ndarray, collector: _Collector, progress, desc: str):
+    starts = range(0, len(x), QUERY_BATCH)
+    it: Iterable[int] = starts
+    bar = None
+    if progress is not None:
+        bar = progress(total=len(x), desc=desc, unit="vec")
+    for s in it:
+        q_idx, nb = search(x[s : s + QUERY_BATCH])
+        collector.add(q_idx + s, nb)
+        if bar is not None:
+            bar.update(min(QUERY_BATCH, len(x) - s))
+    if bar is not None:
+        bar.close()
+
+
+def _cpu_range(index, radius: float) -> Callable[[np.ndarray], tuple]:
+    def run(xb: np.ndarray):
+        lims, _, nb = index.range_search(xb, radius)
+        q = np.repeat(np.arange(len(xb), dtype=np.int64), np.diff(lims.astype(np.int64)))
+        return q, nb.astype(np.int64)
+
+    return run
+
+
+def _gpu_range(gpu_index, cpu_index, radius: float, stats: dict) -> Callable[[np.ndarray], tuple]:
+    """Range search on an index that only has k-NN: widen k until every query reaches below radius."""
+
+    def run(xb: np.ndarray):
+        qs, nbs = [], []
+        todo = np.arange(len(xb))
+        k = GPU_K_START
+        while todo.size:
+            k = min(k, gpu_index.ntotal)
+            dist, nb = gpu_index.search(np.ascontiguousarray(xb[todo]), k)
+            saturated = (dist[:, -1] >= radius) & (k < gpu_index.ntotal)
+            done = ~saturated
+            hit = (dist >= radius) & done[:, None]
+            r, c = np.nonzero(hit)
+            qs.append(todo[r])
+            nbs.append(nb[r, c])
+            todo = todo[saturated]
+            if todo.size and k >= GPU_K_MAX:
+                stats["cpu_fallback_queries"] = stats.get("cpu_fallback_queries", 0) + int(todo.size)
+                q, n = _cpu_range(cpu_index, radius)(np.ascontiguousarray(xb[todo]))
+                qs.append(todo[q])
+                nbs.append(n)
+                break
+            k *= 4
+        return np.concatenate(qs).astype(np.int64), np.concatenate(nbs).astype(np.int64)
+
+    return run
+
+
+def _sample_recall(found: list[set], truth: list[set]) -> float:
+    total = sum(len(t) for t in truth)
+    if total == 0:
+        return 1.0
+    return sum(len(f & t) for f, t in zip(found, truth)) / total
+
+
+def _neighbour_sets(search: Callable, xq: np.ndarray) -> list[set]:
+    q, nb = search(xq)
+    sets: list[set] = [set() for _ in range(len(xq))]
+    for a, b in zip(q.tolist(), nb.tolist()):
+        sets[a].add(b)
+    return sets
+
+
+def find_pairs(
+    vectors: np.ndarray,
+    labels: np.ndarray,
+    threshold: float,
+    rules: IndexRules | None = None,
+    progress: Callable[..., Any] | None = None,
+    max_pairs: int = MAX_PAIRS_DEFAULT,
+    seed: int = 0,
+) -> SearchResult:
+    """Every pair of vectors with different labels and cosine similarity >= threshold.
+
+    `vectors` must be unit length (float32); `labels` gives each row's identity.
+    """
+    rules = rules or IndexRules()
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    labels = np.asarray(labels)
+    n, d = x.shape if x.ndim == 2 else (0, 0)
+    info: dict[str, Any] = {"vectors": n, "dim": d, "threshold": threshold}
+    timings: dict[str, float] = {}
+    info["timings"] = timings
+    if n == 0 or len(np.unique(labels)) < 2:
+        info.update(index="none", device="cpu")
+        empty = np.zeros(0, np.int64)
+        return SearchResult(empty, empty.copy(), np.zeros(0), info)
+
+    faiss = _faiss()
+    radius = float(threshold) - RADIUS_MARGIN
+    kind = rules.type
+    if kind == "auto":
+        kind = "flat" if n < rules.flat_below else "ivf"
+    use_gpu = rules.gpu if rules.gpu is not None else gpu_count() > 0
+    if use_gpu and gpu_count() == 0:
+        raise RuntimeError("index.gpu is true in the rules, but faiss sees no GPU")
+    info["device"] = "gpu" if use_gpu else "cpu"
+    collector = _Collector(x, labels, float(threshold), max_pairs)
+
+    t0 = time.perf_counter()
+    if kind == "flat":
+        cpu_index = faiss.IndexFlatIP(d)
+        cpu_index.add(x)
+        info.update(index="IndexFlatIP")
+    else:
+        nlist = min(rules.nlist or auto_nlist(n), max(1, n // 8))
+        quantizer = faiss.IndexFlatIP(d)
+        cpu_index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        # k-means on a subsample: training dominates the cost on CPUs and the lists only need to
+        # be roughly balanced, not optimal (see benchmarks/ for the measurement).
+        cpu_index.cp.max_points_per_centroid = 32
+        cpu_index.cp.niter = 10
+        cpu_index.cp.seed = seed
+        info.update(index="IndexIVFFlat", nlist=nlist)
+    gpu_index, res = None, None
+    if use_gpu:
+        res = faiss.StandardGpuResources()
+        gpu_index = faiss.index_cpu_to_gpu(res, 0, cpu_index)
+    if kind == "ivf":
+        (gpu_index or cpu_index).train(x)
+        (gpu_index or cpu_index).add(x)
+        if gpu_index is not None:
+            cpu_index = faiss.index_gpu_to_cpu(gpu_index)
+    timings["build"] = time.perf_counter() - t0
+
+    stats: dict[str, Any] = {}
+
+    def searcher():
+        if gpu_index is not None:
+            return _gpu_range(gpu_index, cpu_index, radius, stats)
+        return _cpu_range(cpu_index, radius)
+
+    if kind == "ivf":
+        t0 = time.perf_counter()
+        nprobe, calib = _choose_nprobe(faiss, cpu_index, gpu_index, x, labels, radius, rules, searcher, seed)
+        info.update(nprobe=nprobe, calibration=calib)
+        timings["calibrate"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    _range_batches(searcher(), x, collector, progress, "searching")
+    result = collector.result()
+    timings["search"] = time.perf_counter() - t0
+    info["candidates"] = collector.candidates
+    info.update(stats)
+    result.info = info
+    return result
+
+
+def _set_nprobe(faiss, cpu_index, gpu_index, nprobe: int) -> None:
+    cpu_index.nprobe = nprobe
+    if gpu_index is not None:
+        faiss.GpuParameterSpace().set_index_parameter(gpu_index, "nprobe", nprobe)
+
+
+def _choose_nprobe(faiss, cpu_index, gpu_index, x, labels, radius, rules: IndexRules, searcher, seed) -> tuple[int, dict]:
+    """Smallest nprobe whose recall on a random sample of queries reaches `recall_target`,
+    with no sampled cross-folder miss at or above threshold + CLEAR_MATCH_MARGIN.
+
+    The sample's truth comes from exact search in the same run. Every neighbour counts, same
+    folder included: the index cannot tell folders apart, and they are far more numerous than
+    cross-folder pairs, so the estimate is tighter. A pair (a, b) is found when the search from
+    a probes b's list *or* the search from b probes a's list, since every vector is a query.
+    """
+    nlist = cpu_index.nlist
+    if rules.nprobe:
+        nprobe = min(rules.nprobe, nlist)
+        _set_nprobe(faiss, cpu_index, gpu_index, nprobe)
+        return nprobe, {"mode": "fixed"}
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(len(x), size=min(CALIBRATION_QUERIES, len(x)), replace=False))
+    xq = np.ascontiguousarray(x[sample])
+    flat = faiss.IndexFlatIP(x.shape[1])
+    flat.add(x)
+    truth = _neighbour_sets(_cpu_range(flat, radius), xq)
+    total = sum(len(t) for t in truth)
+    _, own_list = cpu_index.quantizer.search(xq, 1)
+    nprobe = min(4, nlist)
+    tried = {}
+    while True:
+        _set_nprobe(faiss, cpu_index, gpu_index, nprobe)
+        found = _neighbour_sets(searcher(), xq)
+        missed = [(a, b) for a in range(len(xq)) for b in truth[a] - found[a]]
+        n_missed, clear_missed = 0, 0
+        if missed:
+            # The reverse search from b reaches a when a's list is among b's nprobe nearest lists.
+            a_idx = np.array([a for a, _ in missed])
+            b_idx = np.array([b for _, b in missed])
+            _, probes = cpu_index.quantizer.search(np.ascontiguousarray(x[b_idx]), nprobe)
+            lost = ~(probes == own_list[a_idx]).any(axis=1)
+            n_missed = int(lost.sum())
+            a_lost, b_lost = a_idx[lost], b_idx[lost]
+            sims = np.einsum("ij,ij->i", xq[a_lost], x[b_lost])
+            cross = labels[sample[a_lost]] != labels[b_lost]
+            clear_missed = int((cross & (sims >= radius + RADIUS_MARGIN + CLEAR_MATCH_MARGIN)).sum())
+        recall = 1.0 - n_missed / total if total else 1.0
+        tried[nprobe] = recall
+        if (recall >= rules.recall_target and clear_missed == 0) or nprobe >= nlist:
+            break
+        nprobe = min(nprobe * 2, nlist)
+    return nprobe, {"mode": "calibrated", "sample_queries": len(sample),
+                    "sample_neighbours": total, "recall_by_nprobe": tried}
