@@ -68,10 +68,14 @@ def _targets_us(args: list[str]) -> bool:
 def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
     # `pytest dataset_checks` must work from any folder, not only from a checkout of this project:
     # a bare `dataset_checks` that is not a path there names the installed package.
-    for k, arg in enumerate(args):
-        name = arg.split("::")[0]
-        if name in ("dataset_checks", "dataset_checks/") and not Path(name).exists():
-            args[k] = str(PACKAGE_DIR) + arg[len(name):]
+    # The already-parsed positional arguments are rewritten too: pytest loads the initial conftests
+    # from them, and a conftest above the package found only later at collection is an error.
+    namespace = getattr(early_config, "known_args_namespace", None)
+    for argv in (args, getattr(namespace, "file_or_dir", None) or []):
+        for k, arg in enumerate(argv):
+            name = arg.split("::")[0]
+            if name in ("dataset_checks", "dataset_checks/") and not Path(name).exists():
+                argv[k] = str(PACKAGE_DIR) + arg[len(name):]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -135,6 +139,14 @@ def dataset_checks_session(request: pytest.FixtureRequest) -> CheckSession:
     session = request.config.stash.get(SESSION, None)
     if session is None:
         pytest.skip("dataset_checks is not configured for this run (run `pytest dataset_checks`)")
+    # The one search runs here, once per session; with capture suspended its progress bars reach
+    # the terminal instead of the first test's captured output.
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:
+        with capture.global_and_fixture_disabled():
+            session.findings()
+    else:
+        session.findings()
     return session
 
 

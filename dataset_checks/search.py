@@ -160,6 +160,21 @@ def _range_batches(search: Callable[[np.ndarray], tuple], x: np.ndarray, collect
         bar.close()
 
 
+class _stage:
+    """A one-step progress bar for a stage with no natural count (k-means, calibration)."""
+
+    def __init__(self, progress, desc: str):
+        self.bar = progress(total=1, desc=desc, unit="stage") if progress is not None else None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.close()
+
+
 def _cpu_range(index, radius: float) -> Callable[[np.ndarray], tuple]:
     def run(xb: np.ndarray):
         lims, _, nb = index.range_search(xb, radius)
@@ -255,7 +270,8 @@ def find_pairs(
         cpu_index.add(x)
         info.update(index="IndexFlatIP")
     else:
-        nlist = min(rules.nlist or auto_nlist(n), max(1, n // 8))
+        # faiss wants >= 39 training points per list; more lists than that only add noise.
+        nlist = min(rules.nlist or auto_nlist(n), max(1, n // 39))
         quantizer = faiss.IndexFlatIP(d)
         cpu_index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         # k-means on a subsample: training dominates the cost on CPUs and the lists only need to
@@ -269,8 +285,9 @@ def find_pairs(
         res = faiss.StandardGpuResources()
         gpu_index = faiss.index_cpu_to_gpu(res, 0, cpu_index)
     if kind == "ivf":
-        (gpu_index or cpu_index).train(x)
-        (gpu_index or cpu_index).add(x)
+        with _stage(progress, f"training IVF (nlist={info['nlist']})"):
+            (gpu_index or cpu_index).train(x)
+            (gpu_index or cpu_index).add(x)
         if gpu_index is not None:
             cpu_index = faiss.index_gpu_to_cpu(gpu_index)
     timings["build"] = time.perf_counter() - t0
@@ -284,7 +301,8 @@ def find_pairs(
 
     if kind == "ivf":
         t0 = time.perf_counter()
-        nprobe, calib = _choose_nprobe(faiss, cpu_index, gpu_index, x, labels, radius, rules, searcher, seed)
+        with _stage(progress, "calibrating nprobe"):
+            nprobe, calib = _choose_nprobe(faiss, cpu_index, gpu_index, x, labels, radius, rules, searcher, seed)
         info.update(nprobe=nprobe, calibration=calib)
         timings["calibrate"] = time.perf_counter() - t0
 

@@ -1,0 +1,47 @@
+"""Shared fixtures and Hypothesis profiles for the dataset_checks test suite."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    max_examples=25,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.register_profile(
+    "dev",
+    max_examples=40,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
+
+from helpers import ARC, write_dataset  # noqa: E402
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(12345)
+
+
+@pytest.fixture
+def make_dataset(tmp_path):
+    """make_dataset({"A": vecs, ...}, key=..., shape_3d=...) -> dataset root under tmp_path."""
+    counter = iter(range(10_000))
+
+    def make(folders: dict[str, np.ndarray], key: str = ARC, shape_3d: bool = False, name: str | None = None) -> Path:
+        root = tmp_path / (name or f"ds{next(counter)}")
+        return write_dataset(root, folders, key=key, shape_3d=shape_3d)
+
+    return make
+

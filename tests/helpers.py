@@ -1,0 +1,103 @@
+"""Helpers shared by the tests (imported as `helpers`; tests/ is on sys.path)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+ARC = "efficientnetv2_arcface"
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def write_face01(
+    root: Path,
+    identity: str,
+    vectors: np.ndarray,
+    files: Sequence[str] | None = None,
+    key: str = ARC,
+    shape_3d: bool = False,
+    **extra: np.ndarray,
+) -> Path:
+    """root/<identity>/npKnown.npz with `name` and `key` (optionally (N, 1, D))."""
+    folder = Path(root) / identity
+    folder.mkdir(parents=True, exist_ok=True)
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if files is None:
+        files = [f"{identity}_{k + 1:04d}.jpg" for k in range(len(vectors))]
+    arr = vectors[:, None, :] if shape_3d else vectors
+    path = folder / "npKnown.npz"
+    np.savez(path, name=np.array(list(files), dtype=str), **{key: arr}, **extra)
+    return path
+
+
+def write_plain(root: Path, identity: str, vectors: np.ndarray, files: Sequence[str] | None = None) -> Path:
+    """root/<identity>/embeddings.npz with `files` and `vectors`."""
+    folder = Path(root) / identity
+    folder.mkdir(parents=True, exist_ok=True)
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if files is None:
+        files = [f"{identity}_{k + 1:04d}.jpg" for k in range(len(vectors))]
+    path = folder / "embeddings.npz"
+    np.savez(path, files=np.array(list(files), dtype=str), vectors=vectors)
+    return path
+
+
+def write_dataset(root: Path, folders: dict[str, np.ndarray], key: str = ARC, shape_3d: bool = False) -> Path:
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, vecs in folders.items():
+        write_face01(root, name, vecs, key=key, shape_3d=shape_3d)
+    return root
+
+
+def brute_force(vectors: np.ndarray, labels: np.ndarray, threshold: float) -> set[tuple[int, int]]:
+    """Independent reference: every i<j pair of different labels with float64 cosine >= threshold."""
+    x = np.asarray(vectors, dtype=np.float64)
+    sims = x @ x.T
+    labels = np.asarray(labels)
+    out = set()
+    n = len(x)
+    for i in range(n):
+        for j in np.flatnonzero(sims[i, i + 1 :] >= threshold) + i + 1:
+            if labels[i] != labels[j]:
+                out.add((i, int(j)))
+    return out
+
+
+def pair_set(result) -> set[tuple[int, int]]:
+    return set(zip(result.i.tolist(), result.j.tolist()))
+
+
+def tree_state(root: Path) -> dict[str, tuple]:
+    """Every entry under root: content hash and mtime (files), mtime (folders), mode."""
+    import hashlib
+
+    state = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            st = p.lstat()
+            digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+            state[str(p.relative_to(root))] = (digest, st.st_mtime_ns, st.st_mode, st.st_size if digest else None)
+    st = Path(root).stat()
+    state["."] = (None, st.st_mtime_ns, st.st_mode, None)
+    return state
+
+
+
+def clustered(rng: np.random.Generator, sizes: Iterable[int], dim: int, intra: float = 0.6) -> list[np.ndarray]:
+    """One random unit centre per folder; faces around it (ArcFace-like: same person ~intra)."""
+    out = []
+    for n in sizes:
+        c = rng.standard_normal(dim)
+        c /= np.linalg.norm(c)
+        sigma = np.sqrt(1.0 / intra - 1.0) / np.sqrt(dim)
+        out.append((c + sigma * rng.standard_normal((n, dim))).astype(np.float32))
+    return out
