@@ -63,8 +63,15 @@ def build(seed: int = 2024) -> SyntheticDataset:
     return SyntheticDataset(names, files, vectors, planted)
 
 
-def write_demo(root: Path) -> Path:
-    return build().write(Path(root))
+def write_demo(root: Path, images: bool = True) -> Path:
+    """Embeddings, and (images=True) a small drawn face per file, so report.html has thumbnails."""
+    ds = build()
+    ds.write(Path(root))
+    if images:
+        from .portraits import write_portraits
+
+        write_portraits(Path(root), ds.names, ds.files, ds.vectors)
+    return Path(root)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from .baseline import Baseline, BaselineError
 from .rules import RulesError, load_rules
 from .session import CheckSession, DatasetError
 
@@ -47,7 +48,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="cosine similarity at or above which two faces of different identities fail "
                          "(overrides rules.yaml)")
     group.addoption("--report-dir", metavar="PATH", default=None,
-                    help="where findings.csv and findings.json go (default: reports/ in the rootdir)")
+                    help="where findings.csv, findings.json, merge_candidates.csv and report.html go "
+                         "(default: reports/ in the rootdir)")
+    group.addoption("--baseline", metavar="FILE", default=None,
+                    help="accepted findings (findings.csv format): they are waived, only new findings fail")
+    group.addoption("--update-baseline", action="store_true", default=False,
+                    help="accept every current finding and write them to the --baseline file")
 
 
 def _targets_us(args: list[str]) -> bool:
@@ -78,6 +84,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
                 argv[k] = str(PACKAGE_DIR) + arg[len(name):]
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-html's, which reads --html
 def pytest_configure(config: pytest.Config) -> None:
     if not (_targets_us(config.args) or config.getoption("dataset") or config.getoption("rules")):
         return
@@ -95,11 +102,25 @@ def pytest_configure(config: pytest.Config) -> None:
         rules = replace(rules, threshold=config.getoption("threshold"))
     report_dir = config.getoption("report_dir")
     report_dir = Path(report_dir) if report_dir else config.rootpath / "reports"
-    session = CheckSession(rules, report_dir=report_dir)
+    if config.getoption("update_baseline") and not config.getoption("baseline"):
+        raise pytest.UsageError("--update-baseline needs --baseline FILE (the file to write)")
+    try:
+        baseline = config.getoption("baseline") and Baseline.load(
+            Path(config.getoption("baseline")), missing_ok=config.getoption("update_baseline"))
+    except BaselineError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    session = CheckSession(rules, report_dir=report_dir, baseline=baseline or None,
+                           update_baseline=config.getoption("update_baseline"))
+    if hasattr(config.option, "htmlpath"):  # pytest-html is installed (a dependency; -p no:html turns it off)
+        if not config.option.htmlpath:
+            config.option.htmlpath = str(report_dir / "report.html")
+            config.option.self_contained_html = True
+        session.html_path = Path(config.option.htmlpath).expanduser()
     try:
         session.identities()
     except DatasetError as exc:
         raise pytest.UsageError(str(exc)) from None
+    session.cache_root = config.rootpath  # .dataset_checks_cache/ goes there unless rules.yaml says otherwise
     config.stash[SESSION] = session
     # Test ids are the folder names exactly: 高橋 and 髙橋 must read as themselves, not \u escapes.
     config._inicache[ID_ESCAPING] = True
@@ -131,6 +152,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     session = metafunc.config.stash.get(SESSION, None)
     identities = session.identities() if session is not None else []
+    if metafunc.function.__name__ == "test_faces_detected":  # only folders whose images are embedded
+        identities = session.image_identities() if session is not None else []
     metafunc.parametrize("identity", [i.name for i in identities], ids=[i.display for i in identities])
 
 
@@ -163,3 +186,30 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     terminalreporter.section("dataset_checks")
     for line in check.summary_lines():
         terminalreporter.write_line(line)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    check = item.config.stash.get(SESSION, None)
+    spec = getattr(item, "callspec", None)
+    if check is not None and report.when == "call" and spec is not None and "identity" in spec.params:
+        html = check.identity_html(spec.params["identity"])
+        if html:
+            report.extras = [*getattr(report, "extras", []), {"name": "pairs", "format_type": "html",
+                             "content": html, "mime_type": None, "extension": None}]
+    return report
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_html_report_title(report) -> None:
+    if SESSION in report.config.stash:
+        report.title = "dataset_checks report"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_html_results_summary(prefix: list, summary: list, postfix: list, session: pytest.Session) -> None:
+    check = session.config.stash.get(SESSION, None)
+    if check is not None:
+        prefix.append(check.summary_html())
+        postfix.extend(check.sections_html())

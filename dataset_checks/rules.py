@@ -56,6 +56,12 @@ class Rules:
     identity_thresholds: dict[str, float] = field(default_factory=dict)
     allow: tuple[AllowedPair, ...] = ()
     bad_input: str = "fail"  # fail | warn
+    # From images to embeddings (dataset_checks.embed): used for folders with images.
+    embedder: str = "dlib"  # built-in "dlib" or "package.module:callable"
+    threshold_auto: bool = False  # threshold: auto -> the model's documented default
+    centre: bool = False  # subtract the dataset mean before normalising (embeddings.centre)
+    cache_dir: Path | None = None  # None: .dataset_checks_cache/ in the rootdir (or cwd)
+    embed_workers: int | None = None  # None: one process per core
 
     def threshold_for(self, identity: str) -> float:
         return self.identity_thresholds.get(identity, self.threshold)
@@ -90,7 +96,7 @@ class _Checker:
         for k in value:
             if k not in allowed:
                 where = f"{key}.{k}" if key else str(k)
-                raise self.fail(where, f"one of the known keys ({', '.join(sorted(allowed))})", "an unknown key")
+                raise self.fail(where, f"one of the known keys ({', '.join(sorted(allowed))})", f"unknown key {k!r}")
         return value
 
     def threshold(self, key: str, value: Any) -> float:
@@ -114,7 +120,7 @@ class _Checker:
         return value
 
 
-_TOP_KEYS = {"dataset", "embeddings", "threshold", "index", "identity_thresholds", "allow", "bad_input"}
+_TOP_KEYS = {"dataset", "embeddings", "embedder", "threshold", "index", "identity_thresholds", "allow", "bad_input"}
 
 
 def _recall_target(c: _Checker, value: Any) -> float:
@@ -137,13 +143,27 @@ def parse_rules(data: Any, file: Path | None = None) -> Rules:
         if not dataset.is_dir():
             raise c.fail("dataset", "an existing folder", str(dataset))
 
-    emb = c.mapping("embeddings", data.get("embeddings"), {"key"})
+    emb = c.mapping("embeddings", data.get("embeddings"), {"key", "centre", "cache", "workers"})
     key = emb.get("key", "auto")
     if not isinstance(key, str) or not key:
         raise c.fail("embeddings.key", "'auto' or the name of the vector array in npKnown.npz", key)
     vector_key = None if key == "auto" else key
 
-    threshold = c.threshold("threshold", data.get("threshold", DEFAULT_THRESHOLD))
+    centre = emb.get("centre", False)
+    if not isinstance(centre, bool):
+        raise c.fail("embeddings.centre", "true or false", centre)
+    cache = emb.get("cache", "auto")
+    if not isinstance(cache, str) or not cache.strip():
+        raise c.fail("embeddings.cache", "'auto' or a folder path for the embedding cache", cache)
+    cache_dir = None if cache == "auto" else (base / Path(cache).expanduser()).resolve()
+    embed_workers = c.optional_int("embeddings.workers", emb.get("workers"), 1)
+    embedder = data.get("embedder", "dlib")
+    if not isinstance(embedder, str) or not (embedder == "dlib" or _is_callable_spec(embedder)):
+        raise c.fail("embedder", "'dlib' or 'package.module:callable'", embedder)
+
+    threshold_raw = data.get("threshold", DEFAULT_THRESHOLD)
+    threshold_auto = threshold_raw == "auto"
+    threshold = DEFAULT_THRESHOLD if threshold_auto else c.threshold("threshold", threshold_raw)
 
     ix = c.mapping("index", data.get("index"), {"type", "nlist", "nprobe", "flat_below", "gpu", "recall_target"})
     gpu = ix.get("gpu", "auto")
@@ -198,7 +218,18 @@ def parse_rules(data: Any, file: Path | None = None) -> Rules:
         identity_thresholds=overrides,
         allow=tuple(allow),
         bad_input=bad_input,
+        embedder=embedder,
+        threshold_auto=threshold_auto,
+        centre=centre,
+        cache_dir=cache_dir,
+        embed_workers=embed_workers,
     )
+
+
+def _is_callable_spec(text: str) -> bool:
+    module, sep, attr = text.partition(":")
+    parts = module.split(".") + attr.split(".")
+    return bool(sep) and all(p.isidentifier() for p in parts)
 
 
 def load_rules(path: str | Path | None) -> Rules:

@@ -15,9 +15,12 @@ from typing import Any
 
 from . import __version__
 from .discover import Identity, discover_identities
+from .baseline import Baseline
 from .findings import Findings, Verdict, build_findings, write_csv, write_json
+from .merge import MergeCandidate, merge_candidates, write_merge_csv
 from .rules import Rules
 from .search import SearchTooBroad, find_pairs
+from .verify import verify_search
 from .vectors import load_table
 
 
@@ -26,11 +29,21 @@ class DatasetError(RuntimeError):
 
 
 class CheckSession:
-    def __init__(self, rules: Rules, report_dir: Path | None = None, progress: bool | None = None):
+    def __init__(self, rules: Rules, report_dir: Path | None = None, progress: bool | None = None,
+                 baseline: Baseline | None = None, update_baseline: bool = False):
         self.rules = rules
+        self.baseline = baseline  # accepted findings (--baseline); None: every finding counts
+        self.update_baseline = update_baseline  # accept this run's findings and rewrite the baseline
+        self.html_path: Path | None = None  # report.html, written by pytest-html when it is on
+        self._candidates: list[MergeCandidate] | None = None
+        self._thumbs = None
         self.report_dir = Path(report_dir) if report_dir is not None else None
         self.progress = sys.stderr.isatty() if progress is None else progress
         self._demo_dir: Path | None = None
+        self.cache_root: Path | None = None  # where .dataset_checks_cache/ goes (the plugin sets the rootdir)
+        self.faces: dict = {}  # identity name -> embed.FaceReport, for folders whose images were embedded
+        self.embedding: dict[str, Any] = {}
+        self._image_identities: list[Identity] | None = None
         self._identities: list[Identity] | None = None
         self._findings: Findings | None = None
         self.table = None
@@ -84,7 +97,10 @@ class CheckSession:
         progress = self._bar if self.progress else None
         identities = self.identities()
         t0 = time.perf_counter()
-        self.table = table = load_table(self.root, identities, self.rules.vector_key, progress=progress)
+        prepared = self._embed(identities, progress)
+        self.table = table = load_table(self.root, identities, self.rules.vector_key, progress=progress,
+                                        folders=prepared.folders)
+        self._model_rules(table, prepared)
         self.timings["load"] = time.perf_counter() - t0
         error = None
         try:
@@ -96,11 +112,90 @@ class CheckSession:
         except SearchTooBroad as exc:
             error = str(exc)
             self.search = None
+        verification = None
+        if self.search is not None:
+            t0 = time.perf_counter()
+            verification = verify_search(table.vectors, table.identity_of, self.rules.min_threshold,
+                                         self.search.i, self.search.j)
+            self.timings["verify"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        findings = build_findings(table, self.search, self.rules, self.metadata(), error=error)
+        meta = {**self.metadata(), "verification": verification}
+        waive = self.baseline.waivers() if self.baseline is not None else []
+        findings = build_findings(table, self.search, self.rules, meta, waive=waive, error=error)
+        if self.update_baseline and self.baseline is not None:
+            accept = Baseline.accept_all(findings, f"{self.baseline.reason} (accepted by --update-baseline)")
+            findings = build_findings(table, self.search, self.rules, meta, waive=accept, error=error)
         self.timings["findings"] = time.perf_counter() - t0
         findings.metadata["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
+        findings.metadata["embedding"] = self.embedding
+        findings.metadata["faces"] = {
+            r.identity.display: [o.line() for o in r.problems] or ([r.error] if r.error else [])
+            for r in self.faces.values() if r.problems or r.error
+        }
         return findings
+
+    # -- images -> embeddings (dataset_checks.embed) -------------------------------------
+    @property
+    def cache_dir(self) -> Path:
+        """Embedding cache: rules embeddings.cache, else .dataset_checks_cache/ in the rootdir;
+        never inside the dataset (then the user cache folder is used)."""
+        from .embed import DEFAULT_CACHE
+
+        path = self.rules.cache_dir or (self.cache_root or Path.cwd()) / DEFAULT_CACHE
+        root = self.root.resolve()
+        if path.resolve() == root or root in path.resolve().parents:
+            path = Path.home() / ".cache" / "dataset_checks"
+        return path
+
+    def image_identities(self) -> list[Identity]:
+        """Identities whose images the tool embeds: images and no embeddings file (cheap: listings)."""
+        if self._image_identities is None:
+            from .embed import embeddings_file, has_images
+
+            self._image_identities = [
+                i for i in self.identities() if has_images(i.path) and embeddings_file(i.path) is None
+            ]
+        return self._image_identities
+
+    def faces_report(self, name: str):
+        self.findings()
+        return self.faces.get(name)
+
+    def _embed(self, identities, progress):
+        from .embed import prepare
+
+        t0 = time.perf_counter()
+        prepared = prepare(self.root, identities, self.rules.vector_key, self.rules.embedder, self.cache_dir,
+                           workers=self.rules.embed_workers, progress=progress)
+        self.timings["embed"] = time.perf_counter() - t0
+        self.faces = prepared.faces
+        if prepared.stats is not None:
+            self.embedding = {**prepared.embedder.as_dict(), "cache": str(self.cache_dir),
+                              **prepared.stats.as_dict()}
+        elif prepared.embedder is None and any(r.error for r in prepared.faces.values()):
+            self.embedding = {"embedder": self.rules.embedder, "error": next(r.error for r in prepared.faces.values() if r.error)}
+        return prepared
+
+    def _model_rules(self, table, prepared) -> None:
+        """Centre the vectors (embeddings.centre) and resolve `threshold: auto` for the model."""
+        from dataclasses import replace
+
+        from .embed import DEFAULT_THRESHOLDS
+        from .rules import DEFAULT_THRESHOLD
+        from .vectors import centre_vectors
+
+        if self.rules.centre:
+            table.vectors = centre_vectors(table.vectors)
+        if self.rules.threshold_auto:
+            which = "centred" if self.rules.centre else "raw"
+            emb = prepared.embedder
+            if table.key in DEFAULT_THRESHOLDS:
+                value = DEFAULT_THRESHOLDS[table.key][which]
+            elif emb is not None and table.key == emb.name and emb.default_threshold is not None and not self.rules.centre:
+                value = emb.default_threshold
+            else:
+                value = DEFAULT_THRESHOLD
+            self.rules = replace(self.rules, threshold=value)
 
     def verdict(self, name: str) -> Verdict:
         return self.findings().verdicts[name]
@@ -123,6 +218,60 @@ class CheckSession:
             "search": info,
         }
 
+    def merge_candidates(self) -> list[MergeCandidate]:
+        """Identity pairs that may be one person, best evidence first (see merge.py)."""
+        if self._candidates is None:
+            f, t = self.findings(), self.table
+            self._candidates = merge_candidates(t.vectors, t.identity_of, [i.name for i in t.identities], f.pairs)
+        return self._candidates
+
+    def baseline_status(self) -> dict[str, Any] | None:
+        if self.baseline is None or self._findings is None:
+            return None
+        if self.update_baseline:
+            entries = sum(1 for p in self._findings.pairs if p.waived and p.waived.startswith("baseline"))
+            return {"path": str(self.baseline.path), "entries": entries, "updated": True, "stale": 0}
+        return {"path": str(self.baseline.path), "entries": len(self.baseline.entries),
+                "stale": len(self.baseline.stale(self._findings))}
+
+    # -- report.html pieces (pytest-html hooks call these) ---------------------------------
+    def thumbnails(self):
+        if self._thumbs is None:
+            from .thumbnails import Thumbnails
+
+            self._thumbs = Thumbnails(self.root)
+        return self._thumbs
+
+    def report_files(self) -> list[Path]:
+        files = [p for p in self.written]
+        if self.html_path is not None:
+            files.append(self.html_path)
+        return files
+
+    def summary_html(self) -> str:
+        from .report import summary_html
+
+        if self._findings is None:
+            return ""
+        return summary_html(self._findings, self.merge_candidates(), [str(p) for p in self.report_files()],
+                            self.baseline_status())
+
+    def sections_html(self) -> list[str]:
+        from .report import merge_html, waived_html
+
+        if self._findings is None:
+            return []
+        return [merge_html(self.merge_candidates(), self.thumbnails()), waived_html(self._findings)]
+
+    def identity_html(self, name: str) -> str:
+        """Offending pairs with thumbnails for a failing identity; waived pairs by name."""
+        from .report import identity_html
+
+        if self._findings is None or name not in self._findings.verdicts:
+            return ""
+        verdict = self._findings.verdicts[name]
+        return identity_html(verdict, self.thumbnails() if verdict.status == "fail" else None)
+
     # -- output --------------------------------------------------------------------------
     def write_reports(self) -> list[Path]:
         if self._findings is None or self.report_dir is None:
@@ -130,7 +279,10 @@ class CheckSession:
         self.written = [
             write_csv(self._findings, self.report_dir / "findings.csv"),
             write_json(self._findings, self.report_dir / "findings.json"),
+            write_merge_csv(self.merge_candidates(), self.report_dir / "merge_candidates.csv"),
         ]
+        if self.update_baseline and self.baseline is not None:
+            self.written.append(self.baseline.write(self._findings))
         return self.written
 
     def header_lines(self) -> list[str]:
@@ -139,7 +291,8 @@ class CheckSession:
         overrides = f", {len(r.identity_thresholds)} per-identity override(s)" if r.identity_thresholds else ""
         return [
             f"dataset_checks: {where}",
-            f"dataset_checks: rules {r.source or '(defaults)'}; cosine threshold {r.threshold:g}{overrides}; "
+            f"dataset_checks: rules {r.source or '(defaults)'}; cosine threshold "
+            f"{'auto (the model default)' if r.threshold_auto else format(r.threshold, 'g')}{overrides}; "
             f"index {r.index.type}",
         ]
 
@@ -174,5 +327,21 @@ class CheckSession:
                          f"with {top.other_identity}")
         if len(failing) > limit:
             lines.append(f"  ... and {len(failing) - limit} more failing identities")
-        lines += [f"wrote {p}" for p in self.written]
+        verification = meta.get("verification")
+        if verification:
+            from .report import verification_text
+
+            lines.append(f"search recall on a sample: {verification_text(verification)}")
+        candidates = self.merge_candidates()
+        if candidates:
+            lines.append(f"folders that may be one person ({len(candidates)} pair(s), best evidence first):")
+            lines += [f"  {c.line()}" for c in candidates[:5]]
+        status = self.baseline_status()
+        if status:
+            if status.get("updated"):
+                lines.append(f"baseline {status['path']}: rewritten with {status['entries']} accepted finding(s)")
+            else:
+                stale = f"; {status['stale']} no longer found (--update-baseline drops them)" if status["stale"] else ""
+                lines.append(f"baseline {status['path']}: {status['entries']} accepted finding(s) waived{stale}")
+        lines += [f"wrote {p}" for p in self.report_files()]
         return lines

@@ -16,3 +16,22 @@ def test_identity(identity, dataset_checks_session):
         pytest.fail(verdict.message(), pytrace=False)
     for problem in verdict.problems:
         warnings.warn(DatasetWarning(str(problem)), stacklevel=1)
+
+
+def test_faces_detected(identity, dataset_checks_session):
+    """Every image of this folder (embedded by the tool) decodes and shows exactly one face.
+
+    Collected only for folders with images and no embeddings file. Images with no face, several
+    faces, or unreadable data are listed here; the rest of the folder is still checked by
+    test_identity. Conversions (greyscale, CMYK, 16-bit, EXIF rotation) are warnings.
+    """
+    report = dataset_checks_session.faces_report(identity)
+    if report is None:
+        return
+    rules = dataset_checks_session.rules
+    if report.error or report.problems:
+        if rules.bad_input == "fail" or report.error:
+            pytest.fail(report.message(), pytrace=False)
+        warnings.warn(DatasetWarning(report.message()), stacklevel=1)
+    for outcome in report.notes:
+        warnings.warn(DatasetWarning(outcome.line()), stacklevel=1)

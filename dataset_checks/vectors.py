@@ -116,7 +116,7 @@ def read_folder(identity: Identity, root: Path, vector_key: str | None) -> Folde
         out.problems.append(Problem(rel, f"cannot be read: {exc.strerror or exc}"))
         return out
     except ValueError as exc:
-        if "allow_pickle" in str(exc):
+        if "allow_pickle" in str(exc) and zipfile.is_zipfile(path):  # an npz whose arrays are objects
             msg = "holds Python objects (pickled arrays); re-save names with dtype=str and vectors as float arrays"
         else:
             msg = f"corrupt or truncated archive ({exc})"
@@ -162,15 +162,21 @@ def load_table(
     vector_key: str | None = None,
     progress: Callable[..., Iterable] | None = None,
     workers: int | None = None,
+    folders: list[FolderVectors] | None = None,
 ) -> VectorTable:
-    """Load all identity folders into one `VectorTable`."""
+    """Load all identity folders into one `VectorTable`.
+
+    `folders`: already-read folders, one per identity in order (images embedded by
+    `dataset_checks.embed.prepare`); then no file is read here.
+    """
     root = Path(root)
     workers = workers or min(8, (os.cpu_count() or 1) * 2)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda ident: read_folder(ident, root, vector_key), identities)
-        if progress is not None:
-            results = progress(results, total=len(identities), desc="loading", unit="folder")
-        folders = list(results)
+    if folders is None:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = pool.map(lambda ident: read_folder(ident, root, vector_key), identities)
+            if progress is not None:
+                results = progress(results, total=len(identities), desc="loading", unit="folder")
+            folders = list(results)
 
     key = choose_key(folders, vector_key)
     # The dataset's dimension is the most common one under the chosen key, so one stray folder
@@ -189,7 +195,8 @@ def load_table(
         arr = f.arrays.get(key) if key else None
         if f.source is not None and arr is None and not f.problems:
             others = ", ".join(f.arrays) or "none"
-            probs.append(Problem(_rel(root, f.source), f"no '{key}' vectors (this folder has: {others}); the dataset uses '{key}'"))
+            probs.append(Problem(_rel(root, f.source), f"no '{key}' vectors (this folder has: {others}); the dataset uses '{key}' "
+                                                      "(vectors of two models are never compared)"))
         if arr is not None:
             rel = _rel(root, f.source)
             if arr.shape[1] != dim:
@@ -225,6 +232,15 @@ def load_table(
         counts=counts,
         sources=sources,
     )
+
+
+def centre_vectors(vectors: np.ndarray) -> np.ndarray:
+    """Unit rows minus their mean, re-normalised (rules embeddings.centre). Rows that end at zero
+    length (only possible with one vector) stay zero."""
+    if len(vectors) < 2:
+        return vectors
+    centred, _ = normalise(vectors.astype(np.float64) - vectors.mean(axis=0, dtype=np.float64))
+    return np.ascontiguousarray(centred, dtype=np.float32)
 
 
 def normalise(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

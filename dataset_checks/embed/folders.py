@@ -1,0 +1,228 @@
+"""Per identity folder: vectors from its embeddings file, from its images, or both (stale files).
+
+* embeddings file, no images: the file as is (vectors-only datasets).
+* images, no embeddings file: every image embedded (cache first) with the configured embedder.
+* both: the file's name list is compared with the images. Files it lists that are gone are
+  dropped; images it does not list are embedded when the embedder makes the same model's vectors
+  as the file, else reported as not checked. Either way the folder is reported as stale.
+
+Nothing here writes into the dataset.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..discover import Identity, display_name
+from ..vectors import FACE01_FILE, PLAIN_FILE, FolderVectors, Problem, read_folder
+from .cache import Entry
+from .images import list_images
+from .models import EmbedderInfo, EmbedderUnavailable, get_embedder
+from .pool import EmbedStats, embed_images
+
+
+@dataclass
+class ImageOutcome:
+    file: str
+    entry: Entry
+
+    @property
+    def problem(self) -> str | None:
+        e = self.entry
+        if e.error:
+            return e.error
+        if e.faces == 0 or e.vector is None:
+            return "no face found"
+        if e.faces > 1:
+            return f"{e.faces} faces found; the one nearest the image centre is used"
+        return None
+
+    def line(self) -> str:
+        text = display_name(self.file) + ": " + (self.problem or "ok")
+        return text + (f" ({'; '.join(self.entry.notes)})" if self.entry.notes else "")
+
+
+@dataclass
+class FaceReport:
+    """What face detection found in one identity's images (for test_faces_detected)."""
+
+    identity: Identity
+    outcomes: list[ImageOutcome] = field(default_factory=list)
+    error: str | None = None  # the images could not be embedded at all (no embedder)
+
+    @property
+    def problems(self) -> list[ImageOutcome]:
+        return [o for o in self.outcomes if o.problem]
+
+    @property
+    def notes(self) -> list[ImageOutcome]:
+        return [o for o in self.outcomes if not o.problem and o.entry.notes]
+
+    @property
+    def faces_used(self) -> int:
+        return sum(1 for o in self.outcomes if o.entry.vector is not None)
+
+    def message(self) -> str:
+        name = self.identity.display
+        if self.error:
+            return f"{name}: images not embedded: {self.error}"
+        lines = [f"{name}: {len(self.problems)} of {len(self.outcomes)} image(s) with a face problem "
+                 f"({self.faces_used} face(s) used):"]
+        lines += ["  " + o.line() for o in self.problems]
+        return "\n".join(lines)
+
+
+@dataclass
+class Prepared:
+    folders: list[FolderVectors]
+    faces: dict[str, FaceReport]
+    embedder: EmbedderInfo | None
+    stats: EmbedStats | None
+
+
+def embeddings_file(folder: Path) -> Path | None:
+    for name in (FACE01_FILE, PLAIN_FILE):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _stale_plan(fv: FolderVectors, images: list[Path]):
+    present = {p.name for p in images}
+    listed = set(fv.names)
+    removed = [n for n in fv.names if n not in present]
+    added = [p for p in images if p.name not in listed]
+    return removed, added
+
+
+def prepare(
+    root: Path,
+    identities: list[Identity],
+    vector_key: str | None,
+    embedder_spec: str,
+    cache_dir: Path,
+    workers: int | None = None,
+    progress: Callable | None = None,
+) -> Prepared:
+    root = Path(root)
+
+    def scan(ident: Identity):
+        images = list_images(ident.path)
+        has_file = embeddings_file(ident.path) is not None
+        fv = read_folder(ident, root, vector_key) if has_file or not images else None
+        return ident, images, fv
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        scanned = list(pool.map(scan, identities))
+
+    # What needs embedding: image-only folders, and images a stale embeddings file does not list.
+    wanted: list[Path] = []
+    plans = []
+    for ident, images, fv in scanned:
+        if fv is None:
+            plans.append((ident, fv, images, [], images))
+            wanted += images
+        elif images and fv.names is not None and fv.arrays:
+            removed, added = _stale_plan(fv, images)
+            plans.append((ident, fv, images, removed, added))
+            wanted += added
+        else:
+            plans.append((ident, fv, images, [], []))
+
+    embedder, unavailable, entries, stats = None, None, {}, None
+    if wanted:
+        try:
+            embedder = get_embedder(embedder_spec)
+        except EmbedderUnavailable as exc:
+            unavailable = str(exc)
+        if embedder is not None:
+            entries, stats = embed_images(wanted, embedder, cache_dir, workers=workers, progress=progress)
+
+    folders, faces = [], {}
+    for ident, fv, images, removed, added in plans:
+        rel = display_name(ident.name)
+        if fv is None:  # image-only folder
+            report = FaceReport(ident, error=unavailable)
+            out = FolderVectors(ident, source=ident.path)
+            if unavailable:
+                out.problems.append(Problem(rel + "/", f"{len(images)} image(s) and no embeddings file; "
+                                                       f"not embedded: {unavailable}"))
+            else:
+                names, vecs = [], []
+                for p in images:
+                    e = entries[p]
+                    report.outcomes.append(ImageOutcome(p.name, e))
+                    if e.vector is not None:
+                        names.append(p.name)
+                        vecs.append(e.vector)
+                out.names = names
+                if vecs:
+                    out.arrays[embedder.name] = np.stack(vecs)
+                else:
+                    out.problems.append(Problem(rel + "/", f"none of its {len(images)} image(s) gave a face "
+                                                           "(see test_faces_detected)"))
+            faces[ident.name] = report
+            folders.append(out)
+            continue
+        if not (removed or added):
+            folders.append(fv)
+            continue
+        folders.append(_refresh(fv, root, removed, added, entries, embedder, unavailable))
+    return Prepared(folders, faces, embedder, stats)
+
+
+def _refresh(fv: FolderVectors, root: Path, removed: list[str], added: list[Path],
+             entries: dict[Path, Entry], embedder: EmbedderInfo | None, unavailable: str | None) -> FolderVectors:
+    """A stale embeddings file: drop vectors of gone files, add fresh ones for new images."""
+    try:
+        rel = display_name(str(fv.source.relative_to(root)))
+    except ValueError:
+        rel = display_name(str(fv.source))
+    keep = [i for i, n in enumerate(fv.names) if n not in set(removed)]
+    out = FolderVectors(fv.identity, source=fv.source, problems=list(fv.problems))
+    out.names = [fv.names[i] for i in keep]
+    out.arrays = {k: a[keep] for k, a in fv.arrays.items()}
+    what = []
+    if added:
+        what.append(f"{len(added)} image(s) not in its name list ({_few([p.name for p in added])})")
+    if removed:
+        what.append(f"{len(removed)} listed file(s) no longer in the folder ({_few(removed)}); their vectors are dropped")
+    stale = "stale: " + "; ".join(what)
+    if not added:
+        out.problems.append(Problem(rel, stale, fatal=False))
+        return out
+    if embedder is None or embedder.name not in out.arrays:
+        if embedder is None:
+            why = unavailable or "no embedder"
+        else:
+            why = (f"the embedder makes '{embedder.name}' vectors and this file holds "
+                   f"{', '.join(repr(k) for k in out.arrays)}; vectors of two models are never compared")
+        out.problems.append(Problem(rel, f"{stale}; the new images are not checked: {why}"))
+        return out
+    new_names, new_vecs, failed = [], [], []
+    for p in added:
+        e = entries[p]
+        if e.vector is None:
+            failed.append(f"{p.name}: {ImageOutcome(p.name, e).problem}")
+        else:
+            new_names.append(p.name)
+            new_vecs.append(e.vector)
+    base = out.arrays[embedder.name]
+    out.arrays = {embedder.name: np.concatenate([base.reshape(base.shape[0], -1).astype(np.float32),
+                                                 np.array(new_vecs, dtype=np.float32).reshape(len(new_vecs), -1)])}
+    out.names = out.names + new_names
+    msg = f"{stale}; fresh '{embedder.name}' vectors are used for the new images"
+    if failed:
+        msg += "; no face used from: " + "; ".join(failed)
+    out.problems.append(Problem(rel, msg, fatal=False))
+    return out
+
+
+def _few(names: list[str], n: int = 5) -> str:
+    shown = ", ".join(display_name(x) for x in names[:n])
+    return shown + (f", ... {len(names) - n} more" if len(names) > n else "")

@@ -1,0 +1,170 @@
+"""Folders that may be one person: identity pairs ranked by the evidence that they should merge.
+
+A finding says "this face of A matches that face of B". Many findings between the same two
+folders, in both directions, say more: A and B may be one person under two names (a
+transliteration variant, a name order swap, a nickname), or one folder may hold the other's
+photos. For every identity pair with at least one finding this module gathers:
+
+* faces of A that match some face of B (distinct), and faces of B that match A;
+* the best similarity of any pair;
+* the cosine of the two folders' mean vectors, after centring: the dataset mean is subtracted
+  from every vector before the means are taken (descriptors such as dlib's are not centred, so
+  every raw mean looks like every other; for centred embeddings such as ArcFace this changes
+  nothing);
+* the ranking score: that cosine corrected for crowding (CSLS, as in cross-lingual word
+  matching): score = 2*cos(A, B) - r(A) - r(B), where r(X) is the mean cosine of X's mean vector
+  to its `k` nearest other folder means. In a crowded region of the embedding space (dlib puts
+  many East Asian faces close together, for instance) every pair of folders is close; a pair
+  that stands out against its own neighbourhood is the better evidence. On LFW this brings
+  name variants (Joseph_Blatter / Sepp_Blatter, Felipe_De_Borbon / Prince_Felipe) up among the
+  duplicated photos, above look-alikes that merely share a crowded region.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from .discover import display_name
+from .findings import Finding, _atomic_write
+
+CSLS_K = 5
+EXAMPLES = 4
+CSV_HEADER = (
+    "rank", "identity", "other_identity", "score", "mean_cosine", "best_similarity",
+    "faces_matching", "faces", "other_faces_matching", "other_faces", "pairs", "waived",
+)
+
+
+@dataclass
+class MergeCandidate:
+    identity: str
+    other_identity: str
+    faces_matching: int  # distinct faces of `identity` that match a face of `other_identity`
+    faces: int  # faces (usable vectors) in `identity`
+    other_faces_matching: int
+    other_faces: int
+    pairs: int
+    best_similarity: float
+    mean_cosine: float  # centred mean vectors
+    score: float
+    examples: list[Finding] = field(default_factory=list)  # the best pairs, best first
+    waived: str | None = None  # set when every pair between the two is waived
+
+    def row(self, rank: int) -> tuple:
+        return (
+            rank, display_name(self.identity), display_name(self.other_identity), f"{self.score:.4f}",
+            f"{self.mean_cosine:.4f}", f"{self.best_similarity:.6f}", self.faces_matching, self.faces,
+            self.other_faces_matching, self.other_faces, self.pairs, self.waived or "",
+        )
+
+    def line(self) -> str:
+        return (
+            f"{display_name(self.identity)} + {display_name(self.other_identity)}: score {self.score:.3f}, "
+            f"{self.faces_matching}/{self.faces} and {self.other_faces_matching}/{self.other_faces} faces match, "
+            f"best {self.best_similarity:.4f}, mean-vector cosine {self.mean_cosine:.3f}"
+            + (f" (waived: {self.waived})" if self.waived else "")
+        )
+
+
+def folder_means(vectors: np.ndarray, owner: np.ndarray, n_identities: int) -> np.ndarray:
+    """Unit mean vector of every identity after centring (zero rows for empty identities)."""
+    x = np.asarray(vectors, dtype=np.float64)
+    means = np.zeros((n_identities, x.shape[1] if x.ndim == 2 else 0))
+    if len(x) == 0:
+        return means
+    xc = x - x.mean(axis=0)
+    norms = np.linalg.norm(xc, axis=1, keepdims=True)
+    xc /= np.where(norms > 0, norms, 1.0)
+    order = np.argsort(owner, kind="stable")
+    ids, starts = np.unique(np.asarray(owner)[order], return_index=True)
+    means[ids] = np.add.reduceat(xc[order], starts, axis=0)
+    norms = np.linalg.norm(means, axis=1, keepdims=True)
+    return means / np.where(norms > 0, norms, 1.0)
+
+
+def _crowding(means: np.ndarray, rows: np.ndarray, k: int, block: int = 1024) -> np.ndarray:
+    """Mean cosine of each of `rows`' mean vectors to its k nearest other (non-empty) means."""
+    present = np.flatnonzero(np.linalg.norm(means, axis=1) > 0)
+    k = min(k, present.size - 1)
+    out = np.zeros(rows.size)
+    if k <= 0:
+        return out
+    m = means[present]
+    for s in range(0, rows.size, block):
+        q = rows[s : s + block]
+        sims = means[q] @ m.T
+        sims[present[None, :] == q[:, None]] = -np.inf  # not itself
+        top = -np.partition(-sims, k - 1, axis=1)[:, :k]
+        out[s : s + block] = top.mean(axis=1)
+    return out
+
+
+def merge_candidates(
+    vectors: np.ndarray,
+    owner: np.ndarray,
+    names: list[str],
+    pairs: Iterable[Finding],
+    k: int = CSLS_K,
+    examples: int = EXAMPLES,
+) -> list[MergeCandidate]:
+    """Every identity pair with at least one finding (waived ones included), best evidence first."""
+    index = {name: i for i, name in enumerate(names)}
+    sizes = np.bincount(np.asarray(owner, dtype=np.int64), minlength=len(names))
+    groups: dict[tuple[str, str], list[Finding]] = {}
+    for f in pairs:
+        a, b = sorted((f.identity, f.other_identity))
+        groups.setdefault((a, b), []).append(f)
+    if not groups:
+        return []
+    means = folder_means(vectors, owner, len(names))
+    keys = list(groups)
+    rows_a = np.array([index[a] for a, _ in keys])
+    rows_b = np.array([index[b] for _, b in keys])
+    cos = np.einsum("ij,ij->i", means[rows_a], means[rows_b])
+    involved = np.unique(np.concatenate([rows_a, rows_b]))
+    r = np.zeros(len(names))
+    r[involved] = _crowding(means, involved, k)
+    score = 2 * cos - r[rows_a] - r[rows_b]
+    out = []
+    for n, (a, b) in enumerate(keys):
+        group = sorted(groups[(a, b)], key=lambda f: -f.similarity)
+        faces_a = {f.file if f.identity == a else f.other_file for f in group}
+        faces_b = {f.other_file if f.identity == a else f.file for f in group}
+        waived = {f.waived for f in group}
+        out.append(MergeCandidate(
+            identity=a, other_identity=b,
+            faces_matching=len(faces_a), faces=int(sizes[index[a]]),
+            other_faces_matching=len(faces_b), other_faces=int(sizes[index[b]]),
+            pairs=len(group), best_similarity=group[0].similarity,
+            mean_cosine=float(cos[n]), score=float(score[n]),
+            examples=[_oriented(f, a) for f in group[:examples]],
+            waived=group[0].waived if None not in waived else None,
+        ))
+    out.sort(key=lambda c: (-c.score, -c.best_similarity, c.identity, c.other_identity))
+    return out
+
+
+def _oriented(f: Finding, identity: str) -> Finding:
+    if f.identity == identity:
+        return f
+    return Finding(f.other_identity, f.other_file, f.identity, f.file, f.similarity, f.waived)
+
+
+def write_merge_csv(candidates: list[MergeCandidate], path: Path) -> Path:
+    def write(fh):
+        w = csv.writer(fh)
+        w.writerow(CSV_HEADER)
+        w.writerows(c.row(rank) for rank, c in enumerate(candidates, start=1))
+
+    _atomic_write(path, write)
+    return path
+
+
+def read_merge_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))

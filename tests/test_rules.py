@@ -1,0 +1,177 @@
+"""rules.yaml: a valid file round-trips; every error names the file, the key, expected and found."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dataset_checks.rules import AllowedPair, IndexRules, Rules, RulesError, load_rules
+
+PROJECT_RULES = Path(__file__).resolve().parents[1] / "rules.yaml"
+
+
+def write(tmp_path: Path, text: str, name: str = "rules.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_full_file_round_trip(tmp_path):
+    (tmp_path / "data").mkdir()
+    path = write(
+        tmp_path,
+        """
+dataset: data
+embeddings:
+  key: dlib
+threshold: 0.97
+index:
+  type: ivf
+  flat_below: 100
+  nlist: 64
+  nprobe: 8
+  recall_target: 0.99
+  gpu: false
+identity_thresholds:
+  Some_Name: 0.9
+  高橋一生: 0.95
+allow:
+  - identities: [Olsen_Ashley, Olsen_Mary-Kate]
+    reason: "  twins  "
+bad_input: warn
+""",
+    )
+    rules = load_rules(path)
+    assert rules == Rules(
+        source=path.resolve(),
+        dataset=(tmp_path / "data").resolve(),
+        vector_key="dlib",
+        threshold=0.97,
+        index=IndexRules(type="ivf", nlist=64, nprobe=8, flat_below=100, gpu=False, recall_target=0.99),
+        identity_thresholds={"Some_Name": 0.9, "高橋一生": 0.95},
+        allow=(AllowedPair(frozenset({"Olsen_Ashley", "Olsen_Mary-Kate"}), "twins"),),
+        bad_input="warn",
+    )
+    assert rules.threshold_for("高橋一生") == 0.95
+    assert rules.threshold_for("Other") == 0.97
+    assert rules.min_threshold == 0.9
+    assert rules.allowed("Olsen_Mary-Kate", "Olsen_Ashley").reason == "twins"
+    assert rules.allowed("Olsen_Ashley", "Other") is None
+
+
+def test_defaults_and_auto_values(tmp_path):
+    rules = load_rules(write(tmp_path, "embeddings:\n  key: auto\nindex:\n  nlist: auto\n  nprobe: auto\n  gpu: auto\n"))
+    assert rules.dataset is None and rules.vector_key is None
+    assert rules.index == IndexRules()
+    assert rules.threshold == 0.85 and rules.bad_input == "fail" and rules.allow == ()
+    assert load_rules(None) == Rules()
+    # an empty file is all defaults
+    assert load_rules(write(tmp_path, "", "empty.yaml")).threshold == 0.85
+
+
+def test_project_rules_file_is_valid():
+    rules = load_rules(PROJECT_RULES)
+    assert rules.dataset is None
+    assert rules.allowed("Olsen_Ashley", "Olsen_Mary-Kate") is not None
+
+
+def test_relative_dataset_resolves_against_the_rules_folder(tmp_path, monkeypatch):
+    (tmp_path / "sub" / "data").mkdir(parents=True)
+    path = write(tmp_path / "sub", "dataset: data\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_rules(path).dataset == (tmp_path / "sub" / "data").resolve()
+
+
+@pytest.mark.parametrize(
+    "text, key, expected, found",
+    [
+        ("thresold: 0.9\n", "thresold", "one of the known keys", "unknown key "),
+        ("index:\n  typ: flat\n", "index.typ", "one of the known keys", "unknown key "),
+        ("embeddings:\n  keys: dlib\n", "embeddings.keys", "one of the known keys", "unknown key "),
+        ("threshold: high\n", "threshold", "a number in [-1, 1]", "'high'"),
+        ("threshold: true\n", "threshold", "a number in [-1, 1]", "True"),
+        ("threshold: 1.5\n", "threshold", "a number in [-1, 1]", "1.5"),
+        ("threshold: -1.01\n", "threshold", "a number in [-1, 1]", "-1.01"),
+        ("threshold: .nan\n", "threshold", "a number in [-1, 1]", "nan"),
+        ("identity_thresholds:\n  Bob: 2\n", "identity_thresholds.Bob", "a number in [-1, 1]", "2.0"),
+        ("identity_thresholds: [1]\n", "identity_thresholds", "a mapping", "[1]"),
+        ("index:\n  type: hnsw\n", "index.type", "one of auto, flat, ivf", "'hnsw'"),
+        ("index:\n  nlist: 0\n", "index.nlist", "'auto' or a whole number >= 1", "0"),
+        ("index:\n  nprobe: 2.5\n", "index.nprobe", "'auto' or a whole number >= 1", "2.5"),
+        ("index:\n  gpu: maybe\n", "index.gpu", "auto, true or false", "'maybe'"),
+        ("index:\n  flat_below: -1\n", "index.flat_below", "a whole number >= 0", "-1"),
+        ("index:\n  recall_target: 0\n", "index.recall_target", "a number in (0, 1]", "0"),
+        ("index: fast\n", "index", "a mapping", "'fast'"),
+        ("embeddings:\n  key: 5\n", "embeddings.key", "'auto' or the name", "5"),
+        ("bad_input: ignore\n", "bad_input", "one of fail, warn", "'ignore'"),
+        ("dataset: 5\n", "dataset", "a path to the dataset root", "5"),
+        ("allow: yes\n", "allow", "a list of", "True"),
+        ("allow:\n  - identities: [A, B]\n", "allow[0].reason", "a non-empty reason", "None"),
+        ("allow:\n  - identities: [A, B]\n    reason: '  '\n", "allow[0].reason", "a non-empty reason", "'  '"),
+        ("allow:\n  - identities: [A]\n    reason: r\n", "allow[0].identities", "a list of two different", "['A']"),
+        ("allow:\n  - identities: [A, A]\n    reason: r\n", "allow[0].identities", "a list of two different", "['A', 'A']"),
+        ("allow:\n  - identities: [A, B]\n    reason: r\n    why: x\n", "allow[0].why", "one of the known keys", "unknown key "),
+        ("- a\n- b\n", "", "a mapping", "['a', 'b']"),
+    ],
+)
+def test_each_error_names_file_key_expected_found(tmp_path, text, key, expected, found):
+    path = write(tmp_path, text)
+    with pytest.raises(RulesError) as info:
+        load_rules(path)
+    err = info.value
+    msg = str(err)
+    assert err.key == key
+    assert str(path.resolve()) in msg or str(path) in msg, msg
+    assert f"key '{key}'" in msg
+    assert f"expected {expected}" in msg
+    assert msg.endswith(f"found {found}") or f"found {found}" in msg, msg
+    assert "\n" not in msg
+
+
+def test_missing_dataset_path(tmp_path):
+    path = write(tmp_path, "dataset: no_such_folder\n")
+    with pytest.raises(RulesError) as info:
+        load_rules(path)
+    msg = str(info.value)
+    assert str(path.resolve()) in msg
+    assert "key 'dataset'" in msg and "expected an existing folder" in msg
+    assert str((tmp_path / "no_such_folder").resolve()) in msg
+
+
+def test_dataset_that_is_a_file(tmp_path):
+    (tmp_path / "data").write_text("x")
+    path = write(tmp_path, "dataset: data\n")
+    with pytest.raises(RulesError, match=r"key 'dataset': expected an existing folder"):
+        load_rules(path)
+
+
+def test_broken_yaml_names_the_line(tmp_path):
+    path = write(tmp_path, "threshold: 0.9\nindex: [flat\nallow: []\n")
+    with pytest.raises(RulesError) as info:
+        load_rules(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: key 'line ")
+    assert "expected valid YAML" in msg
+    assert "found " in msg
+
+
+def test_tab_indented_yaml(tmp_path):
+    path = write(tmp_path, "index:\n\ttype: flat\n")
+    with pytest.raises(RulesError, match=r"expected valid YAML"):
+        load_rules(path)
+
+
+def test_missing_rules_file(tmp_path):
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(RulesError) as info:
+        load_rules(path)
+    assert str(info.value) == f"{path}: key '(file)': expected an existing rules file, found 'no such file'"
+
+
+def test_non_utf8_rules_file(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_bytes(b"threshold: 0.9\n# caf\xe9\n")
+    with pytest.raises(RulesError) as info:
+        load_rules(path)
+    assert str(path) in str(info.value) and "a readable UTF-8 YAML file" in str(info.value)
