@@ -18,6 +18,13 @@ INDEX_TYPES = ("auto", "flat", "ivf")
 DEFAULT_THRESHOLD = 0.85
 
 
+class _Text(str):
+    """A description rather than a value: shown without quotes in error messages."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
 class RulesError(ValueError):
     """A rules.yaml that cannot be used; the message is meant for the user as is."""
 
@@ -96,7 +103,7 @@ class _Checker:
         for k in value:
             if k not in allowed:
                 where = f"{key}.{k}" if key else str(k)
-                raise self.fail(where, f"one of the known keys ({', '.join(sorted(allowed))})", f"unknown key {k!r}")
+                raise self.fail(where, f"one of the known keys ({', '.join(sorted(allowed))})", _Text(f"unknown key {k!r}"))
         return value
 
     def threshold(self, key: str, value: Any) -> float:
