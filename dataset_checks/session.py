@@ -117,6 +117,8 @@ class CheckSession:
             t0 = time.perf_counter()
             verification = verify_search(table.vectors, table.identity_of, self.rules.min_threshold,
                                          self.search.i, self.search.j)
+            face = lambda r: f"{table.identities[table.identity_of[r]].display}/{table.files[r]}"  # noqa: E731
+            verification["missed"] = [[face(a), face(b)] for a, b in verification["missed"]]
             self.timings["verify"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         meta = {**self.metadata(), "verification": verification}
@@ -243,7 +245,7 @@ class CheckSession:
         return self._thumbs
 
     def report_files(self) -> list[Path]:
-        files = [p for p in self.written]
+        files = list(self.written)
         if self.html_path is not None:
             files.append(self.html_path)
         return files
