@@ -99,7 +99,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("dataset") is not None:
         rules = replace(rules, dataset=config.getoption("dataset"))
     if config.getoption("threshold") is not None:
-        rules = replace(rules, threshold=config.getoption("threshold"))
+        rules = replace(rules, threshold=config.getoption("threshold"), threshold_auto=False)
     report_dir = config.getoption("report_dir")
     report_dir = Path(report_dir) if report_dir else config.rootpath / "reports"
     if config.getoption("update_baseline") and not config.getoption("baseline"):

@@ -438,3 +438,13 @@ def test_dataset_tree_is_unchanged_by_a_run(pytester, dataset):
     assert result.ret == 1
     assert tree_state(dataset) == before
     assert not list(dataset.rglob("*.pyc")) and not list(dataset.rglob("__pycache__"))
+
+
+def test_threshold_option_overrides_auto_in_rules(pytester, dataset, run):
+    rules = pytester.path / "auto.yaml"
+    rules.write_text("threshold: auto\n", encoding="utf-8")
+    rec = run("--rules", str(rules), "--dataset", str(dataset), "--threshold", "1.0")
+    assert rec.ret == pytest.ExitCode.OK
+    assert set(outcomes(rec).values()) == {"passed"}
+    rec = run("--rules", str(rules), "--dataset", str(dataset))
+    assert rec.ret == pytest.ExitCode.TESTS_FAILED  # auto: 0.85 for a model without a default
