@@ -263,7 +263,7 @@ def write_json(findings: Findings, path: Path) -> Path:
             for v in findings.verdicts.values()
         },
     }
-    _atomic_write(path, lambda fh: json.dump(doc, fh, ensure_ascii=False, indent=2, default=str))
+    _atomic_write(path, lambda fh: json.dump(doc, fh, ensure_ascii=False, indent=1, default=str))
     return path
 
 

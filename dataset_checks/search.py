@@ -110,16 +110,17 @@ class _Collector:
         self.total = 0
         self.candidates = 0
 
-    def add(self, q: np.ndarray, nb: np.ndarray) -> None:
+    def add(self, q: np.ndarray, nb: np.ndarray, dist: np.ndarray) -> None:
         self.candidates += q.size
-        keep = (nb >= 0) & (self.labels[q] != self.labels[np.maximum(nb, 0)])
+        # faiss's float32 scores only select candidates; result() re-scores them in float64.
+        keep = (nb >= 0) & (dist >= self.threshold - RADIUS_MARGIN)
+        q, nb = q[keep], nb[keep]
+        keep = self.labels[q] != self.labels[nb]
         q, nb = q[keep], nb[keep]
         if not q.size:
             return
         a, b = np.minimum(q, nb), np.maximum(q, nb)
-        sims = np.einsum("ij,ij->i", self.vectors[a].astype(np.float64), self.vectors[b].astype(np.float64))
-        ok = sims >= self.threshold
-        key = np.unique(a[ok].astype(np.int64) * len(self.vectors) + b[ok])
+        key = np.unique(a.astype(np.int64) * len(self.vectors) + b)
         self.keys.append(key)
         self.total += key.size
         if self.total > 2 * self.max_pairs:
@@ -142,7 +143,8 @@ class _Collector:
             )
         i, j = key // max(n, 1), key % max(n, 1)
         s = np.einsum("ij,ij->i", self.vectors[i].astype(np.float64), self.vectors[j].astype(np.float64))
-        return _pack([i], [j], [s])
+        ok = s >= self.threshold
+        return _pack([i[ok]], [j[ok]], [s[ok]])
 
 
 def _range_batches(search: Callable[[np.ndarray], tuple], x: np.ndarray, collector: _Collector, progress, desc: str):
@@ -152,8 +154,8 @@ def _range_batches(search: Callable[[np.ndarray], tuple], x: np.ndarray, collect
     if progress is not None:
         bar = progress(total=len(x), desc=desc, unit="vec")
     for s in it:
-        q_idx, nb = search(x[s : s + QUERY_BATCH])
-        collector.add(q_idx + s, nb)
+        q_idx, nb, dist = search(x[s : s + QUERY_BATCH])
+        collector.add(q_idx + s, nb, dist)
         if bar is not None:
             bar.update(min(QUERY_BATCH, len(x) - s))
     if bar is not None:
@@ -177,9 +179,9 @@ class _stage:
 
 def _cpu_range(index, radius: float) -> Callable[[np.ndarray], tuple]:
     def run(xb: np.ndarray):
-        lims, _, nb = index.range_search(xb, radius)
+        lims, dist, nb = index.range_search(xb, radius)
         q = np.repeat(np.arange(len(xb), dtype=np.int64), np.diff(lims.astype(np.int64)))
-        return q, nb.astype(np.int64)
+        return q, nb.astype(np.int64), dist
 
     return run
 
@@ -188,7 +190,7 @@ def _gpu_range(gpu_index, cpu_index, radius: float, stats: dict) -> Callable[[np
     """Range search on an index that only has k-NN: widen k until every query reaches below radius."""
 
     def run(xb: np.ndarray):
-        qs, nbs = [], []
+        qs, nbs, ds = [], [], []
         todo = np.arange(len(xb))
         k = GPU_K_START
         while todo.size:
@@ -200,15 +202,18 @@ def _gpu_range(gpu_index, cpu_index, radius: float, stats: dict) -> Callable[[np
             r, c = np.nonzero(hit)
             qs.append(todo[r])
             nbs.append(nb[r, c])
+            ds.append(dist[r, c])
             todo = todo[saturated]
             if todo.size and k >= GPU_K_MAX:
                 stats["cpu_fallback_queries"] = stats.get("cpu_fallback_queries", 0) + int(todo.size)
-                q, n = _cpu_range(cpu_index, radius)(np.ascontiguousarray(xb[todo]))
+                q, n, dd = _cpu_range(cpu_index, radius)(np.ascontiguousarray(xb[todo]))
                 qs.append(todo[q])
                 nbs.append(n)
+                ds.append(dd)
                 break
             k *= 4
-        return np.concatenate(qs).astype(np.int64), np.concatenate(nbs).astype(np.int64)
+        return (np.concatenate(qs).astype(np.int64), np.concatenate(nbs).astype(np.int64),
+                np.concatenate(ds).astype(np.float32))
 
     return run
 
@@ -221,7 +226,7 @@ def _sample_recall(found: list[set], truth: list[set]) -> float:
 
 
 def _neighbour_sets(search: Callable, xq: np.ndarray) -> list[set]:
-    q, nb = search(xq)
+    q, nb, _ = search(xq)
     sets: list[set] = [set() for _ in range(len(xq))]
     for a, b in zip(q.tolist(), nb.tolist()):
         sets[a].add(b)
