@@ -94,7 +94,7 @@ class Verdict:
     @property
     def status(self) -> str:
         """'fail' (matches another identity), 'error' (could not be checked), 'pass'."""
-        if self.failing_matches:
+        if any(m.waived is None for m in self.matches):
             return "fail"
         if not self.checkable:
             return "error"
@@ -263,8 +263,26 @@ def write_json(findings: Findings, path: Path) -> Path:
             for v in findings.verdicts.values()
         },
     }
-    _atomic_write(path, lambda fh: json.dump(doc, fh, ensure_ascii=False, indent=1, default=str))
+    _atomic_write(path, lambda fh: _dump_lines(doc, fh))
     return path
+
+
+def _dump_lines(doc: dict, fh) -> None:
+    """JSON with one top-level key, and one finding or identity, per line.
+
+    Readable in a diff or a pager, and it uses json's C encoder line by line: `indent=` falls
+    back to the pure-Python encoder (1.1 s for 40k findings on the benchmark; this is ~0.15 s)."""
+    enc = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "), default=str)
+    fh.write("{")
+    for n, (key, value) in enumerate(doc.items()):
+        fh.write(("," if n else "") + "\n " + enc.encode(key) + ": ")
+        if isinstance(value, list) and value:
+            fh.write("[\n  " + ",\n  ".join(enc.encode(v) for v in value) + "\n ]")
+        elif isinstance(value, dict) and value and key == "identities":
+            fh.write("{\n  " + ",\n  ".join(f"{enc.encode(k)}: {enc.encode(v)}" for k, v in value.items()) + "\n }")
+        else:
+            fh.write(enc.encode(value))
+    fh.write("\n}\n")
 
 
 def read_csv(path: Path) -> list[Finding]:

@@ -71,20 +71,30 @@ class MergeCandidate:
         )
 
 
-def folder_means(vectors: np.ndarray, owner: np.ndarray, n_identities: int) -> np.ndarray:
-    """Unit mean vector of every identity after centring (zero rows for empty identities)."""
-    x = np.asarray(vectors, dtype=np.float64)
+def folder_means(vectors: np.ndarray, owner: np.ndarray, n_identities: int, block: int = 1024) -> np.ndarray:
+    """Unit mean vector of every identity after centring (zero rows for empty identities).
+
+    Rows are centred and normalised in float32 blocks (a ranking signal, not the gate: float32
+    is plenty, and a whole-table float64 copy cost more than the rest of the report on the 57k
+    benchmark); the sums are float64."""
+    x = np.asarray(vectors, dtype=np.float32)
     means = np.zeros((n_identities, x.shape[1] if x.ndim == 2 else 0))
     if len(x) == 0:
         return means
-    xc = x - x.mean(axis=0)
-    norms = np.linalg.norm(xc, axis=1, keepdims=True)
-    xc /= np.where(norms > 0, norms, 1.0)
+    centre = x.mean(axis=0, dtype=np.float64).astype(np.float32)
     order = np.argsort(owner, kind="stable")
-    ids, starts = np.unique(np.asarray(owner)[order], return_index=True)
-    means[ids] = np.add.reduceat(xc[order], starts, axis=0)
-    norms = np.linalg.norm(means, axis=1, keepdims=True)
-    return means / np.where(norms > 0, norms, 1.0)
+    owner_sorted = np.asarray(owner)[order]
+    for s in range(0, len(order), block):
+        rows = order[s : s + block]
+        xc = x[rows] - centre
+        norms = np.sqrt(np.einsum("ij,ij->i", xc, xc))
+        xc /= np.where(norms > 0, norms, 1.0)[:, None]
+        ids, inv = np.unique(owner_sorted[s : s + block], return_inverse=True)
+        member = np.zeros((ids.size, rows.size), dtype=np.float32)
+        member[inv, np.arange(rows.size)] = 1.0
+        means[ids] += member @ xc  # per-identity sums of this block (GEMM, not reduceat: 3x faster)
+    norms = np.sqrt(np.einsum("ij,ij->i", means, means))
+    return means / np.where(norms > 0, norms, 1.0)[:, None]
 
 
 def _crowding(means: np.ndarray, rows: np.ndarray, k: int, block: int = 1024) -> np.ndarray:

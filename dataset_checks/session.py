@@ -100,8 +100,9 @@ class CheckSession:
         prepared = self._embed(identities, progress)
         self.table = table = load_table(self.root, identities, self.rules.vector_key, progress=progress,
                                         folders=prepared.folders)
+        prepared.folders.clear()  # the raw per-folder arrays: the table holds the vectors now
         self._model_rules(table, prepared)
-        self.timings["load"] = time.perf_counter() - t0
+        self.timings["load"] = time.perf_counter() - t0 - self.timings.get("embed", 0.0)
         error = None
         try:
             self.search = find_pairs(
@@ -166,10 +167,10 @@ class CheckSession:
     def _embed(self, identities, progress):
         from .embed import prepare
 
-        t0 = time.perf_counter()
         prepared = prepare(self.root, identities, self.rules.vector_key, self.rules.embedder, self.cache_dir,
                            workers=self.rules.embed_workers, progress=progress)
-        self.timings["embed"] = time.perf_counter() - t0
+        if prepared.stats is not None:
+            self.timings["embed"] = prepared.embed_seconds
         self.faces = prepared.faces
         if prepared.stats is not None:
             self.embedding = {**prepared.embedder.as_dict(), "cache": str(self.cache_dir),

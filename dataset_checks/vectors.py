@@ -13,17 +13,17 @@ Anything wrong with a file becomes a `Problem` naming the file; loading goes on.
 
 from __future__ import annotations
 
-import os
+import io
 import zipfile
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from .discover import Identity, display_name
+from .readahead import ordered_map
 from .rules import KNOWN_VECTOR_KEYS
 
 FACE01_FILE = "npKnown.npz"
@@ -81,24 +81,55 @@ def _rel(root: Path, path: Path) -> str:
         return display_name(str(path))
 
 
-def read_folder(identity: Identity, root: Path, vector_key: str | None) -> FolderVectors:
-    """Read one identity folder's embeddings file; never raises for bad data."""
+def embeddings_path(folder: Path) -> Path | None:
+    """The folder's embeddings file: FACE01's npKnown.npz first, else the plain embeddings.npz."""
+    for name in (FACE01_FILE, PLAIN_FILE):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def read_bytes(path: Path | None) -> bytes | OSError | None:
+    """The whole file in one read (np.load on a path makes many small ones), or the error."""
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        return exc
+
+
+def read_folder(
+    identity: Identity,
+    root: Path,
+    vector_key: str | None,
+    preread: tuple[Path | None, bytes | OSError | None] | None = None,
+) -> FolderVectors:
+    """Read one identity folder's embeddings file; never raises for bad data.
+
+    `preread`: (embeddings_path(folder), read_bytes(that path)) already done, on a reader thread.
+    """
     out = FolderVectors(identity)
-    face01, plain = identity.path / FACE01_FILE, identity.path / PLAIN_FILE
-    if face01.is_file():
-        path, names_key = face01, "name"
-        wanted = [vector_key] if vector_key else list(KNOWN_VECTOR_KEYS)
-    elif plain.is_file():
-        path, names_key = plain, PLAIN_NAMES
-        wanted = [PLAIN_VECTORS]
-    else:
+    path, data = preread if preread is not None else (embeddings_path(identity.path), None)
+    if path is None:
         where = _rel(root, identity.path) + "/"
         out.problems.append(Problem(where, f"no embeddings: neither {FACE01_FILE} nor {PLAIN_FILE} is in this folder"))
         return out
+    if path.name == FACE01_FILE:
+        names_key = "name"
+        wanted = [vector_key] if vector_key else list(KNOWN_VECTOR_KEYS)
+    else:
+        names_key = PLAIN_NAMES
+        wanted = [PLAIN_VECTORS]
     out.source = path
     rel = _rel(root, path)
+    if data is None:
+        data = read_bytes(path)
+    if isinstance(data, OSError):
+        out.problems.append(Problem(rel, f"cannot be read: {data.strerror or data}"))
+        return out
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             keys = list(npz.files)
             if names_key not in keys:
                 out.problems.append(Problem(rel, f"missing array '{names_key}' (arrays present: {', '.join(keys) or 'none'})"))
@@ -112,11 +143,8 @@ def read_folder(identity: Identity, root: Path, vector_key: str | None) -> Folde
                 return out
             names = npz[names_key]
             arrays = {k: npz[k] for k in present}
-    except PermissionError as exc:
-        out.problems.append(Problem(rel, f"cannot be read: {exc.strerror or exc}"))
-        return out
     except ValueError as exc:
-        if "allow_pickle" in str(exc) and zipfile.is_zipfile(path):  # an npz whose arrays are objects
+        if "allow_pickle" in str(exc) and zipfile.is_zipfile(io.BytesIO(data)):  # an npz whose arrays are objects
             msg = "holds Python objects (pickled arrays); re-save names with dtype=str and vectors as float arrays"
         else:
             msg = f"corrupt or truncated archive ({exc})"
@@ -145,6 +173,18 @@ def read_folder(identity: Identity, root: Path, vector_key: str | None) -> Folde
     return out
 
 
+def read_folders(identities: list[Identity], root: Path, vector_key: str | None,
+                 workers: int | None = None) -> Iterator[FolderVectors]:
+    """read_folder for each identity, in order; file reads run ahead on threads."""
+
+    def fetch(identity: Identity):
+        path = embeddings_path(identity.path)
+        return identity, path, read_bytes(path)
+
+    for identity, path, data in ordered_map(fetch, identities, workers=workers or 8):
+        yield read_folder(identity, root, vector_key, preread=(path, data))
+
+
 def choose_key(folders: Iterable[FolderVectors], vector_key: str | None) -> str | None:
     """The dataset's vector array: as set in rules, else the known key present in most folders."""
     if vector_key:
@@ -170,13 +210,11 @@ def load_table(
     `dataset_checks.embed.prepare`); then no file is read here.
     """
     root = Path(root)
-    workers = workers or min(8, (os.cpu_count() or 1) * 2)
     if folders is None:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = pool.map(lambda ident: read_folder(ident, root, vector_key), identities)
-            if progress is not None:
-                results = progress(results, total=len(identities), desc="loading", unit="folder")
-            folders = list(results)
+        results: Iterable[FolderVectors] = read_folders(identities, root, vector_key, workers=workers)
+        if progress is not None:
+            results = progress(results, total=len(identities), desc="loading", unit="folder")
+        folders = list(results)
 
     key = choose_key(folders, vector_key)
     # The dataset's dimension is the most common one under the chosen key, so one stray folder
@@ -185,9 +223,10 @@ def load_table(
     dim = dims.most_common(1)[0][0] if dims else 0
 
     problems: dict[int, list[Problem]] = {}
-    blocks, owners, files, counts, sources = [], [], [], np.zeros(len(identities), dtype=np.int64), {}
+    counts, sources = np.zeros(len(identities), dtype=np.int64), {}
+    usable: list[tuple[int, str, FolderVectors, np.ndarray]] = []
     for idx, f in enumerate(folders):
-        probs = list(f.problems)
+        probs = problems.setdefault(idx, list(f.problems))
         for note in f.identity.notes:
             probs.append(Problem(_rel(root, f.identity.path) + "/", note, fatal=False))
         if f.source is not None:
@@ -204,23 +243,34 @@ def load_table(
             elif arr.shape[0] == 0:
                 probs.append(Problem(rel, "holds no vectors (empty folder)"))
             else:
-                vec, bad = normalise(arr)
-                for row in np.flatnonzero(bad):
-                    what = "NaN or infinite values" if not np.isfinite(arr[row]).all() else "an all-zero vector"
-                    probs.append(Problem(f"{rel} [{row}] {display_name(f.names[row])}", f"{what}; this face is skipped"))
-                keep = np.flatnonzero(~bad)
-                if keep.size:
-                    blocks.append(vec[keep])
-                    owners.append(np.full(keep.size, idx, dtype=np.int32))
-                    files.extend(f.names[i] for i in keep)
-                    counts[idx] = keep.size
-                elif not probs:
-                    probs.append(Problem(rel, "no usable vectors"))
-        if probs:
-            problems[idx] = probs
+                usable.append((idx, rel, f, arr))
 
-    vectors = np.concatenate(blocks) if blocks else np.zeros((0, dim), dtype=np.float32)
-    identity_of = np.concatenate(owners) if owners else np.zeros(0, dtype=np.int32)
+    # Each folder is normalised straight into its rows of one preallocated table: no
+    # concatenated raw copy (first-touch memory is slow on VMs, and it doubled peak memory).
+    total = sum(arr.shape[0] for *_, arr in usable)
+    vectors = np.empty((total, dim), dtype=np.float32)
+    identity_of = np.empty(total, dtype=np.int32)
+    files: list[str] = []
+    start = 0
+    for idx, rel, f, arr in usable:
+        probs = problems[idx]
+        vec, bad = normalise(arr)
+        for row in np.flatnonzero(bad):
+            what = "NaN or infinite values" if not np.isfinite(arr[row]).all() else "an all-zero vector"
+            probs.append(Problem(f"{rel} [{row}] {display_name(f.names[row])}", f"{what}; this face is skipped"))
+        if bad.any():
+            vec = vec[~bad]
+            files.extend(f.names[r] for r in np.flatnonzero(~bad))
+        else:
+            files.extend(f.names)
+        if not len(vec) and not probs:
+            probs.append(Problem(rel, "no usable vectors"))
+        vectors[start : start + len(vec)] = vec
+        identity_of[start : start + len(vec)] = idx
+        counts[idx] = len(vec)
+        start += len(vec)
+    problems = {k: v for k, v in problems.items() if v}
+    vectors, identity_of = vectors[:start], identity_of[:start]  # skipped rows leave a tail
     return VectorTable(
         root=root,
         identities=identities,
@@ -239,18 +289,29 @@ def centre_vectors(vectors: np.ndarray) -> np.ndarray:
     length (only possible with one vector) stay zero."""
     if len(vectors) < 2:
         return vectors
-    centred, _ = normalise(vectors.astype(np.float64) - vectors.mean(axis=0, dtype=np.float64))
-    return np.ascontiguousarray(centred, dtype=np.float32)
+    centred, _ = normalise(vectors, shift=vectors.mean(axis=0, dtype=np.float64))
+    return centred
 
 
-def normalise(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Unit-length float32 rows, and a mask of rows that cannot be normalised (NaN, inf, zero)."""
-    x = np.asarray(arr, dtype=np.float64)
-    with np.errstate(invalid="ignore", over="ignore"):
-        norms = np.sqrt(np.einsum("ij,ij->i", x, x))
-    bad = ~np.isfinite(norms) | (norms <= np.finfo(np.float32).tiny)
-    safe = np.where(bad, 1.0, norms)
-    with np.errstate(invalid="ignore"):
-        out = (x / safe[:, None]).astype(np.float32)
-    out[bad] = 0.0
+def normalise(arr: np.ndarray, block: int = 512, shift: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Unit-length float32 rows of `arr - shift`, and a mask of rows that cannot be normalised
+    (NaN, inf, zero).
+
+    Norms and division in float64, in blocks of rows that stay in cache (a whole-table float64
+    copy was 4x slower and doubled the memory of the largest array)."""
+    arr = np.asarray(arr)
+    out = np.empty(arr.shape, dtype=np.float32)
+    bad = np.zeros(arr.shape[0], dtype=bool)
+    for s in range(0, arr.shape[0], block):
+        x = np.asarray(arr[s : s + block], dtype=np.float64)
+        if shift is not None:
+            x = x - shift
+        with np.errstate(invalid="ignore", over="ignore"):
+            norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+        b = ~np.isfinite(norms) | (norms <= np.finfo(np.float32).tiny)
+        safe = np.where(b, 1.0, norms)
+        with np.errstate(invalid="ignore"):
+            out[s : s + block] = x / safe[:, None]
+        out[s : s + block][b] = 0.0
+        bad[s : s + block] = b
     return out, bad

@@ -357,14 +357,14 @@ def test_permission_error_names_the_file(tmp_path, vecs, monkeypatch):
     # the chmod test above cannot run as root; this drives the same branch on any user
     write_face01(tmp_path, "A", vecs(2))
     write_face01(tmp_path, "B", vecs(2))
-    real_load = np.load
+    real_read = Path.read_bytes
 
     def deny(path, *a, **kw):
-        if Path(path).parent.name == "B":
+        if path.parent.name == "B":
             raise PermissionError(13, "Permission denied", str(path))
-        return real_load(path, *a, **kw)
+        return real_read(path, *a, **kw)
 
-    monkeypatch.setattr(np, "load", deny)
+    monkeypatch.setattr(Path, "read_bytes", deny)
     table = load(tmp_path)
     p = only_problem(table, "B")
     assert p.file == "B/npKnown.npz" and p.message == "cannot be read: Permission denied"

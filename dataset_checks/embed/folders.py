@@ -11,7 +11,7 @@ Nothing here writes into the dataset.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -19,7 +19,8 @@ from typing import Callable
 import numpy as np
 
 from ..discover import Identity, display_name
-from ..vectors import FACE01_FILE, PLAIN_FILE, FolderVectors, Problem, read_folder
+from ..readahead import ordered_map
+from ..vectors import FolderVectors, Problem, embeddings_path, read_bytes, read_folder
 from .cache import Entry
 from .images import list_images
 from .models import EmbedderInfo, EmbedderUnavailable, get_embedder
@@ -83,13 +84,10 @@ class Prepared:
     faces: dict[str, FaceReport]
     embedder: EmbedderInfo | None
     stats: EmbedStats | None
+    embed_seconds: float = 0.0  # images embedded (cache included), not the reading of files
 
 
-def embeddings_file(folder: Path) -> Path | None:
-    for name in (FACE01_FILE, PLAIN_FILE):
-        if (folder / name).is_file():
-            return folder / name
-    return None
+embeddings_file = embeddings_path
 
 
 def _stale_plan(fv: FolderVectors, images: list[Path]):
@@ -111,14 +109,18 @@ def prepare(
 ) -> Prepared:
     root = Path(root)
 
-    def scan(ident: Identity):
+    def fetch(ident: Identity):  # on a reader thread: listings and raw bytes only
         images = list_images(ident.path)
-        has_file = embeddings_file(ident.path) is not None
-        fv = read_folder(ident, root, vector_key) if has_file or not images else None
-        return ident, images, fv
+        path = embeddings_path(ident.path)
+        return ident, images, path, (read_bytes(path) if path is not None else None)
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        scanned = list(pool.map(scan, identities))
+    scanned = []
+    fetched = ordered_map(fetch, identities)
+    if progress is not None:
+        fetched = progress(fetched, total=len(identities), desc="loading", unit="folder")
+    for ident, images, path, data in fetched:
+        fv = read_folder(ident, root, vector_key, preread=(path, data)) if path is not None or not images else None
+        scanned.append((ident, images, fv))
 
     # What needs embedding: image-only folders, and images a stale embeddings file does not list.
     wanted: list[Path] = []
@@ -134,14 +136,16 @@ def prepare(
         else:
             plans.append((ident, fv, images, [], []))
 
-    embedder, unavailable, entries, stats = None, None, {}, None
+    embedder, unavailable, entries, stats, embed_seconds = None, None, {}, None, 0.0
     if wanted:
         try:
             embedder = get_embedder(embedder_spec)
         except EmbedderUnavailable as exc:
             unavailable = str(exc)
         if embedder is not None:
+            t0 = time.perf_counter()
             entries, stats = embed_images(wanted, embedder, cache_dir, workers=workers, progress=progress)
+            embed_seconds = time.perf_counter() - t0
 
     folders, faces = [], {}
     for ident, fv, images, removed, added in plans:
@@ -173,7 +177,7 @@ def prepare(
             folders.append(fv)
             continue
         folders.append(_refresh(fv, root, removed, added, entries, embedder, unavailable))
-    return Prepared(folders, faces, embedder, stats)
+    return Prepared(folders, faces, embedder, stats, embed_seconds)
 
 
 def _refresh(fv: FolderVectors, root: Path, removed: list[str], added: list[Path],
