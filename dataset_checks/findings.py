@@ -187,24 +187,32 @@ def build_findings(
     }
     pairs: list[Finding] = []
     if result is not None:
-        owner, files = table.identity_of, table.files
-        for i, j, s in zip(result.i.tolist(), result.j.tolist(), result.sim.tolist()):
-            a, b = names[owner[i]], names[owner[j]]
-            fa, fb = files[i], files[j]
-            if (a, fa) > (b, fb):
-                a, b, fa, fb = b, a, fb, fa
-            hits_a, hits_b = s >= rules.threshold_for(a), s >= rules.threshold_for(b)
-            if not (hits_a or hits_b):
+        files = table.files
+        thresholds = [rules.threshold_for(n) for n in names]
+        allowed_cache: dict[tuple[int, int], str | None] = {}
+        owner_i = table.identity_of[result.i].tolist()
+        owner_j = table.identity_of[result.j].tolist()
+        for i, j, oi, oj, s in zip(result.i.tolist(), result.j.tolist(), owner_i, owner_j, result.sim.tolist()):
+            hits_i, hits_j = s >= thresholds[oi], s >= thresholds[oj]
+            if not (hits_i or hits_j):
                 continue
-            allowed = rules.allowed(a, b)
+            a, b, fa, fb = names[oi], names[oj], files[i], files[j]
+            if (a, fa) > (b, fb):
+                a, b, fa, fb, hits_i, hits_j = b, a, fb, fa, hits_j, hits_i
+            pair_key = (oi, oj) if oi < oj else (oj, oi)
+            if pair_key not in allowed_cache:
+                allowed = rules.allowed(a, b)
+                allowed_cache[pair_key] = f"allowlisted: {allowed.reason}" if allowed else None
+            reason = allowed_cache[pair_key]
             finding = Finding(a, fa, b, fb, s)
-            reason = f"allowlisted: {allowed.reason}" if allowed else waivers.get(finding.key())
+            if reason is None and waivers:
+                reason = waivers.get(finding.key())
             if reason:
                 finding = Finding(a, fa, b, fb, s, reason)
             pairs.append(finding)
-            if hits_a:
+            if hits_i:
                 verdicts[a].matches.append(finding.seen_from(a))
-            if hits_b:
+            if hits_j:
                 verdicts[b].matches.append(finding.seen_from(b))
     pairs.sort(key=lambda f: (-f.similarity, f.identity, f.file, f.other_identity, f.other_file))
     for v in verdicts.values():

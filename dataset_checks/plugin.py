@@ -127,6 +127,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config._inicache[ID_ESCAPING] = True
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest's own unconfigure, which runs a full gc.collect
 def pytest_unconfigure(config: pytest.Config) -> None:
     session = config.stash.get(SESSION, None)
     if session is not None:

@@ -32,6 +32,7 @@ from .rules import IndexRules
 # keeps every pair whose exact similarity is >= threshold among the candidates.
 RADIUS_MARGIN = 1e-4
 QUERY_BATCH = 4096
+SCAN_CELLS = 1 << 22  # score-matrix cells per BLAS product in the list scan
 GPU_K_START, GPU_K_MAX = 128, 2048
 CALIBRATION_QUERIES = 512
 MAX_PAIRS_DEFAULT = 5_000_000
@@ -198,6 +199,71 @@ def _cpu_range(index, radius: float) -> Callable[[np.ndarray], tuple]:
     return run
 
 
+def _ivf_lists(faiss, index) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Zero-copy (vectors, ids) views of every inverted list of a CPU IndexIVFFlat."""
+    invlists, d = index.invlists, index.d
+    lists = []
+    for lst in range(index.nlist):
+        size = invlists.list_size(lst)
+        if size == 0:
+            lists.append((np.zeros((0, d), np.float32), np.zeros(0, np.int64)))
+            continue
+        codes = faiss.rev_swig_ptr(invlists.get_codes(lst), size * index.code_size)
+        ids = faiss.rev_swig_ptr(invlists.get_ids(lst), size)
+        lists.append((codes.view(np.float32).reshape(size, d), ids.view(np.int64)))
+    return lists
+
+
+def _list_scan(faiss, index, radius: float, labels: np.ndarray | None = None, progress=None,
+               lists: list | None = None) -> Callable[[np.ndarray], tuple]:
+    """IndexIVFFlat range search, run list by list: every query that probes a list is scored
+    against that list's vectors in one BLAS product.
+
+    Same candidates as `index.range_search` at the same nprobe (the queries' nprobe nearest
+    lists, every vector in them with score >= radius; tests check the two agree), but a GEMM
+    per list instead of one dot product per (query, vector): 2-3x faster on a CPU, where faiss
+    scans each query's lists on its own. `labels`: drop same-label hits here (the main search
+    never wants them; crowded folders make them millions).
+    """
+    lists = lists if lists is not None else _ivf_lists(faiss, index)
+
+    def run(xq: np.ndarray):
+        xq = np.ascontiguousarray(xq, dtype=np.float32)
+        nprobe = min(index.nprobe, index.nlist)
+        _, probes = index.quantizer.search(xq, nprobe)
+        flat = probes.ravel()
+        valid = flat >= 0
+        order = np.argsort(np.where(valid, flat, index.nlist), kind="stable")
+        query_of = (order // nprobe)[: int(valid.sum())]
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(flat[valid], minlength=index.nlist))])
+        qs, nbs, ds = [], [], []
+        bar = progress(total=index.nlist, desc="searching", unit="list") if progress is not None else None
+        for lst, (vecs, ids) in enumerate(lists):
+            queries = query_of[bounds[lst] : bounds[lst + 1]]
+            if queries.size and ids.size:
+                # bound the score matrix (a crowded list probed by many queries) to ~16 MB
+                step = max(1, SCAN_CELLS // ids.size)
+                for s in range(0, queries.size, step):
+                    q = queries[s : s + step]
+                    sims = xq[q] @ vecs.T
+                    r, c = np.nonzero(sims >= radius)
+                    if labels is not None:
+                        cross = labels[q[r]] != labels[ids[c]]
+                        r, c = r[cross], c[cross]
+                    qs.append(q[r])
+                    nbs.append(ids[c])
+                    ds.append(sims[r, c])
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        if not qs:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        return np.concatenate(qs).astype(np.int64), np.concatenate(nbs).astype(np.int64), np.concatenate(ds)
+
+    return run
+
+
 def _exact_range(x: np.ndarray, radius: float, block: int = 16384) -> Callable[[np.ndarray], tuple]:
     """Brute-force range search of a few queries by GEMM over blocks of `x` (no index: an
     IndexFlatIP would copy every vector once more just to answer a calibration sample)."""
@@ -270,10 +336,13 @@ def find_pairs(
     progress: Callable[..., Any] | None = None,
     max_pairs: int = MAX_PAIRS_DEFAULT,
     seed: int = 0,
+    ivf_scan: str = "lists",
 ) -> SearchResult:
     """Every pair of vectors with different labels and cosine similarity >= threshold.
 
     `vectors` must be unit length (float32); `labels` gives each row's identity.
+    `ivf_scan`: "lists" (list-major BLAS scan of the IVF on the CPU) or "faiss"
+    (`IndexIVFFlat.range_search`); both find the same pairs.
     """
     rules = rules or IndexRules()
     x = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -328,9 +397,14 @@ def find_pairs(
 
     stats: dict[str, Any] = {}
 
+    list_scan = kind == "ivf" and gpu_index is None and ivf_scan == "lists"
+    lists = _ivf_lists(faiss, cpu_index) if list_scan else None
+
     def searcher():
         if gpu_index is not None:
             return _gpu_range(gpu_index, cpu_index, radius, stats)
+        if list_scan:
+            return _list_scan(faiss, cpu_index, radius, lists=lists)
         return _cpu_range(cpu_index, radius)
 
     if kind == "ivf":
@@ -341,7 +415,12 @@ def find_pairs(
         timings["calibrate"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    _range_batches(searcher(), x, collector, progress, "searching")
+    if list_scan:
+        info["scan"] = "lists"
+        q, nb, dist = _list_scan(faiss, cpu_index, radius, labels=labels, progress=progress, lists=lists)(x)
+        collector.add(q, nb, dist)
+    else:
+        _range_batches(searcher(), x, collector, progress, "searching")
     result = collector.result()
     timings["search"] = time.perf_counter() - t0
     info["candidates"] = collector.candidates

@@ -283,3 +283,61 @@ def test_gpu_required_without_gpu_is_an_error():
     x = np.eye(4, dtype=np.float32)
     with pytest.raises(RuntimeError, match="no GPU"):
         find_pairs(x, np.arange(4), 0.5, IndexRules(type="flat", gpu=True))
+
+
+# -- the list-major IVF scan is IndexIVFFlat.range_search, run list by list ------------------------
+
+
+def _trained_ivf(x: np.ndarray, nlist: int):
+    quantizer = faiss.IndexFlatIP(x.shape[1])
+    index = faiss.IndexIVFFlat(quantizer, x.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+    index.train(x)
+    index.add(x)
+    return index
+
+
+@settings(max_examples=20)
+@given(data=clusters(max_dim=32, min_folders=10, max_folders=16, max_size=14), threshold=thresholds,
+       nlist=st.integers(2, 8), nprobe=st.integers(1, 3))
+def test_list_scan_returns_what_faiss_range_search_returns(data, threshold, nlist, nprobe):
+    from dataset_checks.search import _cpu_range, _list_scan
+
+    x = data.vectors
+    index = _trained_ivf(x, min(nlist, max(1, len(x) // 39)))
+    index.nprobe = min(nprobe, index.nlist)
+    q1, n1, d1 = _list_scan(faiss, index, threshold)(x)
+    q2, n2, d2 = _cpu_range(index, threshold)(x)
+    got1 = dict(zip(zip(q1.tolist(), n1.tolist()), d1.tolist()))
+    got2 = dict(zip(zip(q2.tolist(), n2.tolist()), d2.tolist()))
+    assert len(got1) == len(q1), "a candidate was returned twice"
+    # float32 sums in another order: only a candidate within rounding of the radius may differ
+    for key in got1.keys() ^ got2.keys():
+        score = got1.get(key, got2.get(key))
+        assert abs(score - threshold) < 1e-5, f"{key} ({score}) found by one scan only"
+    for key in got1.keys() & got2.keys():
+        assert abs(got1[key] - got2[key]) < 1e-5
+
+
+@settings(max_examples=15)
+@given(data=clusters(max_dim=32, min_folders=10, max_folders=16, max_size=14), threshold=thresholds,
+       nlist=st.integers(2, 8), nprobe=st.integers(1, 3))
+def test_find_pairs_same_with_list_scan_and_faiss_scan(data, threshold, nlist, nprobe):
+    rules = IndexRules(type="ivf", nlist=nlist, nprobe=nprobe, gpu=False)
+    lists = find_pairs(data.vectors, data.labels, threshold, rules, ivf_scan="lists")
+    plain = find_pairs(data.vectors, data.labels, threshold, rules, ivf_scan="faiss")
+    assert lists.info.get("scan") == "lists" and "scan" not in plain.info
+    np.testing.assert_array_equal(lists.i, plain.i)
+    np.testing.assert_array_equal(lists.j, plain.j)
+    np.testing.assert_array_equal(lists.sim, plain.sim)
+
+
+def test_list_scan_splits_a_crowded_list(monkeypatch):
+    # one list probed by more queries than one product may hold: results must not change
+    import dataset_checks.search as search
+
+    data = build_clusters(seed=5, dim=16, sizes=[30] * 12, intra=0.7, crowd_sizes=[120], plants=[(0, 5, 0.1)])
+    rules = IndexRules(type="ivf", nlist=4, nprobe=2, gpu=False)
+    whole = find_pairs(data.vectors, data.labels, 0.8, rules)
+    monkeypatch.setattr(search, "SCAN_CELLS", 7)
+    split = find_pairs(data.vectors, data.labels, 0.8, rules)
+    assert pair_set(whole) == pair_set(split) and len(whole) > 0
