@@ -365,6 +365,9 @@ def test_demo_run(pytester, run):
     got = summary_outcomes(result.stdout.str())
     assert len(got) == 28
     assert {k for k, v in got.items() if v == "failed"} == DEMO_FAILURES
+    # no image folders: no test_faces_detected at all, not even as a deselected or skipped item
+    assert "deselected" not in result.stdout.str() and "skipped" not in result.stdout.str()
+    result.assert_outcomes(passed=22, failed=6)
     assert list(got.values()).count("passed") == 22
     doc = json.loads((pytester.path / "out" / "findings.json").read_text(encoding="utf-8"))
     assert doc["dataset"] == "built-in demo"
