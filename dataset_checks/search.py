@@ -32,6 +32,9 @@ from .rules import IndexRules
 # keeps every pair whose exact similarity is >= threshold among the candidates.
 RADIUS_MARGIN = 1e-4
 QUERY_BATCH = 4096
+# k-means iterations: 5 kept recall (1.0 at 0.85, 0.9998 at 0.5) and nprobe on the 57k benchmark
+# while cutting training from 0.47 s to 0.27 s; calibration catches centroids that are worse.
+KMEANS_NITER = 5
 SCAN_CELLS = 1 << 22  # score-matrix cells per BLAS product in the list scan
 GPU_K_START, GPU_K_MAX = 128, 2048
 CALIBRATION_QUERIES = 512
@@ -380,7 +383,7 @@ def find_pairs(
         # k-means on a subsample: training dominates the cost on CPUs and the lists only need to
         # be roughly balanced, not optimal (see benchmarks/ for the measurement).
         cpu_index.cp.max_points_per_centroid = 32
-        cpu_index.cp.niter = 10
+        cpu_index.cp.niter = KMEANS_NITER
         cpu_index.cp.seed = seed
         info.update(index="IndexIVFFlat", nlist=nlist)
     gpu_index, res = None, None
