@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 KNOWN_VECTOR_KEYS = ("efficientnetv2_arcface", "dlib")
+SCAN_KINDS = ("lists", "faiss")
 INDEX_TYPES = ("auto", "flat", "ivf")
 DEFAULT_THRESHOLD = 0.85
 
@@ -51,6 +52,7 @@ class IndexRules:
     flat_below: int = 20_000  # exact flat search below this many vectors (measured crossover)
     gpu: bool | None = None  # None: use a GPU when faiss sees one
     recall_target: float = 0.999  # sampled recall that calibrating nprobe must reach
+    scan: str = "lists"  # CPU IVF: lists (one BLAS product per inverted list) | faiss (range_search)
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,7 @@ def parse_rules(data: Any, file: Path | None = None) -> Rules:
     threshold_auto = threshold_raw == "auto"
     threshold = DEFAULT_THRESHOLD if threshold_auto else c.threshold("threshold", threshold_raw)
 
-    ix = c.mapping("index", data.get("index"), {"type", "nlist", "nprobe", "flat_below", "gpu", "recall_target"})
+    ix = c.mapping("index", data.get("index"), {"type", "nlist", "nprobe", "flat_below", "gpu", "recall_target", "scan"})
     gpu = ix.get("gpu", "auto")
     if gpu not in ("auto", True, False):
         raise c.fail("index.gpu", "auto, true or false", gpu)
@@ -186,6 +188,7 @@ def parse_rules(data: Any, file: Path | None = None) -> Rules:
         flat_below=flat_below,
         gpu=None if gpu == "auto" else gpu,
         recall_target=_recall_target(c, ix.get("recall_target", IndexRules.recall_target)),
+        scan=c.choice("index.scan", ix.get("scan", IndexRules.scan), SCAN_KINDS),
     )
 
     overrides_raw = data.get("identity_thresholds") or {}

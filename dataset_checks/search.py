@@ -344,13 +344,13 @@ def find_pairs(
     progress: Callable[..., Any] | None = None,
     max_pairs: int = MAX_PAIRS_DEFAULT,
     seed: int = 0,
-    ivf_scan: str = "lists",
+    ivf_scan: str | None = None,
 ) -> SearchResult:
     """Every pair of vectors with different labels and cosine similarity >= threshold.
 
     `vectors` must be unit length (float32); `labels` gives each row's identity.
-    `ivf_scan`: "lists" (list-major BLAS scan of the IVF on the CPU) or "faiss"
-    (`IndexIVFFlat.range_search`); both find the same pairs.
+    `ivf_scan` (default: `rules.scan`): "lists" (list-major BLAS scan of the IVF on the CPU) or
+    "faiss" (`IndexIVFFlat.range_search`); both find the same pairs.
     """
     rules = rules or IndexRules()
     x = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -395,7 +395,7 @@ def find_pairs(
     if use_gpu:
         res = faiss.StandardGpuResources()
         gpu_index = faiss.index_cpu_to_gpu(res, 0, cpu_index)
-    list_scan = kind == "ivf" and gpu_index is None and ivf_scan == "lists"
+    list_scan = kind == "ivf" and gpu_index is None and (ivf_scan or rules.scan) == "lists"
     probes = None
     if kind == "ivf":
         with _stage(progress, f"training IVF (nlist={info['nlist']})"):

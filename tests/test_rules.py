@@ -33,6 +33,7 @@ index:
   nprobe: 8
   recall_target: 0.99
   gpu: false
+  scan: faiss
 identity_thresholds:
   Some_Name: 0.9
   高橋一生: 0.95
@@ -48,7 +49,7 @@ bad_input: warn
         dataset=(tmp_path / "data").resolve(),
         vector_key="dlib",
         threshold=0.97,
-        index=IndexRules(type="ivf", nlist=64, nprobe=8, flat_below=100, gpu=False, recall_target=0.99),
+        index=IndexRules(type="ivf", nlist=64, nprobe=8, flat_below=100, gpu=False, recall_target=0.99, scan="faiss"),
         identity_thresholds={"Some_Name": 0.9, "高橋一生": 0.95},
         allow=(AllowedPair(frozenset({"Olsen_Ashley", "Olsen_Mary-Kate"}), "twins"),),
         bad_input="warn",
@@ -102,6 +103,7 @@ def test_relative_dataset_resolves_against_the_rules_folder(tmp_path, monkeypatc
         ("index:\n  gpu: maybe\n", "index.gpu", "auto, true or false", "'maybe'"),
         ("index:\n  flat_below: -1\n", "index.flat_below", "a whole number >= 0", "-1"),
         ("index:\n  recall_target: 0\n", "index.recall_target", "a number in (0, 1]", "0"),
+        ("index:\n  scan: gpu\n", "index.scan", "one of lists, faiss", "'gpu'"),
         ("index: fast\n", "index", "a mapping", "'fast'"),
         ("embeddings:\n  key: 5\n", "embeddings.key", "'auto' or the name", "5"),
         ("bad_input: ignore\n", "bad_input", "one of fail, warn", "'ignore'"),

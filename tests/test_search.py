@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -324,7 +326,7 @@ def test_list_scan_returns_what_faiss_range_search_returns(data, threshold, nlis
 def test_find_pairs_same_with_list_scan_and_faiss_scan(data, threshold, nlist, nprobe):
     rules = IndexRules(type="ivf", nlist=nlist, nprobe=nprobe, gpu=False)
     lists = find_pairs(data.vectors, data.labels, threshold, rules, ivf_scan="lists")
-    plain = find_pairs(data.vectors, data.labels, threshold, rules, ivf_scan="faiss")
+    plain = find_pairs(data.vectors, data.labels, threshold, replace(rules, scan="faiss"))  # rules.yaml index.scan
     assert lists.info.get("scan") == "lists" and "scan" not in plain.info
     np.testing.assert_array_equal(lists.i, plain.i)
     np.testing.assert_array_equal(lists.j, plain.j)
