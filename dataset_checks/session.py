@@ -28,6 +28,18 @@ class DatasetError(RuntimeError):
     """The dataset root itself cannot be used (missing, not a folder, unreadable)."""
 
 
+def stderr_is_terminal() -> bool:
+    """Whether the process's own stderr is a terminal (progress bars go there).
+
+    Not `sys.stderr`: under pytest that is the capture buffer when the session is created, so the
+    bars would never show; the search itself runs with capture suspended."""
+    stream = sys.__stderr__
+    try:
+        return bool(stream is not None and stream.isatty())
+    except (AttributeError, ValueError):  # closed or replaced by something without isatty
+        return False
+
+
 class CheckSession:
     def __init__(self, rules: Rules, report_dir: Path | None = None, progress: bool | None = None,
                  baseline: Baseline | None = None, update_baseline: bool = False):
@@ -38,7 +50,7 @@ class CheckSession:
         self._candidates: list[MergeCandidate] | None = None
         self._thumbs = None
         self.report_dir = Path(report_dir) if report_dir is not None else None
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.progress = stderr_is_terminal() if progress is None else progress
         self._demo_dir: Path | None = None
         self.cache_root: Path | None = None  # where .dataset_checks_cache/ goes (the plugin sets the rootdir)
         self.faces: dict = {}  # identity name -> embed.FaceReport, for folders whose images were embedded

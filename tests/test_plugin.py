@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
+import sys
 import unicodedata
 from pathlib import Path
 
@@ -451,3 +453,25 @@ def test_threshold_option_overrides_auto_in_rules(pytester, dataset, run):
     assert set(outcomes(rec).values()) == {"passed"}
     rec = run("--rules", str(rules), "--dataset", str(dataset))
     assert rec.ret == pytest.ExitCode.TESTS_FAILED  # auto: 0.85 for a model without a default
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_progress_follows_the_real_stderr_not_pytests_capture(monkeypatch, terminal):
+    # Under pytest, sys.stderr is the capture buffer when the session is made: progress bars must
+    # still show on a terminal (the search runs with capture suspended), and never in CI logs.
+    from dataset_checks.rules import Rules
+    from dataset_checks.session import CheckSession
+
+    monkeypatch.setattr(sys, "stderr", _Stream(tty=not terminal))
+    monkeypatch.setattr(sys, "__stderr__", _Stream(tty=terminal))
+    assert CheckSession(Rules()).progress is terminal
+    assert CheckSession(Rules(), progress=False).progress is False
