@@ -218,6 +218,16 @@ def _ivf_lists(faiss, index) -> list[tuple[np.ndarray, np.ndarray]]:
     return lists
 
 
+def _nearest_lists(quantizer, x: np.ndarray, k: int, block: int = 65536) -> np.ndarray:
+    """The k nearest lists of every row, nearest first, as int32 (a quarter of faiss's int64
+    labels plus float32 distances: this array lives through the whole search)."""
+    out = np.empty((len(x), k), dtype=np.int32)
+    for s in range(0, len(x), block):
+        _, near = quantizer.search(x[s : s + block], k)
+        out[s : s + block] = near
+    return out
+
+
 def _list_scan(faiss, index, radius: float, labels: np.ndarray | None = None, progress=None,
                lists: list | None = None, probes: np.ndarray | None = None) -> Callable[[np.ndarray], tuple]:
     """IndexIVFFlat range search, run list by list: every query that probes a list is scored
@@ -403,7 +413,7 @@ def find_pairs(
             if list_scan:
                 # One quantizer search serves both the add (nearest list) and the list scan (the
                 # nearest nprobe lists of every vector), instead of one each.
-                _, probes = cpu_index.quantizer.search(x, min(PROBES_KEPT, cpu_index.nlist))
+                probes = _nearest_lists(cpu_index.quantizer, x, min(PROBES_KEPT, cpu_index.nlist))
                 assign = np.ascontiguousarray(probes[:, 0], dtype=np.int64)
                 cpu_index.add_core(n, faiss.swig_ptr(x), None, faiss.swig_ptr(assign))
             else:
