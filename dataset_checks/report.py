@@ -60,6 +60,8 @@ def search_description(meta: dict[str, Any]) -> str:
         by = calib.get("recall_by_nprobe") or {}
         params.append(f"nprobe calibrated on {calib.get('sample_queries')} queries "
                       f"(recall {max(by.values()) if by else 1:.4f})")
+    if search.get("scan") == "lists":
+        params.append("scanned list by list")
     index = meta.get("index") or "none"
     return index + (f" ({', '.join(params)})" if params else "")
 

@@ -333,7 +333,8 @@ class CheckSession:
         ]
         search = meta.get("search", {})
         if meta.get("index"):
-            params = ", ".join(f"{k}={search[k]}" for k in ("nlist", "nprobe") if k in search)
+            params = ", ".join([f"{k}={search[k]}" for k in ("nlist", "nprobe") if k in search]
+                               + (["list scan"] if search.get("scan") == "lists" else []))
             t = meta.get("timings", {})
             stages = ", ".join(f"{k} {v:.2f}s" for k, v in t.items())
             lines.append(f"search: {meta['index']}{' (' + params + ')' if params else ''} on {meta.get('device')}; {stages}")
