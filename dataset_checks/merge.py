@@ -76,7 +76,7 @@ def folder_means(vectors: np.ndarray, owner: np.ndarray, n_identities: int, bloc
 
     Rows are centred and normalised in float32 blocks (a ranking signal, not the gate: float32
     is plenty, and a whole-table float64 copy cost more than the rest of the report on the 57k
-    benchmark); the sums are float64."""
+    benchmark); block sums are accumulated in float64."""
     x = np.asarray(vectors, dtype=np.float32)
     means = np.zeros((n_identities, x.shape[1] if x.ndim == 2 else 0))
     if len(x) == 0:

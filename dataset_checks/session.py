@@ -165,10 +165,11 @@ class CheckSession:
     def image_identities(self) -> list[Identity]:
         """Identities whose images the tool embeds: images and no embeddings file (cheap: listings)."""
         if self._image_identities is None:
-            from .embed import embeddings_file, has_images
+            from .embed import has_images
+            from .vectors import embeddings_path
 
             self._image_identities = [
-                i for i in self.identities() if has_images(i.path) and embeddings_file(i.path) is None
+                i for i in self.identities() if has_images(i.path) and embeddings_path(i.path) is None
             ]
         return self._image_identities
 

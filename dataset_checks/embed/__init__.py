@@ -4,7 +4,7 @@ Heavy libraries (dlib, Pillow) are imported only when images are actually embedd
 """
 
 from .cache import DEFAULT_CACHE, Cache, Entry
-from .folders import FaceReport, ImageOutcome, Prepared, embeddings_file, prepare
+from .folders import FaceReport, ImageOutcome, Prepared, prepare
 from .images import IMAGE_EXTENSIONS, decode, has_images, list_images
 from .models import (
     BUILTIN,
@@ -19,5 +19,5 @@ from .pool import EmbedStats, embed_images
 __all__ = [
     "BUILTIN", "DEFAULT_CACHE", "DEFAULT_THRESHOLDS", "IMAGE_EXTENSIONS", "Cache", "EmbedStats", "EmbedderInfo",
     "EmbedderUnavailable", "Entry", "FaceReport", "ImageOutcome", "Prepared", "decode", "embed_images",
-    "embeddings_file", "get_embedder", "has_images", "list_images", "load_model", "prepare",
+    "get_embedder", "has_images", "list_images", "load_model", "prepare",
 ]

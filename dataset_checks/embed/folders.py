@@ -87,9 +87,6 @@ class Prepared:
     embed_seconds: float = 0.0  # images embedded (cache included), not the reading of files
 
 
-embeddings_file = embeddings_path
-
-
 def _stale_plan(fv: FolderVectors, images: list[Path]):
     present = {p.name for p in images}
     listed = set(fv.names)
