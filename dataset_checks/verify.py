@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from .search import pair_similarity
+
 RANDOM_QUERIES = 256
 FINDING_QUERIES = 128
 MARGIN = 1e-4  # float32 candidates are re-scored in float64, as in search.py
@@ -58,7 +60,7 @@ def verify_search(
         rows, cols = q[r], c
         keep = labels[rows] != labels[cols]
         rows, cols = rows[keep], cols[keep]
-        exact = np.einsum("ij,ij->i", x[rows].astype(np.float64), x[cols].astype(np.float64))
+        exact = pair_similarity(x, rows, cols)
         ok = exact >= threshold
         truth.update(zip(np.minimum(rows, cols)[ok].tolist(), np.maximum(rows, cols)[ok].tolist()))
 

@@ -45,3 +45,13 @@ def make_dataset(tmp_path):
 
     return make
 
+
+@pytest.fixture
+def run(pytester):
+    """In-process run of the package's tests; always with an explicit report dir."""
+    pkg = str(Path(__file__).resolve().parents[1] / "dataset_checks")
+
+    def go(*args: str, report_dir: str = "out"):
+        return pytester.inline_run(pkg, "-p", "no:cacheprovider", "--report-dir", report_dir, *args)
+
+    return go

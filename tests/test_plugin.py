@@ -108,16 +108,6 @@ def dataset(pytester) -> Path:
     return build_dataset(pytester.path / "data")
 
 
-@pytest.fixture
-def run(pytester):
-    """In-process run of the package's tests; always with an explicit report dir."""
-
-    def go(*args: str, report_dir: str = "out"):
-        return pytester.inline_run(PKG, "-p", "no:cacheprovider", "--report-dir", report_dir, *args)
-
-    return go
-
-
 # -- outcomes, ids, messages ---------------------------------------------------------------------
 
 

@@ -64,14 +64,6 @@ def dataset(pytester) -> Path:
     return build(pytester.path / "data")
 
 
-@pytest.fixture
-def run(pytester):
-    def go(*args: str, report_dir: str = "out"):
-        return pytester.inline_run(PKG, "-p", "no:cacheprovider", "--report-dir", report_dir, *args)
-
-    return go
-
-
 def extras_of(rec) -> dict[str, str]:
     out = {}
     for rep in rec.getreports("pytest_runtest_logreport"):
