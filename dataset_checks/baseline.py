@@ -8,12 +8,10 @@ Allowlisted findings (rules.yaml `allow`) never go into the baseline: the rules 
 
 from __future__ import annotations
 
-import codecs
 import csv
-import os
 from pathlib import Path
 
-from .discover import display_name
+from .text import unshown
 from .findings import CSV_HEADER, Finding, Findings, _atomic_write, read_csv
 
 BASELINE_PREFIX = "baseline"
@@ -24,14 +22,8 @@ class BaselineError(ValueError):
 
 
 def _raw(name: str) -> str:
-    """Undo display_name(): a name with \\xNN escapes back to the file system's name."""
-    if "\\x" not in name:
-        return name
-    try:
-        raw = os.fsdecode(codecs.escape_decode(name.encode("utf-8"))[0])
-    except (ValueError, UnicodeError):
-        return name
-    return raw if display_name(raw) == name else name
+    """Undo display_name(): a shown name back to the file system's name."""
+    return unshown(name)
 
 
 def _key(f: Finding) -> tuple[str, str, str, str]:

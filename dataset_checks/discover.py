@@ -7,6 +7,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .text import shown
+
 # FACE01 files images it could not use into these folders inside an identity folder.
 FACE01_SIDE_FOLDERS = frozenset({"noFace", "multipleFaces"})
 
@@ -21,16 +23,13 @@ class Identity:
 
     @property
     def display(self) -> str:
-        """The name as printable text: undecodable bytes shown as \\xNN escapes."""
+        """The name as safe printable text: escapes as in dataset_checks.text (%XX)."""
         return display_name(self.name)
 
 
 def display_name(name: str) -> str:
-    try:
-        name.encode("utf-8")
-        return name
-    except UnicodeEncodeError:
-        return os.fsencode(name).decode("utf-8", "backslashreplace")
+    """The name as safe, reversible text (dataset_checks.text.shown)."""
+    return shown(name)
 
 
 def _name_notes(name: str, nfc_clash: list[str]) -> tuple[str, ...]:

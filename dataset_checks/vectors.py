@@ -38,6 +38,9 @@ class Problem:
     file: str
     message: str
     fatal: bool = True
+    # A short stable kind (corrupt, nan, missing-array, ...): with the identity and file it keys
+    # the problem in a baseline, so an accepted problem stays accepted and a new one fails.
+    code: str = "input"
 
     def __str__(self) -> str:
         return f"{self.file}: {self.message}"

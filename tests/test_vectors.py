@@ -154,7 +154,7 @@ def test_non_utf8_folder_name(tmp_path, vecs):
     write_face01(tmp_path, "B", vecs(2))
     idents = discover_identities(tmp_path)
     ident = [i for i in idents if i.name == name][0]
-    assert ident.display == "caf\\xe9"
+    assert ident.display == "caf%E9"
     table = load(tmp_path)
     assert table.counts.tolist()[[i.name for i in idents].index(name)] == 2
     notes = problems_of(table, name)
