@@ -22,6 +22,8 @@ PEOPLE = [
     "Sofia_Russo", "Tomás_García", "Yuki_Sato", "高橋一生",
 ]
 LIVE_HOST = "Live_Stream_Host"  # a folder of 300 near-identical video frames
+# The demo's look-alikes, allowlisted by the demo run itself: a user's rules start with none.
+DEMO_ALLOW = (("Olsen_Ashley", "Olsen_Mary-Kate"), "twins (the demo dataset's look-alikes)")
 
 
 def build(seed: int = 2024) -> SyntheticDataset:

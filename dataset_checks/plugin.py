@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from .baseline import Baseline, BaselineError
+from .discover import display_name
+from .text import terminal_line
+from .outputs import FolderLock, is_inside, user_cache_dir, writable_dir_problem
 from .rules import RulesError, load_rules
 from .session import CheckSession, DatasetError
 
@@ -84,26 +88,34 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
                 argv[k] = str(PACKAGE_DIR) + arg[len(name):]
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-html's, which reads --html
+@pytest.hookimpl(tryfirst=True)  # before pytest-html's, which reads --html, and the cache plugin's
 def pytest_configure(config: pytest.Config) -> None:
     if not (_targets_us(config.args) or config.getoption("dataset") or config.getoption("rules")):
         return
+    dataset_opt = config.getoption("dataset")
+    notes: list[str] = []
     rules_path = config.getoption("rules")
     if rules_path is None:
         default = config.rootpath / "rules.yaml"
-        rules_path = default if default.is_file() else None
+        if default.is_file() and dataset_opt is not None and is_inside(default, dataset_opt):
+            # the data must not configure its own check (it could name an embedder to import)
+            notes.append(f"{display_name(str(default))} lies inside the dataset and is not read (--rules to use it)")
+        elif default.is_file():
+            rules_path = default
     try:
         rules = load_rules(rules_path)
     except RulesError as exc:
         raise pytest.UsageError(str(exc)) from None
-    if config.getoption("dataset") is not None:
-        rules = replace(rules, dataset=config.getoption("dataset"))
+    if dataset_opt is not None:
+        rules = replace(rules, dataset=dataset_opt)
     if config.getoption("threshold") is not None:
-        rules = replace(rules, threshold=config.getoption("threshold"), threshold_auto=False)
-    report_dir = config.getoption("report_dir")
-    report_dir = Path(report_dir) if report_dir else config.rootpath / "reports"
+        rules = replace(rules, threshold=config.getoption("threshold"), threshold_auto=False,
+                        threshold_from="--threshold")
     if config.getoption("update_baseline") and not config.getoption("baseline"):
         raise pytest.UsageError("--update-baseline needs --baseline FILE (the file to write)")
+    if rules.dataset is not None:
+        notes += _keep_out_of_dataset(config, rules.dataset)
+    report_dir = _report_dir(config, rules.dataset)
     baseline_path = config.getoption("baseline")
     try:
         baseline = Baseline.load(Path(baseline_path), missing_ok=config.getoption("update_baseline")) \
@@ -112,19 +124,96 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     session = CheckSession(rules, report_dir=report_dir, baseline=baseline,
                            update_baseline=config.getoption("update_baseline"))
+    session.notes = notes
     if hasattr(config.option, "htmlpath"):  # pytest-html is installed (a dependency; -p no:html turns it off)
         if not config.option.htmlpath:
             config.option.htmlpath = str(report_dir / "report.html")
             config.option.self_contained_html = True
-        session.html_path = Path(config.option.htmlpath).expanduser()
+        session.html_path = Path(config.option.htmlpath).expanduser().absolute()
+        # pytest-html writes in place (a killed run leaves a 0-byte report): it writes a temporary
+        # file beside the report instead, renamed over it once complete (pytest_sessionfinish).
+        config.option.htmlpath = str(session.html_path.with_name(f".{session.html_path.name}.{os.getpid()}.tmp"))
+    _check_writable(config, session)
+    lock = FolderLock(report_dir)
+    held = lock.acquire()
+    if held:
+        raise pytest.UsageError(f"report folder {display_name(str(report_dir))} is {held}; "
+                                "give this run its own --report-dir")
+    session.lock = lock
     try:
         session.identities()
     except DatasetError as exc:
+        lock.release()
         raise pytest.UsageError(str(exc)) from None
-    session.cache_root = config.rootpath  # .dataset_checks_cache/ goes there unless rules.yaml says otherwise
+    # .dataset_checks_cache/ goes to the rootdir unless rules.yaml says otherwise (never the dataset)
+    session.cache_root = config.rootpath
     config.stash[SESSION] = session
-    # Test ids are the folder names exactly: 高橋 and 髙橋 must read as themselves, not \u escapes.
+    # Test ids are the folder names as text.shown writes them: 高橋 and 髙橋 read as themselves,
+    # and everything unsafe is already a %XX escape, so pytest's own \u escaping is not needed.
     config._inicache[ID_ESCAPING] = True
+
+
+def _report_dir(config: pytest.Config, dataset: Path | None) -> Path:
+    """--report-dir, else reports/ in the rootdir, else in the cwd: never inside the dataset."""
+    given = config.getoption("report_dir")
+    if given:
+        path = Path(given).expanduser().absolute()
+        if dataset is not None and is_inside(path, dataset):
+            raise pytest.UsageError(f"--report-dir {display_name(str(path))} is inside the dataset "
+                                    f"{display_name(str(dataset))}; the dataset is never written: choose a folder outside it")
+        return path
+    for base in (config.rootpath, Path.cwd()):
+        path = base / "reports"
+        if dataset is None or not is_inside(path, dataset):
+            return path
+    raise pytest.UsageError(f"the default report folder would be inside the dataset {display_name(str(dataset))} "
+                            "(run from outside it); the dataset is never written: give --report-dir outside it")
+
+
+def _keep_out_of_dataset(config: pytest.Config, dataset: Path) -> list[str]:
+    """Refuse output options that point into the dataset; move pytest's own cache out of it."""
+    shown = display_name(str(dataset))
+    if config.inipath is not None and is_inside(config.inipath, dataset):
+        raise pytest.UsageError(
+            f"pytest read its configuration from {display_name(str(config.inipath))}, inside the dataset {shown}: "
+            f"a dataset must not configure its own check. Write the option as --dataset={shown} (with '='), "
+            "or run with --rootdir (or -c) pointing outside the dataset")
+    for option, flag in (("htmlpath", "--html"), ("xmlpath", "--junitxml"), ("basetemp", "--basetemp")):
+        value = getattr(config.option, option, None)
+        if value and is_inside(Path(value), dataset):
+            raise pytest.UsageError(f"{flag} {display_name(str(value))} is inside the dataset {shown}; "
+                                    "the dataset is never written: choose a path outside it")
+    baseline = config.getoption("baseline")
+    if baseline and config.getoption("update_baseline") and is_inside(Path(baseline), dataset):
+        raise pytest.UsageError(f"--update-baseline would write {display_name(str(baseline))} inside the dataset "
+                                f"{shown}; the dataset is never written: keep the baseline outside it")
+    notes = []
+    if config.pluginmanager.has_plugin("cacheprovider"):
+        from _pytest.pathlib import resolve_from_str
+
+        cache = resolve_from_str(config.getini("cache_dir"), config.rootpath)
+        if is_inside(cache, dataset):
+            cwd_cache = Path.cwd() / ".pytest_cache"
+            target = cwd_cache if not is_inside(cwd_cache, dataset) else user_cache_dir() / "pytest_cache"
+            config._inicache["cache_dir"] = str(target)  # read by the cache plugin's configure, after ours
+            notes.append(f"pytest's cache moved out of the dataset to {display_name(str(target))}")
+    return notes
+
+
+def _check_writable(config: pytest.Config, session: CheckSession) -> None:
+    """Every folder this run writes to, probed before the search (not after minutes of work)."""
+    folders = {session.report_dir: "--report-dir"}
+    if session.html_path is not None:
+        folders.setdefault(session.html_path.parent, "--html")
+    xml = getattr(config.option, "xmlpath", None)
+    if xml:
+        folders.setdefault(Path(xml).expanduser().absolute().parent, "--junitxml")
+    if session.update_baseline and session.baseline is not None:
+        folders.setdefault(session.baseline.path.expanduser().absolute().parent, "--baseline")
+    for folder, flag in folders.items():
+        problem = writable_dir_problem(folder)
+        if problem:
+            raise pytest.UsageError(f"{flag}: {display_name(problem)}; nothing was checked")
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest's own unconfigure, which runs a full gc.collect
@@ -132,21 +221,38 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     session = config.stash.get(SESSION, None)
     if session is not None:
         session.close()
+        if session.lock is not None:
+            session.lock.release()
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     # The dataset may live inside the rootdir; its folders are data, never test files.
     session = config.stash.get(SESSION, None)
     if session is not None and not session.is_demo:
-        root = session.root
-        if collection_path == root or root in collection_path.parents:
+        if is_inside(collection_path, session.root):
             return True
     return None
 
 
+def _run_once(config: pytest.Config, session: CheckSession) -> None:
+    """The one load + search + judgement, with capture suspended so that progress bars reach the
+    terminal. Runs before the header is printed (the header shows the threshold actually used),
+    or at the first test when pytest prints no header."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:
+        with capture.global_and_fixture_disabled():
+            session.findings()
+    else:
+        session.findings()
+
+
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
     session = config.stash.get(SESSION, None)
-    return session.header_lines() if session is not None else None
+    if session is None:
+        return None
+    if not config.option.collectonly:
+        _run_once(config, session)
+    return session.header_lines()
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -161,14 +267,35 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj) -> list | None:
-    # A dataset without image folders has no test_faces_detected at all: not an "empty
-    # parameter set" skip, not a deselected item.
-    if name != "test_faces_detected" or not collector.path.is_relative_to(PACKAGE_DIR):
+    # No parameters means no item at all (not an "empty parameter set" skip, which would read as
+    # a pass): a dataset without identity folders is failed by test_dataset alone, and one
+    # without image folders has no test_faces_detected.
+    if name not in ("test_faces_detected", "test_identity") or not collector.path.is_relative_to(PACKAGE_DIR):
         return None
     session = collector.config.stash.get(SESSION, None)
-    if session is None or not session.image_identities():
+    if session is None:
         return []
-    return None
+    wanted = session.image_identities() if name == "test_faces_detected" else session.identities()
+    return None if wanted else []
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The dataset-level test first, then failing identities by evidence, then the rest."""
+    session = config.stash.get(SESSION, None)
+    if session is None or session._findings is None:
+        return
+    rank = session.identity_rank()
+
+    def key(item: pytest.Item):
+        spec = getattr(item, "callspec", None)
+        if spec is None or "identity" not in spec.params:
+            return (0, 0)
+        return (1, rank.get(spec.params["identity"], len(rank)))
+
+    if any(item.path.is_relative_to(PACKAGE_DIR) for item in items):
+        ours = [i for i in items if i.path.is_relative_to(PACKAGE_DIR)]
+        others = [i for i in items if not i.path.is_relative_to(PACKAGE_DIR)]
+        items[:] = sorted(ours, key=key) + others
 
 
 @pytest.fixture(scope="session")
@@ -176,14 +303,7 @@ def dataset_checks_session(request: pytest.FixtureRequest) -> CheckSession:
     session = request.config.stash.get(SESSION, None)
     if session is None:
         pytest.skip("dataset_checks is not configured for this run (run `pytest dataset_checks`)")
-    # The one search runs here, once per session; with capture suspended its progress bars reach
-    # the terminal instead of the first test's captured output.
-    capture = request.config.pluginmanager.getplugin("capturemanager")
-    if capture is not None:
-        with capture.global_and_fixture_disabled():
-            session.findings()
-    else:
-        session.findings()
+    _run_once(request.config, session)
     return session
 
 
@@ -191,15 +311,51 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     check = session.config.stash.get(SESSION, None)
     if check is not None:
         check.write_reports()
+        if check.write_errors and session.exitstatus == 0:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED  # a gate whose outputs are missing did not pass
 
 
-def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
-    check = config.stash.get(SESSION, None)
-    if check is None or not check.written:
+# innermost wrapper: around pytest-html's writer, inside the terminal reporter's summary
+@pytest.hookimpl(wrapper=True, trylast=True, specname="pytest_sessionfinish")
+def pytest_sessionfinish_around_html(session: pytest.Session):
+    check = session.config.stash.get(SESSION, None)
+    try:
+        result = yield
+    except OSError as exc:  # pytest-html could not write report.html (disk full, folder gone)
+        if check is None:
+            raise
+        check.write_errors.append(f"report.html: {exc.strerror or exc}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        return None
+    if check is not None and check.html_path is not None:
+        _publish_html(session.config, check)
+    return result
+
+
+def _publish_html(config: pytest.Config, check: CheckSession) -> None:
+    tmp = Path(config.option.htmlpath)
+    if not tmp.is_file():
         return
-    terminalreporter.section("dataset_checks")
-    for line in check.summary_lines():
-        terminalreporter.write_line(line)
+    try:
+        os.replace(tmp, check.html_path)
+    except OSError as exc:
+        check.write_errors.append(f"{display_name(str(check.html_path))}: {exc.strerror or exc}")
+        tmp.unlink(missing_ok=True)
+        return
+    for plugin in config.pluginmanager.get_plugins():  # so pytest-html's own line names the real file
+        if getattr(plugin, "_report_path", None) == tmp:
+            plugin._report_path = check.html_path
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)  # outermost: our section comes after pytest's short summary
+def pytest_terminal_summary(terminalreporter, config: pytest.Config):
+    result = yield
+    check = config.stash.get(SESSION, None)
+    if check is not None and (check.written or check.write_errors):
+        terminalreporter.section("dataset_checks")
+        for line in check.summary_lines():
+            terminalreporter.write_line(terminal_line(line, limit=1000))
+    return result
 
 
 @pytest.hookimpl(wrapper=True)

@@ -67,7 +67,11 @@ class Rules:
     bad_input: str = "fail"  # fail | warn
     # From images to embeddings (dataset_checks.embed): used for folders with images.
     embedder: str = "dlib"  # built-in "dlib" or "package.module:callable"
-    threshold_auto: bool = False  # threshold: auto -> the model's documented default
+    # threshold: auto (the default of a rules file and of no rules file, as in the shipped
+    # rules.yaml): chosen from the data, with the model's default as the floor. A Rules built in
+    # code with an explicit threshold is not auto.
+    threshold_auto: bool = False
+    threshold_from: str = "built-in default"  # where the threshold setting came from (header, report)
     centre: bool = False  # subtract the dataset mean before normalising (embeddings.centre)
     cache_dir: Path | None = None  # None: .dataset_checks_cache/ in the rootdir (or cwd)
     embed_workers: int | None = None  # None: one process per core
@@ -170,8 +174,9 @@ def parse_rules(data: Any, file: Path | None = None) -> Rules:
     if not isinstance(embedder, str) or not (embedder == "dlib" or _is_callable_spec(embedder)):
         raise c.fail("embedder", "'dlib' or 'package.module:callable'", embedder)
 
-    threshold_raw = data.get("threshold", DEFAULT_THRESHOLD)
+    threshold_raw = data.get("threshold", "auto")
     threshold_auto = threshold_raw == "auto"
+    threshold_from = f"{file}" if "threshold" in data and file is not None else "built-in default"
     threshold = DEFAULT_THRESHOLD if threshold_auto else c.threshold("threshold", threshold_raw)
 
     ix = c.mapping("index", data.get("index"), {"type", "nlist", "nprobe", "flat_below", "gpu", "recall_target", "scan"})
@@ -230,6 +235,7 @@ def parse_rules(data: Any, file: Path | None = None) -> Rules:
         bad_input=bad_input,
         embedder=embedder,
         threshold_auto=threshold_auto,
+        threshold_from=threshold_from,
         centre=centre,
         cache_dir=cache_dir,
         embed_workers=embed_workers,
@@ -245,7 +251,7 @@ def _is_callable_spec(text: str) -> bool:
 def load_rules(path: str | Path | None) -> Rules:
     """Read and validate a rules file; `None` or a missing default gives the built-in defaults."""
     if path is None:
-        return Rules()
+        return parse_rules({})  # exactly what an empty rules file means: the documented defaults
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")

@@ -6,6 +6,7 @@ verdicts (at the first test, which runs the one search). Scripts and benchmarks 
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .discover import Identity, discover_identities
+from .discover import Identity, discover_identities, display_name
 from .baseline import Baseline
 from .findings import Findings, Verdict, build_findings, write_csv, write_json
 from .merge import MergeCandidate, merge_candidates, write_merge_csv
@@ -62,6 +63,18 @@ class CheckSession:
         self.search = None
         self.timings: dict[str, float] = {}
         self.written: list[Path] = []
+        self.write_errors: list[str] = []  # outputs that could not be written (said in the summary)
+        self.notes: list[str] = []  # what the plugin redirected or ignored (shown in the header)
+        self.lock = None  # outputs.FolderLock on the report folder, held by the plugin
+        self.threshold_choice = None  # threshold.ThresholdChoice when `threshold: auto` was resolved
+        self.run_error: str | None = None  # the pipeline itself broke: every verdict says so
+        if rules.dataset is None:
+            from dataclasses import replace
+
+            from .demo import DEMO_ALLOW
+            from .rules import AllowedPair
+
+            self.rules = replace(rules, allow=(*rules.allow, AllowedPair(frozenset(DEMO_ALLOW[0]), DEMO_ALLOW[1])))
 
     # -- dataset -------------------------------------------------------------------------
     @property
@@ -100,10 +113,84 @@ class CheckSession:
         return tqdm(iterable, file=sys.stderr, leave=False, dynamic_ncols=True, **kw)
 
     def findings(self) -> Findings:
-        """Load, search and judge once; later calls return the same result."""
+        """Load, search and judge once; later calls return the same result.
+
+        An unexpected failure of the pipeline (a bug, the machine) is never a silent pass: every
+        identity and the dataset-level test report it."""
         if self._findings is None:
-            self._findings = self._run()
+            try:
+                self._findings = self._run()
+            except Exception as exc:  # noqa: BLE001 - reported in every verdict, with its traceback
+                import traceback
+
+                self.run_error = f"{type(exc).__name__}: {exc}"
+                self.run_traceback = traceback.format_exc(limit=-6)
+                self._findings = self._failed(self.run_error)
         return self._findings
+
+    def _failed(self, error: str) -> Findings:
+        verdicts = {i.name: Verdict(identity=i, threshold=self.rules.threshold, vectors=0,
+                                    error=f"the run failed: {error}") for i in self.identities()}
+        return Findings(pairs=[], verdicts=verdicts, metadata={**self.metadata(), "error": error})
+
+    def dataset_problems(self) -> list[str]:
+        """Why the dataset as a whole was not checked (test_dataset fails with these); [] when it was.
+
+        A gate that passes without having checked is the second worst bug this tool can have: an
+        empty folder, storage that is not mounted, a path that is one identity folder, or a run
+        where no identity could be read must fail, never exit 0."""
+        findings = self.findings()
+        if self.run_error:
+            return [f"the run failed: {self.run_error}", getattr(self, "run_traceback", "")]
+        identities = self.identities()
+        if not identities:
+            return [self._why_no_identities()]
+        out = []
+        if findings.metadata.get("error"):
+            out.append(f"the search failed, no identity was checked: {findings.metadata['error']}")
+        unchecked = [v for v in findings.verdicts.values() if not v.checkable]
+        if len(unchecked) == len(identities):
+            from collections import Counter
+
+            reasons = Counter(v.problems[0].code if v.problems else "no-vectors" for v in unchecked)
+            out.append(f"none of the {len(identities)} identity folder(s) in {display_name(str(self.root))} could be "
+                       "checked (" + ", ".join(f"{n} {code}" for code, n in reasons.most_common()) + "):")
+            for v in unchecked[:5]:
+                first = str(v.problems[0]) if v.problems else (v.error or "no usable embeddings")
+                out.append(f"  {v.identity.display}: {first}")
+            if len(unchecked) > 5:
+                out.append(f"  ... and {len(unchecked) - 5} more")
+        return out
+
+    def _why_no_identities(self) -> str:
+        from .embed.images import IMAGE_EXTENSIONS
+        from .vectors import FACE01_FILE, PLAIN_FILE
+
+        root = self.root
+        shown = display_name(str(root))
+        try:
+            entries = sorted(os.listdir(root))
+        except OSError as exc:
+            return f"{shown} cannot be listed: {exc.strerror or exc}"
+        own = [e for e in entries if e in (FACE01_FILE, PLAIN_FILE) or os.path.splitext(e)[1].lower() in IMAGE_EXTENSIONS]
+        if own:
+            return (f"{shown} holds {display_name(own[0])} itself: it looks like ONE identity folder. --dataset must be "
+                    f"the folder that holds one folder per identity (its parent, {display_name(str(root.parent))}?)")
+        if not entries:
+            return f"{shown} is empty: no identity folders (storage not mounted, or the wrong path?)"
+        return (f"{shown} holds no identity folder ({len(entries)} entr{'y' if len(entries) == 1 else 'ies'}: "
+                "files, hidden folders or FACE01 side folders only)")
+
+    def threshold_text(self) -> str:
+        """The threshold in use and where it came from, for the header, summary and report."""
+        r = self.rules
+        if not r.threshold_auto:
+            return f"{r.threshold:g} (from {display_name(r.threshold_from)})"
+        if self.threshold_choice is not None:
+            return self.threshold_choice.describe()
+        if self._findings is not None:
+            return f"{r.threshold:g} (auto: the model's default)"
+        return "auto (chosen once the vectors are loaded)"
 
     def _run(self) -> Findings:
         progress = self._bar if self.progress else None
@@ -260,9 +347,23 @@ class CheckSession:
 
     def report_files(self) -> list[Path]:
         files = list(self.written)
-        if self.html_path is not None:
+        if self.html_path is not None and not any("report.html" in e or str(self.html_path) in e
+                                                  for e in self.write_errors):
             files.append(self.html_path)
         return files
+
+    def identity_rank(self) -> dict[str, int]:
+        """Identity name -> position by evidence: failing ones first, strongest evidence first,
+        then those that could not be checked, then the rest in name order."""
+        verdicts = self.findings().verdicts
+
+        def key(v):
+            failing = v.failing_matches
+            if v.status == "fail" and failing:
+                return (0, -failing[0].similarity, -len(failing), v.identity.name)
+            return (1 if v.status != "pass" else 2, 0.0, 0, v.identity.name)
+
+        return {v.identity.name: n for n, v in enumerate(sorted(verdicts.values(), key=key))}
 
     def summary_html(self) -> str:
         from .report import summary_html
@@ -290,27 +391,37 @@ class CheckSession:
 
     # -- output --------------------------------------------------------------------------
     def write_reports(self) -> list[Path]:
+        """Every findings file, each written atomically; a file that cannot be written is named in
+        write_errors (the summary says so and the run fails) and the others are still written."""
         if self._findings is None or self.report_dir is None:
             return []
-        self.written = [
-            write_csv(self._findings, self.report_dir / "findings.csv"),
-            write_json(self._findings, self.report_dir / "findings.json"),
-            write_merge_csv(self.merge_candidates(), self.report_dir / "merge_candidates.csv"),
+        jobs = [
+            (self.report_dir / "findings.csv", lambda p: write_csv(self._findings, p)),
+            (self.report_dir / "findings.json", lambda p: write_json(self._findings, p)),
+            (self.report_dir / "merge_candidates.csv", lambda p: write_merge_csv(self.merge_candidates(), p)),
         ]
         if self.update_baseline and self.baseline is not None:
-            self.written.append(self.baseline.write(self._findings))
+            jobs.append((self.baseline.path, lambda p: self.baseline.write(self._findings)))
+        self.written = []
+        for path, write in jobs:
+            try:
+                self.written.append(write(path))
+            except OSError as exc:
+                self.write_errors.append(f"{display_name(str(path))}: {exc.strerror or exc}")
         return self.written
 
     def header_lines(self) -> list[str]:
         r = self.rules
-        where = "built-in demo dataset (no dataset in rules.yaml or --dataset)" if self.is_demo else str(r.dataset)
-        overrides = f", {len(r.identity_thresholds)} per-identity override(s)" if r.identity_thresholds else ""
-        return [
-            f"dataset_checks: {where}",
-            f"dataset_checks: rules {r.source or '(defaults)'}; cosine threshold "
-            f"{'auto (the model default)' if r.threshold_auto else format(r.threshold, 'g')}{overrides}; "
-            f"index {r.index.type}",
+        where = ("built-in demo dataset (no dataset in rules.yaml or --dataset)" if self.is_demo
+                 else display_name(str(r.dataset)))
+        overrides = f"; {len(r.identity_thresholds)} per-identity override(s)" if r.identity_thresholds else ""
+        lines = [
+            f"dataset_checks: {where} ({len(self.identities())} identity folder(s))",
+            f"dataset_checks: rules {display_name(str(r.source)) if r.source else '(built-in defaults)'}; "
+            f"index {r.index.type}; report folder {display_name(str(self.report_dir))}",
+            f"dataset_checks: cosine threshold {self.threshold_text()}{overrides}",
         ]
+        return lines + [f"dataset_checks: note: {n}" for n in self.notes]
 
     def close(self) -> None:
         """Remove the demo dataset and drop the results (the run is over: pytest's final garbage
@@ -363,5 +474,6 @@ class CheckSession:
             else:
                 stale = f"; {status['stale']} no longer found (--update-baseline drops them)" if status["stale"] else ""
                 lines.append(f"baseline {status['path']}: {status['entries']} accepted finding(s) waived{stale}")
-        lines += [f"wrote {p}" for p in self.report_files()]
+        lines += [f"wrote {display_name(str(p))}" for p in self.report_files()]
+        lines += [f"COULD NOT WRITE {e}" for e in self.write_errors]
         return lines

@@ -35,3 +35,11 @@ def test_faces_detected(identity, dataset_checks_session):
         warnings.warn(DatasetWarning(report.message()), stacklevel=1)
     for outcome in report.notes:
         warnings.warn(DatasetWarning(outcome.line()), stacklevel=1)
+
+
+def test_dataset(dataset_checks_session):
+    """The dataset was found, holds identity folders, at least one of them was checked, and the
+    search ran: a run that checked nothing never passes."""
+    problems = dataset_checks_session.dataset_problems()
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)

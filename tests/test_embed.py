@@ -170,7 +170,7 @@ def test_rules_embedding_keys(tmp_path):
                      "embeddings": {"centre": True, "cache": "cachehere", "workers": 3}}, tmp_path / "rules.yaml")
     assert r.embedder == "pkg.mod:fn" and r.threshold_auto and r.centre and r.embed_workers == 3
     assert r.cache_dir == (tmp_path / "cachehere").resolve()
-    assert parse_rules({}).embedder == "dlib" and not parse_rules({}).threshold_auto
+    assert parse_rules({}).embedder == "dlib" and parse_rules({}).threshold_auto
     for bad in ({"embedder": "not a spec"}, {"embeddings": {"centre": "yes"}}, {"threshold": "high"}):
         with pytest.raises(RulesError):
             parse_rules(bad)
@@ -349,7 +349,7 @@ def test_end_to_end_copies_in_two_folders_are_found(pytester):
     pytester.makefile(".yaml", rules="threshold: auto\nembeddings:\n  workers: 1\n")
     args = ("dataset_checks", "--dataset", str(ds), "-p", "no:cacheprovider", "--report-dir", "out", "-p", "no:html")
     result = pytester.runpytest_subprocess(*args)
-    result.assert_outcomes(failed=3, passed=3)
+    result.assert_outcomes(failed=3, passed=4)  # + test_dataset
     result.stdout.fnmatch_lines(["*FAILED*test_identity?Person_A?*", "*FAILED*test_identity?Person_A_again?*",
                                  "*FAILED*test_faces_detected?Someone_Else?*"])
     assert "corrupt.jpg: unreadable" in result.stdout.str()
@@ -357,6 +357,6 @@ def test_end_to_end_copies_in_two_folders_are_found(pytester):
     assert doc["threshold"] == 0.95 and doc["embedding"]["embedded"] == 4  # 6 files, 4 contents
     assert _tree(ds) == before
     again = pytester.runpytest_subprocess(*args)
-    again.assert_outcomes(failed=3, passed=3)
+    again.assert_outcomes(failed=3, passed=4)
     doc = json.loads((pytester.path / "out" / "findings.json").read_text())
     assert doc["embedding"]["embedded"] == 0 and doc["embedding"]["cached"] == 4

@@ -69,6 +69,8 @@ def extras_of(rec) -> dict[str, str]:
     for rep in rec.getreports("pytest_runtest_logreport"):
         if rep.when == "call":
             m = re.search(r"\[(.*)\]$", rep.nodeid)
+            if m is None:  # test_dataset: no identity
+                continue
             out[m.group(1)] = "".join(e["content"] for e in getattr(rep, "extras", []) if e["format_type"] == "html")
     return out
 
