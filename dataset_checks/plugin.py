@@ -325,6 +325,7 @@ def pytest_sessionfinish_around_html(session: pytest.Session):
         if check is None:
             raise
         check.write_errors.append(f"report.html: {exc.strerror or exc}")
+        Path(session.config.option.htmlpath).unlink(missing_ok=True)  # half-written; the last report stays
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         return None
     if check is not None and check.html_path is not None:
