@@ -243,10 +243,11 @@ class CheckSession:
         never inside the dataset (then the user cache folder is used)."""
         from .embed import DEFAULT_CACHE
 
+        from .outputs import is_inside, user_cache_dir
+
         path = self.rules.cache_dir or (self.cache_root or Path.cwd()) / DEFAULT_CACHE
-        root = self.root.resolve()
-        if path.resolve() == root or root in path.resolve().parents:
-            path = Path.home() / ".cache" / "dataset_checks"
+        if is_inside(path, self.root):
+            path = user_cache_dir() / "embeddings"
         return path
 
     def image_identities(self) -> list[Identity]:
