@@ -189,15 +189,14 @@ def _load_arrays(data: bytes, rel: str, names_key: str, wanted: list[str], limit
     """(names, {key: array}) read from the archive bytes, or None with the problem added to `out`."""
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         keys = list(npz.files)
+        there = f"(arrays present: {', '.join(keys) or 'none'})"
         if names_key not in keys:
-            out.problems.append(Problem(rel, f"missing array '{names_key}' (arrays present: {', '.join(keys) or 'none'})",
-                                        code="missing-array"))
+            out.problems.append(Problem(rel, f"missing array '{names_key}' {there}", code="missing-array"))
             return None
         present = [k for k in wanted if k in keys]
         if not present:
             expected = " or ".join(f"'{k}'" for k in wanted)
-            out.problems.append(Problem(rel, f"missing vector array {expected} (arrays present: {', '.join(keys) or 'none'})",
-                                        code="missing-array"))
+            out.problems.append(Problem(rel, f"missing vector array {expected} {there}", code="missing-array"))
             return None
         total = 0
         for k in (names_key, *present):

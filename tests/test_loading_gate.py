@@ -386,3 +386,36 @@ def test_every_problem_has_a_code_and_a_stable_file(tmp_path, vecs):
     for ps in table.problems.values():
         for p in ps:
             assert not re.search(r"\[\d+\]", p.file) and p.file.split("/")[0] in {i.name for i in table.identities}
+
+
+def test_stale_file_of_the_embedders_model_gets_fresh_vectors_and_keeps_its_own(tmp_path, vecs, fake):
+    from dataset_checks.embed import prepare
+
+    ds = tmp_path / "ds"
+    _png(ds / "A" / "listed.png", 1)
+    _png(ds / "A" / "new.png", 2)
+    _png(ds / "A" / "black.png", 0, colour=(0, 0, 0))  # no face
+    np.savez(ds / "A" / "npKnown.npz", name=np.array(["listed.png", "gone.png"]), fake=vecs(2))
+    prep = prepare(ds, discover_identities(ds), "fake", fake, tmp_path / "cache", workers=1)
+    (fv,) = prep.folders
+    assert fv.names == ["listed.png", "gone.png", "new.png"] and fv.arrays["fake"].shape == (3, 16)
+    by_code = {}
+    for p in fv.problems:
+        by_code.setdefault(p.code, []).append(p)
+    assert sorted(by_code) == ["no-face", "stale"] and not any(p.fatal for p in fv.problems)
+    assert "black.png: no face found" in by_code["no-face"][0].message
+    absent, added = by_code["stale"]
+    assert "1 listed file(s)" in absent.message and "gone.png" in absent.message
+    assert "2 image(s) not in its name list (black.png, new.png)" in added.message
+
+
+@needs_symlinks
+def test_an_image_linked_out_of_its_folder_is_embedded_and_announced(tmp_path, fake):
+    ds = tmp_path / "ds"
+    _png(ds / "A" / "a.png", 1)
+    os.symlink(_png(tmp_path / "elsewhere" / "x.png", 2), ds / "A" / "x.png")
+    _png(ds / "B" / "b.png", 3)
+    s = session(tmp_path, ds, embedder=fake)
+    v = s.findings().verdicts["A"]
+    (p,) = v.problems
+    assert p.code == "outside-folder" and not p.fatal and p.file == "A/x.png" and v.vectors == 2

@@ -229,7 +229,7 @@ def _refresh(fv: FolderVectors, root: Path, absent: list[str], added: list[Path]
     out.problems.append(Problem(rel, f"{new}; fresh '{embedder.name}' vectors are used for them", fatal=False,
                                 code="stale"))
     if failed:
-        out.problems.append(Problem(rel, f"no face used from {len(failed)} new image(s): {few(failed, total=len(failed))}",
+        out.problems.append(Problem(rel, f"no face used from {len(failed)} new image(s): {few(failed)}",
                                     fatal=False, code="no-face"))
     return out
 
