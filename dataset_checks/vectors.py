@@ -8,12 +8,16 @@ Two layouts are read, both as plain `.npz` archives, never unpickled:
   written with `np.savez(folder / "embeddings.npz", files=names, vectors=vecs)`.
 
 Vectors are L2-normalised after loading, so cosine similarity is an inner product.
-Anything wrong with a file becomes a `Problem` naming the file; loading goes on.
+Anything wrong with a file becomes a `Problem` naming the file; loading goes on. Every array's
+.npy header is checked before the array is read: a shape that does not match the bytes the
+archive holds, or one larger than `MEMORY_LIMIT`, is a problem of that folder, not a MemoryError.
 """
 
 from __future__ import annotations
 
 import io
+import math
+import os
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,29 +25,54 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
+from numpy.lib import format as npy_format
 
-from .discover import Identity, display_name
+from .discover import Identity, display_name, why
+from .folderscan import FACE01_FILE, PLAIN_FILE, FolderScan, scan_folder
+from .problems import SHOWN, Problem, capped, few
 from .readahead import ordered_map
 from .rules import KNOWN_VECTOR_KEYS
 
-FACE01_FILE = "npKnown.npz"
-PLAIN_FILE = "embeddings.npz"
 PLAIN_NAMES, PLAIN_VECTORS = "files", "vectors"
 
+try:  # numpy 2 moved the implementation; 1.x has it in numpy.lib.format
+    from numpy.lib._format_impl import _read_array_header as _read_header_3
+except ImportError:  # pragma: no cover - depends on the numpy version
+    _read_header_3 = getattr(npy_format, "_read_array_header", None)
 
-@dataclass(frozen=True)
-class Problem:
-    """Something wrong with the input. `fatal` problems mean data could not be checked."""
+__all__ = ["FACE01_FILE", "PLAIN_FILE", "MEMORY_LIMIT", "FolderVectors", "Problem", "VectorTable", "embeddings_path",
+           "load_table", "read_bytes", "read_folder", "read_folders", "normalise", "centre_vectors"]
 
-    file: str
-    message: str
-    fatal: bool = True
-    # A short stable kind (corrupt, nan, missing-array, ...): with the identity and file it keys
-    # the problem in a baseline, so an accepted problem stays accepted and a new one fails.
-    code: str = "input"
 
-    def __str__(self) -> str:
-        return f"{self.file}: {self.message}"
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+# The most one folder's arrays may declare. A quarter of physical memory: the vectors are
+# copied once more into the table, and other folders are read ahead meanwhile.
+MEMORY_LIMIT = (_physical_memory() or 16 * 2**30) // 4
+
+
+class TooLarge(MemoryError):
+    """A file or array over the memory bound (returned by read_bytes, never raised to callers)."""
+
+    def __init__(self, size: int, limit: int):
+        super().__init__(f"{size} bytes over the bound of {limit}")
+        self.size, self.limit = size, limit
+
+
+def size_text(n: int) -> str:
+    """Bytes for people: 1.9 TiB, 40.0 MiB, 512 bytes."""
+    if n < 1024:
+        return f"{n} bytes"
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        n /= 1024
+        if n < 1024 or unit == "PiB":
+            return f"{n:.1f} {unit}"
+    raise AssertionError  # pragma: no cover
 
 
 @dataclass
@@ -65,7 +94,7 @@ class VectorTable:
     files: list[str]  # (n,): file name inside the identity folder
     vectors: np.ndarray  # float32 (n, d), unit length
     key: str | None
-    problems: dict[int, list[Problem]]  # identity index -> problems
+    problems: dict[int, list[Problem]]  # identity index -> problems (at most MAX_PROBLEMS each)
     counts: np.ndarray  # int (len(identities),): vectors loaded per identity
     sources: dict[int, Path] = field(default_factory=dict)
 
@@ -85,21 +114,101 @@ def _rel(root: Path, path: Path) -> str:
 
 
 def embeddings_path(folder: Path) -> Path | None:
-    """The folder's embeddings file: FACE01's npKnown.npz first, else the plain embeddings.npz."""
+    """The folder's embeddings file: FACE01's npKnown.npz first, else the plain embeddings.npz.
+
+    None also when the folder cannot be looked at; `folderscan.scan_folder` says why.
+    """
     for name in (FACE01_FILE, PLAIN_FILE):
-        if (folder / name).is_file():
-            return folder / name
+        try:
+            if (folder / name).is_file():
+                return folder / name
+        except OSError:
+            return None
     return None
 
 
-def read_bytes(path: Path | None) -> bytes | OSError | None:
-    """The whole file in one read (np.load on a path makes many small ones), or the error."""
+def read_bytes(path: Path | None, max_bytes: int | None = None) -> bytes | OSError | MemoryError | None:
+    """The whole file in one read (np.load on a path makes many small ones), or the error.
+
+    A file over `max_bytes` (default MEMORY_LIMIT) is not read: `TooLarge`.
+    """
     if path is None:
         return None
+    limit = MEMORY_LIMIT if max_bytes is None else max_bytes
     try:
+        size = path.stat().st_size
+        if size > limit:
+            return TooLarge(size, limit)
         return path.read_bytes()
     except OSError as exc:
         return exc
+    except MemoryError as exc:
+        return exc
+
+
+class _Refused(Exception):
+    """An array that must not be read; carries the problem."""
+
+    def __init__(self, problem: Problem):
+        super().__init__(problem.message)
+        self.problem = problem
+
+
+def _member(zf: zipfile.ZipFile, key: str, rel: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Shape, dtype and bytes the .npy member `key` declares, checked against what the archive holds.
+
+    Only the header is decompressed: a header may declare any shape, and numpy allocates the
+    declared array before reading a byte of it.
+    """
+    names = zf.namelist()
+    info = zf.getinfo(key + ".npy" if key + ".npy" in names else key)
+    with zf.open(info) as fp:
+        version = npy_format.read_magic(fp)
+        if version == (1, 0):
+            shape, _, dtype = npy_format.read_array_header_1_0(fp)
+        elif version == (2, 0):
+            shape, _, dtype = npy_format.read_array_header_2_0(fp)
+        elif version == (3, 0) and _read_header_3 is not None:  # utf-8 field names: no public reader
+            shape, _, dtype = _read_header_3(fp, version)
+        else:
+            raise _Refused(Problem(rel, f"corrupt or truncated archive: '{key}' has .npy format version {version}",
+                                   code="corrupt"))
+        header = fp.tell()
+    if dtype.hasobject:
+        raise _Refused(Problem(rel, f"'{key}' holds Python objects (pickled arrays); re-save names with dtype=str "
+                                    "and vectors as float arrays", code="pickled"))
+    declared = math.prod(shape) * dtype.itemsize
+    held = info.file_size - header
+    if declared != held:
+        raise _Refused(Problem(rel, f"corrupt or truncated archive: '{key}' declares shape {shape} {dtype} "
+                                    f"({size_text(declared)}) but holds {size_text(max(held, 0))}", code="corrupt"))
+    return shape, dtype, declared
+
+
+def _load_arrays(data: bytes, rel: str, names_key: str, wanted: list[str], limit: int, out: "FolderVectors"):
+    """(names, {key: array}) read from the archive bytes, or None with the problem added to `out`."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        keys = list(npz.files)
+        there = f"(arrays present: {', '.join(keys) or 'none'})"
+        if names_key not in keys:
+            out.problems.append(Problem(rel, f"missing array '{names_key}' {there}", code="missing-array"))
+            return None
+        present = [k for k in wanted if k in keys]
+        if not present:
+            expected = " or ".join(f"'{k}'" for k in wanted)
+            out.problems.append(Problem(rel, f"missing vector array {expected} {there}", code="missing-array"))
+            return None
+        total = 0
+        for k in (names_key, *present):
+            shape, dtype, size = _member(npz.zip, k, rel)
+            total += size
+            if total > limit:
+                raise _Refused(Problem(rel, f"'{k}' declares shape {shape} {dtype} ({size_text(size)}); this "
+                                            f"folder's arrays exceed the memory bound of {size_text(limit)}; not read",
+                                       code="too-large"))
+        names = npz[names_key]
+        arrays = {k: npz[k] for k in present}
+    return names, arrays
 
 
 def read_folder(
@@ -107,16 +216,37 @@ def read_folder(
     root: Path,
     vector_key: str | None,
     preread: tuple[Path | None, bytes | OSError | None] | None = None,
+    *,
+    scan: FolderScan | None = None,
+    max_bytes: int | None = None,
 ) -> FolderVectors:
     """Read one identity folder's embeddings file; never raises for bad data.
 
-    `preread`: (embeddings_path(folder), read_bytes(that path)) already done, on a reader thread.
+    `scan`: the folder's listing (scan_folder), and `preread` (path, read_bytes(path)) the
+    file already read, both done on a reader thread. `max_bytes`: the memory bound for this
+    folder's arrays (default MEMORY_LIMIT). Nothing is read from a folder whose identity has a
+    fatal problem (load_table reports those).
     """
     out = FolderVectors(identity)
-    path, data = preread if preread is not None else (embeddings_path(identity.path), None)
+    if identity.fatal:
+        return out
+    limit = MEMORY_LIMIT if max_bytes is None else max_bytes
+    folder = _rel(root, identity.path)
+    data = None
+    if scan is None and preread is not None:
+        scan = FolderScan(embeddings=preread[0])
+    if scan is None:
+        scan = scan_folder(identity.path, folder)
+    if preread is not None:
+        data = preread[1]
+    out.problems.extend(scan.problems)
+    path = scan.embeddings
     if path is None:
-        where = _rel(root, identity.path) + "/"
-        out.problems.append(Problem(where, f"no embeddings: neither {FACE01_FILE} nor {PLAIN_FILE} is in this folder"))
+        if isinstance(data, OSError):  # callers that looked for the file themselves
+            out.problems.append(Problem(folder + "/", f"cannot be read: {why(data)}", code="unreadable"))
+        elif not any(p.fatal for p in out.problems):
+            out.problems.append(Problem(folder + "/", f"no embeddings: neither {FACE01_FILE} nor {PLAIN_FILE} is "
+                                                      "in this folder", code="no-embeddings"))
         return out
     if path.name == FACE01_FILE:
         names_key = "name"
@@ -127,65 +257,83 @@ def read_folder(
     out.source = path
     rel = _rel(root, path)
     if data is None:
-        data = read_bytes(path)
+        data = read_bytes(path, limit)
+    if isinstance(data, TooLarge):
+        out.problems.append(Problem(rel, f"file of {size_text(data.size)} exceeds the memory bound of "
+                                         f"{size_text(data.limit)}; not read", code="too-large"))
+        return out
+    if isinstance(data, MemoryError):
+        out.problems.append(Problem(rel, "not enough memory to read it", code="too-large"))
+        return out
     if isinstance(data, OSError):
-        out.problems.append(Problem(rel, f"cannot be read: {data.strerror or data}"))
+        out.problems.append(Problem(rel, f"cannot be read: {data.strerror or data}", code="unreadable"))
         return out
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            keys = list(npz.files)
-            if names_key not in keys:
-                out.problems.append(Problem(rel, f"missing array '{names_key}' (arrays present: {', '.join(keys) or 'none'})"))
-                return out
-            present = [k for k in wanted if k in keys]
-            if not present:
-                expected = " or ".join(f"'{k}'" for k in wanted)
-                out.problems.append(
-                    Problem(rel, f"missing vector array {expected} (arrays present: {', '.join(keys) or 'none'})")
-                )
-                return out
-            names = npz[names_key]
-            arrays = {k: npz[k] for k in present}
+        loaded = _load_arrays(data, rel, names_key, wanted, limit, out)
+    except _Refused as exc:
+        out.problems.append(exc.problem)
+        return out
+    except MemoryError:
+        # The bound is a guess about free memory; other folders and processes share it.
+        out.problems.append(Problem(rel, f"not enough memory to read its arrays (memory bound {size_text(limit)})",
+                                    code="too-large"))
+        return out
     except ValueError as exc:
         if "allow_pickle" in str(exc) and zipfile.is_zipfile(io.BytesIO(data)):  # an npz whose arrays are objects
-            msg = "holds Python objects (pickled arrays); re-save names with dtype=str and vectors as float arrays"
+            out.problems.append(Problem(rel, "holds Python objects (pickled arrays); re-save names with dtype=str "
+                                             "and vectors as float arrays", code="pickled"))
         else:
-            msg = f"corrupt or truncated archive ({exc})"
-        out.problems.append(Problem(rel, msg))
+            out.problems.append(Problem(rel, f"corrupt or truncated archive ({exc})", code="corrupt"))
         return out
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as exc:
-        out.problems.append(Problem(rel, f"corrupt or truncated archive ({type(exc).__name__}: {exc})"))
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, zipfile.LargeZipFile) as exc:
+        out.problems.append(Problem(rel, f"corrupt or truncated archive ({type(exc).__name__}: {exc})", code="corrupt"))
         return out
+    if loaded is None:
+        return out
+    names, arrays = loaded
 
     if names.ndim != 1 or names.dtype.kind not in "US":
-        out.problems.append(Problem(rel, f"'{names_key}' must be a 1-D array of file names, found dtype {names.dtype} shape {names.shape}"))
+        out.problems.append(Problem(rel, f"'{names_key}' must be a 1-D array of file names, found dtype {names.dtype} "
+                                         f"shape {names.shape}", code="bad-names"))
         return out
     out.names = [n.decode("utf-8", "backslashreplace") if isinstance(n, bytes) else str(n) for n in names.tolist()]
     for k, arr in arrays.items():
         if arr.ndim == 3 and arr.shape[1] == 1:
             arr = arr[:, 0, :]
         if arr.ndim != 2 or arr.dtype.kind not in "fiu":
-            out.problems.append(Problem(rel, f"'{k}' must be an (N, D) or (N, 1, D) number array, found dtype {arr.dtype} shape {arr.shape}"))
+            out.problems.append(Problem(rel, f"'{k}' must be an (N, D) or (N, 1, D) number array, found dtype "
+                                             f"{arr.dtype} shape {arr.shape}", code="bad-shape"))
             continue
         if arr.shape[0] != len(out.names):
-            out.problems.append(
-                Problem(rel, f"'{names_key}' lists {len(out.names)} files but '{k}' has {arr.shape[0]} vectors")
-            )
+            out.problems.append(Problem(rel, f"'{names_key}' lists {len(out.names)} files but '{k}' has "
+                                             f"{arr.shape[0]} vectors", code="count-mismatch"))
             continue
         out.arrays[k] = arr
     return out
 
 
+def fetch_folder(identity: Identity, root: Path, max_bytes: int | None = None
+                 ) -> tuple[FolderScan | None, bytes | OSError | MemoryError | None]:
+    """The listing and raw embeddings file of one folder (for a reader thread); nothing for a
+    folder whose identity has a fatal problem."""
+    if identity.fatal:
+        return None, None
+    scan = scan_folder(identity.path, _rel(root, identity.path))
+    return scan, read_bytes(scan.embeddings, max_bytes)
+
+
 def read_folders(identities: list[Identity], root: Path, vector_key: str | None,
-                 workers: int | None = None) -> Iterator[FolderVectors]:
+                 workers: int | None = None, max_bytes: int | None = None) -> Iterator[FolderVectors]:
     """read_folder for each identity, in order; file reads run ahead on threads."""
 
     def fetch(identity: Identity):
-        path = embeddings_path(identity.path)
-        return identity, path, read_bytes(path)
+        return identity, *fetch_folder(identity, root, max_bytes)
 
-    for identity, path, data in ordered_map(fetch, identities, workers=workers or 8):
-        yield read_folder(identity, root, vector_key, preread=(path, data))
+    for identity, scan, data in ordered_map(fetch, identities, workers=workers or 8):
+        if scan is None:
+            yield FolderVectors(identity)
+            continue
+        yield read_folder(identity, root, vector_key, (scan.embeddings, data), scan=scan, max_bytes=max_bytes)
 
 
 def choose_key(folders: Iterable[FolderVectors], vector_key: str | None) -> str | None:
@@ -199,6 +347,20 @@ def choose_key(folders: Iterable[FolderVectors], vector_key: str | None) -> str 
     return max(seen, key=lambda k: (seen[k], -order.get(k, 99)))
 
 
+def identity_problems(identity: Identity, root: Path) -> list[Problem]:
+    """What discovery found about the folder itself, as problems (old string notes included)."""
+    where = _rel(root, identity.path) + "/"
+    return [*identity.problems, *(Problem(where, note, fatal=False, code="note") for note in identity.notes)]
+
+
+def _bad_rows(rel: str, names: list[str], rows: np.ndarray, what: str, code: str) -> Problem:
+    """One problem for all rows of one kind in one file: a million zero vectors is one line."""
+    n = len(rows)
+    listed = [f"{r} ({display_name(names[r])})" for r in rows[:SHOWN].tolist()]
+    faces = "1 face has" if n == 1 else f"{n} faces have"
+    return Problem(rel, f"{faces} {what}, skipped (row{'s' if n > 1 else ''} {few(listed, total=n)})", code=code)
+
+
 def load_table(
     root: str | Path,
     identities: list[Identity],
@@ -206,19 +368,24 @@ def load_table(
     progress: Callable[..., Iterable] | None = None,
     workers: int | None = None,
     folders: list[FolderVectors] | None = None,
+    max_bytes: int | None = None,
 ) -> VectorTable:
     """Load all identity folders into one `VectorTable`.
 
     `folders`: already-read folders, one per identity in order (images embedded by
-    `dataset_checks.embed.prepare`); then no file is read here.
+    `dataset_checks.embed.prepare`); then no file is read here. `max_bytes`: memory bound for
+    one folder's arrays (default MEMORY_LIMIT).
     """
     root = Path(root)
     if folders is None:
-        results: Iterable[FolderVectors] = read_folders(identities, root, vector_key, workers=workers)
+        results: Iterable[FolderVectors] = read_folders(identities, root, vector_key, workers=workers,
+                                                        max_bytes=max_bytes)
         if progress is not None:
             results = progress(results, total=len(identities), desc="loading", unit="folder")
         folders = list(results)
 
+    # A folder discovery could not read contributes nothing, whatever a caller passed for it.
+    folders = [FolderVectors(f.identity) if f.identity.fatal else f for f in folders]
     key = choose_key(folders, vector_key)
     # The dataset's dimension is the most common one under the chosen key, so one stray folder
     # cannot make every other folder "wrong".
@@ -229,22 +396,22 @@ def load_table(
     counts, sources = np.zeros(len(identities), dtype=np.int64), {}
     usable: list[tuple[int, str, FolderVectors, np.ndarray]] = []
     for idx, f in enumerate(folders):
-        probs = problems.setdefault(idx, list(f.problems))
-        for note in f.identity.notes:
-            probs.append(Problem(_rel(root, f.identity.path) + "/", note, fatal=False))
+        probs = problems.setdefault(idx, identity_problems(f.identity, root) + list(f.problems))
         if f.source is not None:
             sources[idx] = f.source
         arr = f.arrays.get(key) if key else None
-        if f.source is not None and arr is None and not f.problems:
+        if f.source is not None and arr is None and not any(p.fatal for p in f.problems):
             others = ", ".join(f.arrays) or "none"
-            probs.append(Problem(_rel(root, f.source), f"no '{key}' vectors (this folder has: {others}); the dataset uses '{key}' "
-                                                      "(vectors of two models are never compared)"))
+            probs.append(Problem(_rel(root, f.source), f"no '{key}' vectors (this folder has: {others}); the dataset "
+                                                      f"uses '{key}' (vectors of two models are never compared)",
+                                 code="other-model"))
         if arr is not None:
             rel = _rel(root, f.source)
             if arr.shape[1] != dim:
-                probs.append(Problem(rel, f"vectors have dimension {arr.shape[1]}, the rest of the dataset has {dim}"))
+                probs.append(Problem(rel, f"vectors have dimension {arr.shape[1]}, the rest of the dataset has {dim}",
+                                     code="dimension"))
             elif arr.shape[0] == 0:
-                probs.append(Problem(rel, "holds no vectors (empty folder)"))
+                probs.append(Problem(rel, "holds no vectors (empty folder)", code="empty"))
             else:
                 usable.append((idx, rel, f, arr))
 
@@ -258,21 +425,24 @@ def load_table(
     for idx, rel, f, arr in usable:
         probs = problems[idx]
         vec, bad = normalise(arr)
-        for row in np.flatnonzero(bad):
-            what = "NaN or infinite values" if not np.isfinite(arr[row]).all() else "an all-zero vector"
-            probs.append(Problem(f"{rel} [{row}] {display_name(f.names[row])}", f"{what}; this face is skipped"))
         if bad.any():
+            rows = np.flatnonzero(bad)
+            finite = np.isfinite(arr[rows]).all(axis=1)
+            if (~finite).any():
+                probs.append(_bad_rows(rel, f.names, rows[~finite], "NaN or infinite values", "nan"))
+            if finite.any():
+                probs.append(_bad_rows(rel, f.names, rows[finite], "an all-zero vector", "zero"))
             vec = vec[~bad]
             files.extend(f.names[r] for r in np.flatnonzero(~bad))
         else:
             files.extend(f.names)
         if not len(vec) and not probs:
-            probs.append(Problem(rel, "no usable vectors"))
+            probs.append(Problem(rel, "no usable vectors", code="empty"))
         vectors[start : start + len(vec)] = vec
         identity_of[start : start + len(vec)] = idx
         counts[idx] = len(vec)
         start += len(vec)
-    problems = {k: v for k, v in problems.items() if v}
+    problems = {k: capped(v, _rel(root, identities[k].path) + "/") for k, v in problems.items() if v}
     vectors, identity_of = vectors[:start], identity_of[:start]  # skipped rows leave a tail
     return VectorTable(
         root=root,

@@ -249,9 +249,13 @@ def test_stale_file_without_matching_embedder_is_reported(tmp_path, fake):
     s = _session(tmp_path, ds, embedder=fake)
     assert s.image_identities() == []  # folders with an embeddings file have no test_faces_detected
     v = s.findings().verdicts["S"]
-    assert v.vectors == 1  # gone.png dropped, new.png not checkable with another model
-    text = "\n".join(map(str, v.problems))
-    assert "stale" in text and "new.png" in text and "gone.png" in text and "never compared" in text
+    assert v.vectors == 2  # gone.png's vector is kept (the file records it); new.png: another model
+    by_code = {p.code: p for p in v.problems}
+    assert set(by_code) == {"stale", "other-model"}
+    assert not by_code["stale"].fatal and "gone.png" in by_code["stale"].message
+    assert "still checked" in by_code["stale"].message
+    assert by_code["other-model"].fatal and "new.png" in by_code["other-model"].message
+    assert "never compared" in by_code["other-model"].message
     assert v.status == "error"
     assert s.findings().verdicts["T"].status == "pass" and not s.findings().verdicts["T"].problems
 

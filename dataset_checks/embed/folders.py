@@ -2,9 +2,11 @@
 
 * embeddings file, no images: the file as is (vectors-only datasets).
 * images, no embeddings file: every image embedded (cache first) with the configured embedder.
-* both: the file's name list is compared with the images. Files it lists that are gone are
-  dropped; images it does not list are embedded when the embedder makes the same model's vectors
-  as the file, else reported as not checked. Either way the folder is reported as stale.
+* both: the file's name list is compared with the images. The file is the record of the faces
+  it lists, so their vectors are always kept, image present or not (vectors-only datasets list
+  images they do not ship; dropping them would hide the duplicates among them). Images it does
+  not list are embedded when the embedder makes the same model's vectors as the file, else
+  reported as not checked (fatal). Listed files that are gone are a non-fatal note.
 
 Nothing here writes into the dataset.
 """
@@ -19,10 +21,10 @@ from typing import Callable
 import numpy as np
 
 from ..discover import Identity, display_name
+from ..problems import MAX_PROBLEMS, Problem, few
 from ..readahead import ordered_map
-from ..vectors import FolderVectors, Problem, embeddings_path, read_bytes, read_folder
+from ..vectors import FolderVectors, fetch_folder, read_folder
 from .cache import Entry
-from .images import list_images
 from .models import EmbedderInfo, EmbedderUnavailable, get_embedder
 from .pool import EmbedStats, embed_images
 
@@ -74,7 +76,10 @@ class FaceReport:
             return f"{name}: images not embedded: {self.error}"
         lines = [f"{name}: {len(self.problems)} of {len(self.outcomes)} image(s) with a face problem "
                  f"({self.faces_used} face(s) used):"]
-        lines += ["  " + o.line() for o in self.problems]
+        problems = self.problems
+        lines += ["  " + o.line() for o in problems[:MAX_PROBLEMS]]
+        if len(problems) > MAX_PROBLEMS:
+            lines.append(f"  ... and {len(problems) - MAX_PROBLEMS} more images with a face problem")
         return "\n".join(lines)
 
 
@@ -87,12 +92,13 @@ class Prepared:
     embed_seconds: float = 0.0  # images embedded (cache included), not the reading of files
 
 
-def _stale_plan(fv: FolderVectors, images: list[Path]):
+def _stale_plan(fv: FolderVectors, images: list[Path]) -> tuple[list[str], list[Path]]:
+    """(listed files with no image in the folder, images the file does not list)."""
     present = {p.name for p in images}
     listed = set(fv.names)
-    removed = [n for n in fv.names if n not in present]
+    absent = [n for n in fv.names if n not in present]
     added = [p for p in images if p.name not in listed]
-    return removed, added
+    return absent, added
 
 
 def prepare(
@@ -103,27 +109,34 @@ def prepare(
     cache_dir: Path,
     workers: int | None = None,
     progress: Callable | None = None,
+    max_bytes: int | None = None,
 ) -> Prepared:
+    """Every identity's vectors, read or embedded (see the module doc). `max_bytes`: memory bound
+    for one folder's arrays (vectors.MEMORY_LIMIT by default)."""
     root = Path(root)
 
     def fetch(ident: Identity):  # on a reader thread: listings and raw bytes only
-        images = list_images(ident.path)
-        path = embeddings_path(ident.path)
-        return ident, images, path, (read_bytes(path) if path is not None else None)
+        return ident, *fetch_folder(ident, root, max_bytes)
 
     scanned = []
     fetched = ordered_map(fetch, identities)
     if progress is not None:
         fetched = progress(fetched, total=len(identities), desc="loading", unit="folder")
-    for ident, images, path, data in fetched:
-        fv = read_folder(ident, root, vector_key, preread=(path, data)) if path is not None or not images else None
-        scanned.append((ident, images, fv))
+    for ident, scan, data in fetched:
+        if scan is None or scan.unreadable:  # load_table reports the identity's own problems
+            scanned.append((ident, [], FolderVectors(ident, problems=list(scan.problems) if scan else [])))
+            continue
+        images = scan.images
+        fv = None
+        if scan.embeddings is not None or not images:
+            fv = read_folder(ident, root, vector_key, (scan.embeddings, data), scan=scan, max_bytes=max_bytes)
+        scanned.append((ident, images, fv if fv is not None else scan))
 
     # What needs embedding: image-only folders, and images a stale embeddings file does not list.
     wanted: list[Path] = []
     plans = []
     for ident, images, fv in scanned:
-        if fv is None:
+        if not isinstance(fv, FolderVectors):  # image-only: the listing's problems go with it
             plans.append((ident, fv, images, [], images))
             wanted += images
         elif images and fv.names is not None and fv.arrays:
@@ -147,12 +160,12 @@ def prepare(
     folders, faces = [], {}
     for ident, fv, images, removed, added in plans:
         rel = display_name(ident.name)
-        if fv is None:  # image-only folder
+        if not isinstance(fv, FolderVectors):  # image-only folder
             report = FaceReport(ident, error=unavailable)
-            out = FolderVectors(ident, source=ident.path)
+            out = FolderVectors(ident, source=ident.path, problems=list(fv.problems))
             if unavailable:
                 out.problems.append(Problem(rel + "/", f"{len(images)} image(s) and no embeddings file; "
-                                                       f"not embedded: {unavailable}"))
+                                                       f"not embedded: {unavailable}", code="not-embedded"))
             else:
                 names, vecs = [], []
                 for p in images:
@@ -166,7 +179,7 @@ def prepare(
                     out.arrays[embedder.name] = np.stack(vecs)
                 else:
                     out.problems.append(Problem(rel + "/", f"none of its {len(images)} image(s) gave a face "
-                                                           "(see test_faces_detected)"))
+                                                           "(see test_faces_detected)", code="no-face"))
             faces[ident.name] = report
             folders.append(out)
             continue
@@ -177,39 +190,35 @@ def prepare(
     return Prepared(folders, faces, embedder, stats, embed_seconds)
 
 
-def _refresh(fv: FolderVectors, root: Path, removed: list[str], added: list[Path],
+def _refresh(fv: FolderVectors, root: Path, absent: list[str], added: list[Path],
              entries: dict[Path, Entry], embedder: EmbedderInfo | None, unavailable: str | None) -> FolderVectors:
-    """A stale embeddings file: drop vectors of gone files, add fresh ones for new images."""
+    """A stale embeddings file: every listed vector kept, fresh ones for images it does not list."""
     try:
         rel = display_name(str(fv.source.relative_to(root)))
     except ValueError:
         rel = display_name(str(fv.source))
-    keep = [i for i, n in enumerate(fv.names) if n not in set(removed)]
-    out = FolderVectors(fv.identity, source=fv.source, problems=list(fv.problems))
-    out.names = [fv.names[i] for i in keep]
-    out.arrays = {k: a[keep] for k, a in fv.arrays.items()}
-    what = []
-    if added:
-        what.append(f"{len(added)} image(s) not in its name list ({_few([p.name for p in added])})")
-    if removed:
-        what.append(f"{len(removed)} listed file(s) no longer in the folder ({_few(removed)}); their vectors are dropped")
-    stale = "stale: " + "; ".join(what)
+    out = FolderVectors(fv.identity, source=fv.source, names=list(fv.names), arrays=dict(fv.arrays),
+                        problems=list(fv.problems))
+    if absent:
+        out.problems.append(Problem(rel, f"stale: {len(absent)} listed file(s) not in the folder ({_few(absent)}); "
+                                         "their vectors are still checked", fatal=False, code="stale"))
     if not added:
-        out.problems.append(Problem(rel, stale, fatal=False))
         return out
-    if embedder is None or embedder.name not in out.arrays:
-        if embedder is None:
-            why = unavailable or "no embedder"
-        else:
-            why = (f"the embedder makes '{embedder.name}' vectors and this file holds "
-                   f"{', '.join(repr(k) for k in out.arrays)}; vectors of two models are never compared")
-        out.problems.append(Problem(rel, f"{stale}; the new images are not checked: {why}"))
+    new = f"stale: {len(added)} image(s) not in its name list ({_few([p.name for p in added])})"
+    if embedder is None:
+        out.problems.append(Problem(rel, f"{new} are not checked: {unavailable or 'no embedder'}",
+                                    code="not-embedded"))
+        return out
+    if embedder.name not in out.arrays:
+        out.problems.append(Problem(rel, f"{new} are not checked: the embedder makes '{embedder.name}' vectors and "
+                                         f"this file holds {', '.join(repr(k) for k in out.arrays)}; vectors of two "
+                                         "models are never compared", code="other-model"))
         return out
     new_names, new_vecs, failed = [], [], []
     for p in added:
         e = entries[p]
         if e.vector is None:
-            failed.append(f"{p.name}: {ImageOutcome(p.name, e).problem}")
+            failed.append(f"{display_name(p.name)}: {ImageOutcome(p.name, e).problem}")
         else:
             new_names.append(p.name)
             new_vecs.append(e.vector)
@@ -217,13 +226,13 @@ def _refresh(fv: FolderVectors, root: Path, removed: list[str], added: list[Path
     out.arrays = {embedder.name: np.concatenate([base.reshape(base.shape[0], -1).astype(np.float32),
                                                  np.array(new_vecs, dtype=np.float32).reshape(len(new_vecs), -1)])}
     out.names = out.names + new_names
-    msg = f"{stale}; fresh '{embedder.name}' vectors are used for the new images"
+    out.problems.append(Problem(rel, f"{new}; fresh '{embedder.name}' vectors are used for them", fatal=False,
+                                code="stale"))
     if failed:
-        msg += "; no face used from: " + "; ".join(failed)
-    out.problems.append(Problem(rel, msg, fatal=False))
+        out.problems.append(Problem(rel, f"no face used from {len(failed)} new image(s): {few(failed)}",
+                                    fatal=False, code="no-face"))
     return out
 
 
-def _few(names: list[str], n: int = 5) -> str:
-    shown = ", ".join(display_name(x) for x in names[:n])
-    return shown + (f", ... {len(names) - n} more" if len(names) > n else "")
+def _few(names: list[str]) -> str:
+    return few([display_name(x) for x in names[:5]], total=len(names))

@@ -14,17 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
+from ..folderscan import IMAGE_EXTENSIONS, is_image_name  # noqa: F401 - public here too
+
 MIN_SIDE = 32  # smaller than this cannot hold a face any detector finds (dlib's HOG needs ~80 px)
 MAX_PIXELS = 100_000_000  # larger images are refused instead of decoded (decompression bombs)
 
 
-def is_image_name(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
 def list_images(folder: str | Path) -> list[Path]:
-    """Image files directly in `folder` (not in subfolders such as FACE01's noFace/), sorted."""
+    """Image files directly in `folder` (not in subfolders such as FACE01's noFace/), sorted.
+
+    Quiet about what it cannot read; `folderscan.scan_folder` reports it (prepare uses that)."""
     folder = Path(folder)
     out = []
     try:
