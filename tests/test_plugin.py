@@ -294,7 +294,7 @@ def test_bad_rows_fail_or_warn(pytester, dataset, bad_input, outcome):
     rules.write_text(f"threshold: 0.85\nbad_input: {bad_input}\n", encoding="utf-8")
     result = pytester.runpytest_inprocess(PKG, "-p", "no:cacheprovider", "--report-dir", "out",
                                           "--dataset", str(dataset), "--rules", str(rules), "-rA")
-    line = "Dave/npKnown.npz [1] Dave_0002.jpg: NaN or infinite values; this face is skipped"
+    line = "Dave/npKnown.npz: 1 face has NaN or infinite values, skipped (row 1 (Dave_0002.jpg))"
     out = result.stdout.str()
     assert line in out
     assert re.search(rf"{outcome.upper()} .*test_identity\[Dave\]", out), out
