@@ -51,9 +51,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="where findings.csv, findings.json, merge_candidates.csv and report.html go "
                          "(default: reports/ in the rootdir)")
     group.addoption("--baseline", metavar="FILE", default=None,
-                    help="accepted findings (findings.csv format): they are waived, only new findings fail")
+                    help="accepted findings and input problems: they are waived, only new ones fail")
     group.addoption("--update-baseline", action="store_true", default=False,
-                    help="accept every current finding and write them to the --baseline file")
+                    help="accept every current finding and input problem and write them to the --baseline file")
 
 
 def _targets_us(args: list[str]) -> bool:
@@ -106,8 +106,8 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError("--update-baseline needs --baseline FILE (the file to write)")
     baseline_path = config.getoption("baseline")
     try:
-        baseline = Baseline.load(Path(baseline_path), missing_ok=config.getoption("update_baseline")) \
-            if baseline_path else None
+        baseline = Baseline.load(Path(baseline_path), missing_ok=config.getoption("update_baseline"),
+                                 writable=config.getoption("update_baseline")) if baseline_path else None
     except BaselineError as exc:
         raise pytest.UsageError(str(exc)) from None
     session = CheckSession(rules, report_dir=report_dir, baseline=baseline,
@@ -191,6 +191,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     check = session.config.stash.get(SESSION, None)
     if check is not None:
         check.write_reports()
+        if check.baseline_refused and session.exitstatus == pytest.ExitCode.OK:  # baseline: not updated
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
