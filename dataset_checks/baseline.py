@@ -22,6 +22,7 @@ as pair entries.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import os
@@ -208,10 +209,12 @@ def read_entries(path: Path) -> list[Entry]:
         data = path.read_bytes()
     except OSError as exc:
         raise BaselineError(f"baseline {path} cannot be read: {exc.strerror or exc}") from None
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0  # Excel writes one
     try:
-        text = data.decode("utf-8-sig")  # Excel saves CSV with a byte order mark
+        text = data[bom:].decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise BaselineError(f"baseline {path} is not UTF-8: byte {exc.start} (0x{data[exc.start]:02X}) "
+        at = bom + exc.start  # a position in the file, for a hex editor
+        raise BaselineError(f"baseline {path} is not UTF-8: byte {at} (0x{data[at]:02X}) "
                             f"cannot be decoded; save it as UTF-8") from None
     old_limit = csv.field_size_limit()
     csv.field_size_limit(FIELD_LIMIT)
