@@ -203,15 +203,18 @@ class Findings:
 
     def counts(self) -> dict[str, int]:
         statuses = [v.status for v in self.verdicts.values()]
-        return {
+        counts = {
             "identities": len(statuses),
             "passed": statuses.count("pass"),
             "failed": statuses.count("fail"),
             "not_checkable": statuses.count("error"),
             "findings": len(self.active),
             "waived": len(self.waived),
-            "waived_problems": sum(len(v.problem_waivers) for v in self.verdicts.values()),
         }
+        waived_problems = sum(len(v.problem_waivers) for v in self.verdicts.values())
+        if waived_problems:  # only with a baseline that accepts input problems
+            counts["waived_problems"] = waived_problems
+        return counts
 
     @property
     def error(self) -> str | None:

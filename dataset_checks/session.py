@@ -375,7 +375,8 @@ class CheckSession:
                              f"finding(s) and input problem(s)")
             else:
                 stale = f"; {status['stale']} no longer found (--update-baseline drops them)" if status["stale"] else ""
-                problems = f", {c['waived_problems']} accepted input problem(s)" if c.get("waived_problems") else ""
-                lines.append(f"baseline {status['path']}: {status['entries']} accepted finding(s) waived{problems}{stale}")
+                problems = f" and {c['waived_problems']} input problem(s)" if c.get("waived_problems") else ""
+                lines.append(f"baseline {status['path']}: {status['entries']} accepted entries; "
+                             f"{c['waived']} finding(s){problems} waived{stale}")
         lines += [f"wrote {p}" for p in self.report_files()]
         return lines

@@ -64,7 +64,7 @@ def test_baseline_accepts_bad_input_and_a_new_problem_fails(pytester, dataset):
     waived = doc["identities"]["Zed"]["waived_problems"]  # listed as waived, never hidden
     assert [w["waived"] for w in waived] == ["baseline: baseline.csv"] and waived[0]["file"] == "Zed/npKnown.npz"
     assert doc["identities"]["Ghost"]["waived_problems"] and doc["counts"]["waived_problems"] == 2
-    result.stdout.fnmatch_lines(["baseline *: 46 accepted finding(s) waived, 2 accepted input problem(s)*"])
+    result.stdout.fnmatch_lines(["baseline *: 46 accepted entries; 44 finding(s) and 2 input problem(s) waived"])
 
     (dataset / "Carol" / "npKnown.npz").write_bytes(CORRUPT)  # a new problem
     result = go(pytester, "--dataset", str(dataset), "--baseline", str(base))
@@ -113,7 +113,7 @@ def test_unreadable_identity_keeps_its_accepted_rows(pytester, dataset):
     npz.write_bytes(good)  # Bob readable again: the kept pair is still accepted
     result = go(pytester, "--dataset", str(dataset), "--baseline", str(base))
     assert result.ret == pytest.ExitCode.OK and not failed(result)
-    result.stdout.fnmatch_lines(["baseline *: * waived*; 1 no longer found*"])  # Bob's corrupt-file row
+    result.stdout.fnmatch_lines(["baseline *: 7 accepted entries; 4 finding(s) and 2 input problem(s) waived; 1 no longer found*"])  # Bob's corrupt-file row
 
 
 def test_update_fails_fast_when_the_baseline_folder_is_not_writable(pytester, dataset, monkeypatch):
