@@ -259,14 +259,15 @@ def _parse(path: Path, reader: Iterable[list[str]]) -> list[Entry]:
 
 
 def _parse_old(path: Path, reader: Iterable[list[str]]) -> list[Entry]:
-    # Written before names were formula-guarded: shown names only, so no csv_uncell here.
+    # Old baselines hold shown names; a findings.csv copied as a baseline holds name_cell()s.
+    # cell_name reads both, except an old name that itself began with ' (shown keeps it).
     out = []
     for line, row in enumerate(reader, start=2):
         if not row:
             continue
         if len(row) != len(CSV_HEADER):
             raise BaselineError(f"baseline {path}: line {line}: expected {len(CSV_HEADER)} fields, found {len(row)}")
-        out.append(pair_entry(*(_raw(c) for c in row[:4]), similarity=_number(path, line, row[4])))
+        out.append(pair_entry(*(cell_name(c) for c in row[:4]), similarity=_number(path, line, row[4])))
     return out
 
 

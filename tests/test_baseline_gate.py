@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import faiss  # noqa: F401  - before pytester's sys.modules snapshot (see test_plugin.py)
@@ -143,10 +144,13 @@ def test_baseline_file_problems_are_usage_errors(pytester, dataset, make, expect
 
 
 def test_formula_like_folder_names_are_inert_and_round_trip(pytester):
-    """Folders named like spreadsheet formulas: every CSV name cell starts with ', numbers stay
-    numbers, and the baseline written from them matches the next run exactly."""
+    """Folders named like spreadsheet formulas (and with bytes that are not UTF-8, literal \\xNN
+    and %, a tab): no CSV name cell starts a formula, numbers stay numbers, and the baseline
+    written from them matches the next run exactly."""
     rng = np.random.default_rng(1)
-    names = ['=HYPERLINK("http:x","y")', "-1+2", "@SUM(A1)", "+x", "'quoted", "plain"]
+    # ('/' cannot be in a folder name: the HYPERLINK target is "http:x")
+    names = ['=HYPERLINK("http:x","y")', "-1+2", "@SUM(A1)", "+x", "'quoted", "plain",
+             os.fsdecode(b"caf\xe9"), "a\\x41", "100%41", "\tTab"]
     root = pytester.path / "data"
     shared = rng.standard_normal(32)
     for k, n in enumerate(names):
@@ -159,19 +163,22 @@ def test_formula_like_folder_names_are_inert_and_round_trip(pytester):
     findings = rows(pytester.path / "out" / "findings.csv")[1:]
     merge = rows(pytester.path / "out" / "merge_candidates.csv")[1:]
     baseline = rows(base)[1:]
-    assert len(findings) == 0 and len(baseline) == 15 and len(merge) == 15
+    assert len(findings) == 0 and len(merge) == 45
+    assert len([r for r in baseline if r[0] == "cross_identity"]) == 45
+    assert [r[1] for r in baseline if r[0] == "input"] == ["caf%E9"]  # its name is not UTF-8: a note, accepted too
     result = go(pytester, "--dataset", str(root), "--baseline", str(base))
     assert result.ret == pytest.ExitCode.OK and not failed(result)
 
     base.unlink()
     go(pytester, "--dataset", str(root))
     findings = rows(pytester.path / "out" / "findings.csv")[1:]
-    assert len(findings) == 15
+    assert len(findings) == 45
     cells = [c for r in findings for c in r[:4]] + [c for r in merge for c in r[1:3]] + \
             [c for r in baseline for c in r[1:5] if c]
     assert cells and all(not c.startswith(("=", "+", "-", "@", "\t", "\r")) for c in cells)
     assert "'=HYPERLINK(\"http:x\",\"y\")" in cells and "'-1+2" in cells and "'@SUM(A1)" in cells
-    assert "''quoted" in cells and "plain" in cells
+    assert "''quoted" in cells and "plain" in cells and "caf%E9" in cells and "a%5Cx41" in cells
+    assert "100%2541" in cells and "%09Tab" in cells
     for r in findings:
         float(r[4])
     for r in merge:
