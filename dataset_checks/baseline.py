@@ -1,20 +1,50 @@
-"""CI ratchet: a baseline file of accepted findings (findings.csv format).
+"""CI ratchet: a baseline file of accepted findings and input problems.
 
-`--baseline FILE`: findings listed in FILE are waived (reported, never failing); only new ones
-fail. `--update-baseline`: the run accepts every current finding and writes them to FILE, so
-fixed findings drop out and the file only ever shrinks unless someone accepts new ones.
-Allowlisted findings (rules.yaml `allow`) never go into the baseline: the rules already cover them.
+`--baseline FILE`: whatever FILE lists is waived (reported as `baseline: FILE`, never failing);
+only new findings and new problems fail. `--update-baseline`: the run accepts the current state
+and rewrites FILE, so fixed findings drop out and the file only grows when someone accepts new
+ones in review. Allowlisted findings (rules.yaml `allow`) never go into the baseline: the rules
+already cover them.
+
+The file is a CSV, one accepted item per row, sorted by (check, key) so that a diff shows what
+was accepted or fixed:
+
+    check,identity,file,other_identity,other_file,similarity,code,detail
+    cross_identity,Alice,Alice_0002.jpg,Bob,Bob_0003.jpg,0.981234,,
+    input,Eve,Eve/npKnown.npz,,,,corrupt,corrupt or truncated archive (...)
+
+Each check ratchets on its own key (`KEY_COLUMNS`): a pair on its two (identity, file) sides,
+order-free; a problem on (identity, file, code). `similarity` and `detail` are for the reader.
+Names are written with `text.name_cell` and read with `text.cell_name` (exact round trip). The
+old findings.csv-format baseline (`identity,file,other_identity,other_file,similarity`) is read
+as pair entries.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
+import os
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
-from .text import unshown
-from .findings import CSV_HEADER, Finding, Findings, _atomic_write, read_csv
+from .findings import (CSV_HEADER, INPUT_CHECK, PAIR_CHECK, Findings, Key, _atomic_write, problem_key)
+from .text import cell_name, csv_cell, csv_uncell, name_cell, unshown
 
 BASELINE_PREFIX = "baseline"
+HEADER = ("check", "identity", "file", "other_identity", "other_file", "similarity", "code", "detail")
+# Which columns key each check. A new check adds its line here and ratchets on its own key.
+KEY_COLUMNS: dict[str, tuple[str, ...]] = {
+    PAIR_CHECK: ("identity", "file", "other_identity", "other_file"),
+    INPUT_CHECK: ("identity", "file", "code"),
+}
+NAME_COLUMNS = ("identity", "file", "other_identity", "other_file")
+# csv refuses fields over 128 KB by default (a _csv.Error mid-read); no name comes near this, but
+# a problem's detail may be long. Beyond it the file is not a baseline this tool wrote.
+FIELD_LIMIT = 16 * 1024 * 1024
 
 
 class BaselineError(ValueError):
@@ -26,58 +56,223 @@ def _raw(name: str) -> str:
     return unshown(name)
 
 
-def _key(f: Finding) -> tuple[str, str, str, str]:
-    return Finding(_raw(f.identity), _raw(f.file), _raw(f.other_identity), _raw(f.other_file), f.similarity).key()
+@dataclass(frozen=True)
+class Entry:
+    """One accepted item: a check and its key, plus what a reader of the file wants to see."""
+
+    check: str
+    key: tuple[str, ...]
+    similarity: float | None = None
+    detail: str = ""
+
+    @property
+    def full_key(self) -> Key:
+        return (self.check, self.key)
+
+    @property
+    def identities(self) -> tuple[str, ...]:
+        """The identity folders the entry is about (a pair: both)."""
+        cols = KEY_COLUMNS[self.check]
+        return tuple(v for c, v in zip(cols, self.key) if c in ("identity", "other_identity"))
+
+    def row(self) -> tuple[str, ...]:
+        cells = dict.fromkeys(HEADER, "")
+        cells["check"] = self.check
+        for col, value in zip(KEY_COLUMNS[self.check], self.key):
+            cells[col] = name_cell(value) if col in NAME_COLUMNS else csv_cell(value)
+        if self.similarity is not None:
+            cells["similarity"] = f"{self.similarity:.6f}"
+        cells["detail"] = csv_cell(self.detail)
+        return tuple(cells[c] for c in HEADER)
+
+
+def pair_entry(identity: str, file: str, other_identity: str, other_file: str,
+               similarity: float | None = None) -> Entry:
+    a, b = (identity, file), (other_identity, other_file)
+    return Entry(PAIR_CHECK, (*min(a, b), *max(a, b)), similarity)
+
+
+def current_entries(findings: Findings) -> list[Entry]:
+    """What `--update-baseline` accepts from this run: every pair the rules do not already
+    allow, and every input problem."""
+    out = [pair_entry(f.identity, f.file, f.other_identity, f.other_file, f.similarity)
+           for f in findings.pairs if is_baselinable(f)]
+    for v in findings.verdicts.values():
+        for p in v.problems:
+            check, key = problem_key(v.identity.name, p)
+            out.append(Entry(check, key, detail=p.message))
+    return out
 
 
 class Baseline:
-    def __init__(self, path: Path, entries: list[Finding] | None = None):
+    def __init__(self, path: Path, entries: list[Entry] | None = None):
         self.path = Path(path)
         self.entries = entries or []
-        self.keys = {_key(e) for e in self.entries}
+        self.keys = {e.full_key for e in self.entries}
 
     @classmethod
-    def load(cls, path: Path, missing_ok: bool = False) -> "Baseline":
+    def load(cls, path: Path, missing_ok: bool = False, writable: bool = False) -> "Baseline":
+        """Read FILE; `missing_ok`: a missing file is an empty baseline; `writable`: fail now,
+        before the search, when FILE could not be written at the end (--update-baseline)."""
         path = Path(path)
+        if writable:
+            check_writable(path)
         if not path.exists():
             if missing_ok:
                 return cls(path)
             raise BaselineError(f"baseline file not found: {path} (create it with --update-baseline)")
         if not path.is_file():
             raise BaselineError(f"baseline is not a file: {path}")
-        try:
-            return cls(path, read_csv(path))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BaselineError(f"baseline {exc}") from None
+        return cls(path, read_entries(path))
 
     @property
     def reason(self) -> str:
         return f"{BASELINE_PREFIX}: {self.path.name}"
 
-    def waivers(self) -> list[tuple[tuple[str, str, str, str], str]]:
+    def waivers(self) -> list[tuple[Key, str]]:
         return [(k, self.reason) for k in self.keys]
 
     @staticmethod
-    def accept_all(findings: Findings, reason: str) -> list[tuple[tuple[str, str, str, str], str]]:
-        """Waivers that accept every finding the rules do not already allow (--update-baseline)."""
-        return [(f.key(), reason) for f in findings.pairs if is_baselinable(f)]
+    def accept_all(findings: Findings, reason: str) -> list[tuple[Key, str]]:
+        """Waivers that accept the whole current state (--update-baseline): pairs the rules do
+        not already allow, and input problems."""
+        return [(e.full_key, reason) for e in current_entries(findings)]
 
-    def stale(self, findings: Findings) -> list[Finding]:
-        """Baseline entries this run no longer finds (fixed, or below the threshold now)."""
-        current = {f.key() for f in findings.pairs}
-        return [e for e in self.entries if _key(e) not in current]
+    def _unseen(self, findings: Findings) -> set[str]:
+        """Identities this run could not see (unreadable folders; every one when the search
+        failed): their accepted entries are neither stale nor dropped."""
+        if findings.error is not None:
+            return set(findings.verdicts)
+        return {name for name, v in findings.verdicts.items() if v.unreadable}
+
+    def stale(self, findings: Findings) -> list[Entry]:
+        """Accepted entries this run no longer finds (fixed, or below the threshold now); what
+        --update-baseline would drop."""
+        current = {e.full_key for e in current_entries(findings)}
+        unseen = self._unseen(findings)
+        return [e for e in self.entries
+                if e.full_key not in current and not unseen.intersection(e.identities)]
+
+    def updated(self, findings: Findings) -> list[Entry]:
+        """The new baseline: the current state, plus what was accepted before about identities
+        this run could not read (an unreadable folder must not shrink the baseline)."""
+        if findings.error is not None:
+            raise BaselineError(f"baseline {self.path} not updated: this run could not check everything "
+                                f"({findings.error}); fix that and run --update-baseline again")
+        unseen = self._unseen(findings)
+        entries = {e.full_key: e for e in self.entries if unseen.intersection(e.identities)}
+        entries.update((e.full_key, e) for e in current_entries(findings))
+        return sorted(entries.values(), key=lambda e: e.full_key)
 
     def write(self, findings: Findings) -> Path:
-        rows = [f.row() for f in findings.pairs if is_baselinable(f)]
+        """Write the updated baseline atomically (a reader never sees half a file); raises
+        BaselineError, and leaves the file as it was, when this run could not see everything."""
+        entries = self.updated(findings)
+        rows = [e.row() for e in entries]
 
         def write(fh):
-            w = csv.writer(fh)
-            w.writerow(CSV_HEADER)
+            w = csv.writer(fh, lineterminator="\n")
+            w.writerow(HEADER)
             w.writerows(rows)
 
-        _atomic_write(self.path, write)
+        try:
+            _atomic_write(self.path, write)
+        except OSError as exc:
+            raise BaselineError(f"baseline {self.path} could not be written: {exc.strerror or exc}") from None
+        self.entries = entries
+        self.keys = {e.full_key for e in self.entries}
         return self.path
 
 
-def is_baselinable(f: Finding) -> bool:
+def is_baselinable(f) -> bool:
     return f.waived is None or f.waived.startswith(BASELINE_PREFIX)
+
+
+def check_writable(path: Path) -> None:
+    """Raise BaselineError unless a file can be created next to `path` (the atomic write's temp)."""
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except FileExistsError:
+        raise BaselineError(f"baseline {path} cannot be written: {folder} is not a folder") from None
+    except OSError as exc:
+        raise BaselineError(f"baseline {path} cannot be written in the folder {folder}: "
+                            f"{exc.strerror or exc}") from None
+
+
+def read_entries(path: Path) -> list[Entry]:
+    """Every entry of a baseline file (this format or the old findings.csv format)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BaselineError(f"baseline {path} cannot be read: {exc.strerror or exc}") from None
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0  # Excel writes one
+    try:
+        text = data[bom:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at = bom + exc.start  # a position in the file, for a hex editor
+        raise BaselineError(f"baseline {path} is not UTF-8: byte {at} (0x{data[at]:02X}) "
+                            f"cannot be decoded; save it as UTF-8") from None
+    old_limit = csv.field_size_limit()
+    csv.field_size_limit(FIELD_LIMIT)
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""))
+        try:
+            return _parse(path, reader)
+        except csv.Error as exc:
+            if "field larger than field limit" in str(exc):
+                raise BaselineError(f"baseline {path}: line {reader.line_num}: a field is larger than "
+                                    f"{FIELD_LIMIT // (1024 * 1024)} MB; this is not a baseline file") from None
+            raise BaselineError(f"baseline {path}: line {reader.line_num}: {exc}") from None
+    finally:
+        csv.field_size_limit(old_limit)
+
+
+def _parse(path: Path, reader: Iterable[list[str]]) -> list[Entry]:
+    header = tuple(next(iter(reader), None) or ())
+    if header == CSV_HEADER:
+        return _parse_old(path, reader)
+    if header != HEADER:
+        raise BaselineError(f"baseline {path}: expected the header {','.join(HEADER)} "
+                            f"(or the old {','.join(CSV_HEADER)}), found {','.join(header) or 'an empty file'}")
+    out = []
+    for line, row in enumerate(reader, start=2):
+        if not row:
+            continue
+        if len(row) != len(HEADER):
+            raise BaselineError(f"baseline {path}: line {line}: expected {len(HEADER)} fields, found {len(row)}")
+        cells = dict(zip(HEADER, row))
+        check = cells["check"]
+        if check not in KEY_COLUMNS:
+            raise BaselineError(f"baseline {path}: line {line}: unknown check {check!r} "
+                                f"(known: {', '.join(sorted(KEY_COLUMNS))})")
+        key = tuple(cell_name(cells[c]) if c in NAME_COLUMNS else csv_uncell(cells[c]) for c in KEY_COLUMNS[check])
+        sim = _number(path, line, cells["similarity"]) if cells["similarity"] else None
+        if check == PAIR_CHECK:
+            out.append(pair_entry(*key, similarity=sim))
+        else:
+            out.append(Entry(check, key, sim, csv_uncell(cells["detail"])))
+    return out
+
+
+def _parse_old(path: Path, reader: Iterable[list[str]]) -> list[Entry]:
+    # Old baselines hold shown names; a findings.csv copied as a baseline holds name_cell()s.
+    # cell_name reads both, except an old name that itself began with ' (shown keeps it).
+    out = []
+    for line, row in enumerate(reader, start=2):
+        if not row:
+            continue
+        if len(row) != len(CSV_HEADER):
+            raise BaselineError(f"baseline {path}: line {line}: expected {len(CSV_HEADER)} fields, found {len(row)}")
+        out.append(pair_entry(*(cell_name(c) for c in row[:4]), similarity=_number(path, line, row[4])))
+    return out
+
+
+def _number(path: Path, line: int, cell: str) -> float:
+    try:
+        return float(cell)
+    except ValueError:
+        raise BaselineError(f"baseline {path}: line {line}: similarity is not a number: {cell!r}") from None

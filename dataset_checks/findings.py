@@ -13,10 +13,25 @@ from typing import Any, Iterable
 from .discover import Identity, display_name
 from .rules import Rules
 from .search import SearchResult
+from .text import cell_name, name_cell, unshown
 from .vectors import Problem, VectorTable
 
 CSV_HEADER = ("identity", "file", "other_identity", "other_file", "similarity")
-MESSAGE_LINES = 50
+# The failure text is read in a terminal or a CI log; the full lists are in the files and report.
+TERMINAL_PAIRS = 3
+TERMINAL_PROBLEMS = 3
+
+# Baseline keys: (check, key tuple). Each check ratchets on its own key; names in keys are the
+# file system's names (not shown text), so a key survives any change of how names are shown.
+PAIR_CHECK = "cross_identity"
+INPUT_CHECK = "input"
+Key = tuple[str, tuple[str, ...]]
+
+
+def problem_key(identity: str, problem: Problem) -> Key:
+    """A problem's baseline key: (input, (identity, file, code)); the message is not part of it,
+    so rewording a message does not turn an accepted problem into a new one."""
+    return (INPUT_CHECK, (identity, unshown(problem.file), problem.code))
 
 
 @dataclass(frozen=True)
@@ -31,11 +46,12 @@ class Finding:
     waived: str | None = None  # why this finding does not fail (allowlist, baseline)
 
     def row(self) -> tuple:
+        """findings.csv cells: names shown and formula-safe (`text.cell_name` reads them back)."""
         return (
-            display_name(self.identity),
-            display_name(self.file),
-            display_name(self.other_identity),
-            display_name(self.other_file),
+            name_cell(self.identity),
+            name_cell(self.file),
+            name_cell(self.other_identity),
+            name_cell(self.other_file),
             f"{self.similarity:.6f}",
         )
 
@@ -43,6 +59,9 @@ class Finding:
         """Order-free identity of the pair, for baselines and deduplication."""
         a, b = (self.identity, self.file), (self.other_identity, self.other_file)
         return (*min(a, b), *max(a, b))
+
+    def baseline_key(self) -> Key:
+        return (PAIR_CHECK, self.key())
 
     def seen_from(self, identity: str) -> "Match":
         if identity == self.identity:
@@ -74,6 +93,8 @@ class Verdict:
     problems: list[Problem] = field(default_factory=list)
     bad_input: str = "fail"
     error: str | None = None  # the whole run could not check anything (e.g. search failed)
+    # problem -> why it does not fail (accepted in a baseline); still listed, never hidden
+    problem_waivers: dict[Problem, str] = field(default_factory=dict)
 
     @property
     def failing_matches(self) -> list[Match]:
@@ -88,17 +109,37 @@ class Verdict:
         return [p for p in self.problems if p.fatal]
 
     @property
+    def failing_problems(self) -> list[Problem]:
+        """Fatal problems not accepted in a baseline."""
+        return [p for p in self.problems if p.fatal and p not in self.problem_waivers]
+
+    @property
+    def waived_problems(self) -> list[tuple[Problem, str]]:
+        return [(p, self.problem_waivers[p]) for p in self.problems if p in self.problem_waivers]
+
+    @property
     def checkable(self) -> bool:
         return self.error is None and self.vectors > 0
 
     @property
+    def unreadable(self) -> bool:
+        """The folder could not be read at all: a baseline update keeps what it accepted before."""
+        return self.vectors == 0 and bool(self.fatal_problems)
+
+    @property
     def status(self) -> str:
-        """'fail' (matches another identity), 'error' (could not be checked), 'pass'."""
+        """'fail' (matches another identity), 'error' (could not be checked), 'pass'.
+
+        An identity whose only reasons to fail are accepted (baseline) problems passes, even
+        when nothing of it could be checked: accepting an empty folder is the point of a
+        baseline; a new problem in it fails again."""
         if any(m.waived is None for m in self.matches):
             return "fail"
-        if not self.checkable:
+        if self.error is not None:
             return "error"
-        if self.fatal_problems and self.bad_input == "fail":
+        if self.failing_problems and (self.bad_input == "fail" or self.vectors == 0):
+            return "error"
+        if self.vectors == 0 and not self.waived_problems:
             return "error"
         return "pass"
 
@@ -118,17 +159,30 @@ class Verdict:
             lines.append(
                 f"{name}: {len(failing)} face pair(s) match another identity at cosine >= {self.threshold:g}:"
             )
-            lines += ["  " + m.line() for m in failing[:MESSAGE_LINES]]
-            if len(failing) > MESSAGE_LINES:
-                lines.append(f"  ... and {len(failing) - MESSAGE_LINES} more (see findings.csv)")
-        if self.problems:
+            lines += _capped([m.line() for m in failing], TERMINAL_PAIRS, "pair(s): see report.html / findings.csv")
+        open_problems = [p for p in self.problems if p not in self.problem_waivers]
+        if open_problems:
             checked = f"{self.vectors} face(s) checked" if self.vectors else "nothing checked"
-            lines.append(f"{name}: {len(self.problems)} input problem(s) ({checked}):")
-            lines += ["  " + str(p) for p in self.problems]
+            lines.append(f"{name}: {len(open_problems)} input problem(s) ({checked}):")
+            lines += _capped([str(p) for p in open_problems], TERMINAL_PROBLEMS,
+                             "problem(s): see report.html / findings.json")
+        waived_problems = self.waived_problems
+        if waived_problems:
+            lines.append(f"{name}: {len(waived_problems)} waived input problem(s):")
+            lines += _capped([f"{p}  (waived: {why})" for p, why in waived_problems], TERMINAL_PROBLEMS,
+                             "problem(s): see findings.json")
         if self.waived_matches:
             lines.append(f"{name}: {len(self.waived_matches)} waived pair(s):")
-            lines += ["  " + m.line() for m in self.waived_matches[:MESSAGE_LINES]]
+            lines += _capped([m.line() for m in self.waived_matches], TERMINAL_PAIRS,
+                             "pair(s): see report.html / findings.json")
         return "\n".join(lines)
+
+
+def _capped(lines: list[str], limit: int, more: str) -> list[str]:
+    out = ["  " + line for line in lines[:limit]]
+    if len(lines) > limit:
+        out.append(f"  ... and {len(lines) - limit} more {more}")
+    return out
 
 
 @dataclass
@@ -149,7 +203,7 @@ class Findings:
 
     def counts(self) -> dict[str, int]:
         statuses = [v.status for v in self.verdicts.values()]
-        return {
+        counts = {
             "identities": len(statuses),
             "passed": statuses.count("pass"),
             "failed": statuses.count("fail"),
@@ -157,6 +211,15 @@ class Findings:
             "findings": len(self.active),
             "waived": len(self.waived),
         }
+        waived_problems = sum(len(v.problem_waivers) for v in self.verdicts.values())
+        if waived_problems:  # only with a baseline that accepts input problems
+            counts["waived_problems"] = waived_problems
+        return counts
+
+    @property
+    def error(self) -> str | None:
+        """Why the run could not see everything (the search failed), if it could not."""
+        return next((v.error for v in self.verdicts.values() if v.error), None)
 
 
 def build_findings(
@@ -164,13 +227,14 @@ def build_findings(
     result: SearchResult | None,
     rules: Rules,
     metadata: dict[str, Any] | None = None,
-    waive: Iterable[tuple[tuple[str, str, str, str], str]] = (),
+    waive: Iterable[tuple[Key, str]] = (),
     error: str | None = None,
 ) -> Findings:
     """Turn search pairs into findings and one verdict per identity.
 
     A pair counts against an identity when its similarity reaches *that identity's* threshold
     (per-identity overrides); it is a finding when it counts against at least one side.
+    `waive`: (baseline key, reason) of accepted pairs and problems (see `problem_key`).
     """
     waivers = dict(waive)
     names = [ident.name for ident in table.identities]
@@ -185,6 +249,12 @@ def build_findings(
         )
         for k, ident in enumerate(table.identities)
     }
+    if waivers:
+        for v in verdicts.values():
+            for p in v.problems:
+                reason = waivers.get(problem_key(v.identity.name, p))
+                if reason:
+                    v.problem_waivers[p] = reason
     pairs: list[Finding] = []
     if result is not None:
         files = table.files
@@ -206,7 +276,7 @@ def build_findings(
             reason = allowed_cache[pair_key]
             finding = Finding(a, fa, b, fb, s)
             if reason is None and waivers:
-                reason = waivers.get(finding.key())
+                reason = waivers.get((PAIR_CHECK, finding.key()))
             if reason:
                 finding = Finding(a, fa, b, fb, s, reason)
             pairs.append(finding)
@@ -247,7 +317,9 @@ def write_csv(findings: Findings, path: Path) -> Path:
 
 
 def _finding_json(f: Finding) -> dict:
-    d = dict(zip(CSV_HEADER, f.row()))
+    # JSON is not a spreadsheet: names shown, without csv_cell's formula guard
+    names = (f.identity, f.file, f.other_identity, f.other_file)
+    d = {k: display_name(n) for k, n in zip(CSV_HEADER, names)}
     d["similarity"] = round(f.similarity, 6)
     if f.waived:
         d["waived"] = f.waived
@@ -267,6 +339,8 @@ def write_json(findings: Findings, path: Path) -> Path:
                 "threshold": v.threshold,
                 "matches": len(v.failing_matches),
                 "problems": [str(p) for p in v.problems],
+                **({"waived_problems": [{"file": p.file, "code": p.code, "message": p.message, "waived": why}
+                                        for p, why in v.waived_problems]} if v.problem_waivers else {}),
             }
             for v in findings.verdicts.values()
         },
@@ -294,7 +368,7 @@ def _dump_lines(doc: dict, fh) -> None:
 
 
 def read_csv(path: Path) -> list[Finding]:
-    """Read a findings.csv (or a baseline written as one)."""
+    """Read a findings.csv: names back to the file system's names (`text.cell_name`)."""
     with open(path, encoding="utf-8", newline="") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
@@ -308,5 +382,5 @@ def read_csv(path: Path) -> list[Finding]:
                 sim = float(row[4])
             except ValueError:
                 raise ValueError(f"{path}: line {line}: similarity is not a number: {row[4]!r}") from None
-            out.append(Finding(row[0], row[1], row[2], row[3], sim))
+            out.append(Finding(cell_name(row[0]), cell_name(row[1]), cell_name(row[2]), cell_name(row[3]), sim))
         return out

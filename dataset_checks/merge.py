@@ -31,6 +31,7 @@ import numpy as np
 
 from .discover import display_name
 from .findings import Finding, _atomic_write
+from .text import cell_name, csv_cell, csv_uncell, name_cell
 
 CSLS_K = 5
 EXAMPLES = 4
@@ -57,9 +58,9 @@ class MergeCandidate:
 
     def row(self, rank: int) -> tuple:
         return (
-            rank, display_name(self.identity), display_name(self.other_identity), f"{self.score:.4f}",
+            rank, name_cell(self.identity), name_cell(self.other_identity), f"{self.score:.4f}",
             f"{self.mean_cosine:.4f}", f"{self.best_similarity:.6f}", self.faces_matching, self.faces,
-            self.other_faces_matching, self.other_faces, self.pairs, self.waived or "",
+            self.other_faces_matching, self.other_faces, self.pairs, csv_cell(self.waived or ""),
         )
 
     def line(self) -> str:
@@ -176,5 +177,11 @@ def write_merge_csv(candidates: list[MergeCandidate], path: Path) -> Path:
 
 
 def read_merge_csv(path: Path) -> list[dict[str, str]]:
+    """Rows of a merge_candidates.csv; names back to the file system's names."""
     with open(path, encoding="utf-8", newline="") as fh:
-        return list(csv.DictReader(fh))
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        for col in ("identity", "other_identity"):
+            row[col] = cell_name(row[col])
+        row["waived"] = csv_uncell(row["waived"])
+    return rows

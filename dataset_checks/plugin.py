@@ -55,9 +55,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="where findings.csv, findings.json, merge_candidates.csv and report.html go "
                          "(default: reports/ in the rootdir)")
     group.addoption("--baseline", metavar="FILE", default=None,
-                    help="accepted findings (findings.csv format): they are waived, only new findings fail")
+                    help="accepted findings and input problems: they are waived, only new ones fail")
     group.addoption("--update-baseline", action="store_true", default=False,
-                    help="accept every current finding and write them to the --baseline file")
+                    help="accept every current finding and input problem and write them to the --baseline file")
 
 
 def _targets_us(args: list[str]) -> bool:
@@ -118,8 +118,8 @@ def pytest_configure(config: pytest.Config) -> None:
     report_dir = _report_dir(config, rules.dataset)
     baseline_path = config.getoption("baseline")
     try:
-        baseline = Baseline.load(Path(baseline_path), missing_ok=config.getoption("update_baseline")) \
-            if baseline_path else None
+        baseline = Baseline.load(Path(baseline_path), missing_ok=config.getoption("update_baseline"),
+                                 writable=config.getoption("update_baseline")) if baseline_path else None
     except BaselineError as exc:
         raise pytest.UsageError(str(exc)) from None
     session = CheckSession(rules, report_dir=report_dir, baseline=baseline,
@@ -311,8 +311,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     check = session.config.stash.get(SESSION, None)
     if check is not None:
         check.write_reports()
-        if check.write_errors and session.exitstatus == 0:
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED  # a gate whose outputs are missing did not pass
+        # a gate whose outputs are missing, or whose baseline could not be updated, did not pass
+        if (check.write_errors or check.baseline_refused) and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 # innermost wrapper: around pytest-html's writer, inside the terminal reporter's summary

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import __version__
 from .discover import Identity, discover_identities, display_name
-from .baseline import Baseline
+from .baseline import Baseline, BaselineError
 from .findings import Findings, Verdict, build_findings, write_csv, write_json
 from .merge import MergeCandidate, merge_candidates, write_merge_csv
 from .rules import Rules
@@ -47,6 +47,7 @@ class CheckSession:
         self.rules = rules
         self.baseline = baseline  # accepted findings (--baseline); None: every finding counts
         self.update_baseline = update_baseline  # accept this run's findings and rewrite the baseline
+        self.baseline_refused: str | None = None  # why --update-baseline did not write the file
         self.html_path: Path | None = None  # report.html, written by pytest-html when it is on
         self._candidates: list[MergeCandidate] | None = None
         self._thumbs = None
@@ -329,14 +330,20 @@ class CheckSession:
             self._candidates = merge_candidates(t.vectors, t.identity_of, [i.name for i in t.identities], f.pairs)
         return self._candidates
 
+    # -- baseline (dataset_checks.baseline) ------------------------------------------------
     def baseline_status(self) -> dict[str, Any] | None:
         if self.baseline is None or self._findings is None:
             return None
+        path = str(self.baseline.path)
         if self.update_baseline:
-            entries = sum(1 for p in self._findings.pairs if p.waived and p.waived.startswith("baseline"))
-            return {"path": str(self.baseline.path), "entries": entries, "updated": True, "stale": 0}
-        return {"path": str(self.baseline.path), "entries": len(self.baseline.entries),
+            try:
+                entries = len(self.baseline.updated(self._findings))
+            except BaselineError as exc:  # the run could not see everything: the file stays as it was
+                return {"path": path, "entries": len(self.baseline.entries), "stale": 0, "refused": str(exc)}
+            return {"path": path, "entries": entries, "updated": True, "stale": 0}
+        return {"path": path, "entries": len(self.baseline.entries),
                 "stale": len(self.baseline.stale(self._findings))}
+    # -- end baseline ----------------------------------------------------------------------
 
     # -- report.html pieces (pytest-html hooks call these) ---------------------------------
     def thumbnails(self):
@@ -401,14 +408,17 @@ class CheckSession:
             (self.report_dir / "findings.json", lambda p: write_json(self._findings, p)),
             (self.report_dir / "merge_candidates.csv", lambda p: write_merge_csv(self.merge_candidates(), p)),
         ]
-        if self.update_baseline and self.baseline is not None:
-            jobs.append((self.baseline.path, lambda p: self.baseline.write(self._findings)))
         self.written = []
         for path, write in jobs:
             try:
                 self.written.append(write(path))
             except OSError as exc:
                 self.write_errors.append(f"{display_name(str(path))}: {exc.strerror or exc}")
+        if self.update_baseline and self.baseline is not None:  # baseline
+            try:
+                self.written.append(self.baseline.write(self._findings))
+            except BaselineError as exc:
+                self.baseline_refused = str(exc)
         return self.written
 
     def header_lines(self) -> list[str]:
@@ -469,12 +479,17 @@ class CheckSession:
             lines.append(f"folders that may be one person ({len(candidates)} pair(s), best evidence first):")
             lines += [f"  {c.line()}" for c in candidates[:5]]
         status = self.baseline_status()
-        if status:
-            if status.get("updated"):
-                lines.append(f"baseline {status['path']}: rewritten with {status['entries']} accepted finding(s)")
+        if status:  # baseline
+            if self.baseline_refused or status.get("refused"):
+                lines.append(f"BASELINE NOT UPDATED: {self.baseline_refused or status['refused']}")
+            elif status.get("updated"):
+                lines.append(f"baseline {status['path']}: rewritten with {status['entries']} accepted "
+                             f"finding(s) and input problem(s)")
             else:
                 stale = f"; {status['stale']} no longer found (--update-baseline drops them)" if status["stale"] else ""
-                lines.append(f"baseline {status['path']}: {status['entries']} accepted finding(s) waived{stale}")
+                problems = f" and {c['waived_problems']} input problem(s)" if c.get("waived_problems") else ""
+                lines.append(f"baseline {status['path']}: {status['entries']} accepted entries; "
+                             f"{c['waived']} finding(s){problems} waived{stale}")
         lines += [f"wrote {display_name(str(p))}" for p in self.report_files()]
         lines += [f"COULD NOT WRITE {e}" for e in self.write_errors]
         return lines

@@ -11,7 +11,7 @@ import faiss  # noqa: F401  - before pytester's sys.modules snapshot (see test_p
 import numpy as np
 import pytest
 
-from dataset_checks.baseline import Baseline, BaselineError, _raw
+from dataset_checks.baseline import HEADER, Baseline, BaselineError, _raw
 from dataset_checks.discover import display_name
 from dataset_checks.findings import CSV_HEADER
 from helpers import write_face01
@@ -46,7 +46,8 @@ def test_update_then_gate_only_new_findings_fail(pytester, dataset, run):
     rec = run("--dataset", str(dataset), "--baseline", str(base), "--update-baseline")
     assert rec.ret == pytest.ExitCode.OK  # accepting the current findings passes the run
     written = rows(base)
-    assert tuple(written[0]) == CSV_HEADER
+    assert tuple(written[0]) == HEADER
+    assert {r[0] for r in written[1:]} == {"cross_identity"}
     findings = rows(pytester.path / "out" / "findings.csv")  # nothing active, all accepted
     assert findings == [list(CSV_HEADER)]
     assert len(written) - 1 == 44
@@ -83,7 +84,7 @@ def test_stale_entries_reported_and_dropped_by_update(pytester, dataset, run):
     result = pytester.runpytest_inprocess(PKG, "-p", "no:cacheprovider", "--report-dir", "out", "--threshold", "0.85",
                                           "--dataset", str(dataset), "--baseline", str(base))
     assert result.ret == pytest.ExitCode.OK
-    result.stdout.fnmatch_lines(["baseline *baseline.csv: 44 accepted finding(s) waived; 1 no longer found*"])
+    result.stdout.fnmatch_lines(["baseline *baseline.csv: 44 accepted entries; 43 finding(s) waived; 1 no longer found*"])
     run("--dataset", str(dataset), "--baseline", str(base), "--update-baseline")
     assert len(rows(base)) - 1 == 43
 
@@ -93,7 +94,7 @@ def test_allowlisted_findings_stay_out_of_the_baseline(pytester, dataset, run):
     rules.write_text("allow:\n  - identities: [Dana, Dana_R]\n    reason: siblings\n", encoding="utf-8")
     base = pytester.path / "baseline.csv"
     run("--dataset", str(dataset), "--rules", str(rules), "--baseline", str(base), "--update-baseline")
-    assert not [r for r in rows(base)[1:] if r[0] == "Dana"]
+    assert not [r for r in rows(base)[1:] if r[1] == "Dana"]
     assert len(rows(base)) - 1 == 41
 
 

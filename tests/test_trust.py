@@ -216,7 +216,8 @@ def test_unwritable_folders_are_refused_before_the_run(pytester, demo_data):
     base.write_text("x")
     result = _run(pytester, pytester.path / "work", "--dataset", str(demo_data),
                   "--baseline", str(base / "baseline.csv"), "--update-baseline")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR and "--baseline" in _output(result)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "baseline" in _output(result) and "not a folder" in _output(result)
 
 
 def test_second_run_on_the_same_report_dir_is_refused(pytester, demo_data):
