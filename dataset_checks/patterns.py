@@ -45,7 +45,7 @@ MIN_ONE_PHOTO_MATCHES = 2
 # 3-4 face folder in dlib's crowded region push name variants out of the top 60).
 PHOTO_PRIOR = 3
 
-_KIND_NAME = {ONE_PHOTO: "misfiled photo", COPIES: "copies", ONE_PERSON: "one person?"}
+_KIND_NAME = {ONE_PHOTO: "misfiled photo", COPIES: "copies", ONE_PERSON: "many-to-many"}
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,8 @@ class Pattern:
     def photo_evidence(self) -> float:
         if self.kind != ONE_PHOTO:
             return -1.0
+        if not self.other_faces:
+            return -1.0
         q = self.other_faces_matching / (self.other_faces + PHOTO_PRIOR)
         return 2 * q - 1
 
@@ -87,8 +89,9 @@ class Pattern:
     def description(self) -> str:
         a, b = display_name(self.identity), display_name(self.other_identity)
         if self.kind == ONE_PHOTO:
-            return (f"{display_name(self.photo or '')} matches {self.other_faces_matching} of "
-                    f"{self.other_faces} faces of {b}: a photo of {b} filed under {a}?")
+            of = f" of {self.other_faces}" if self.other_faces else ""
+            return (f"{display_name(self.photo or '')} matches {self.other_faces_matching}{of} "
+                    f"faces of {b}: a photo of {b} filed under {a}?")
         if self.kind == COPIES:
             if self.pairs == 1:
                 return (f"{a}/{display_name(self.photo or '')} matches {b}/{display_name(self.other_photo or '')} "
@@ -96,8 +99,9 @@ class Pattern:
                         f"or look-alikes?")
             return (f"{self.pairs} photos of {a} have a copy in {b} (best cosine {self.best_similarity:.4f}): "
                     f"the same photos filed under both names?")
-        return (f"{self.faces_matching} of {self.faces} faces of {a} match {self.other_faces_matching} of "
-                f"{self.other_faces} faces of {b}: one person under two names?")
+        of = f" of {self.other_faces}" if self.other_faces else ""
+        return (f"{self.faces_matching} of {self.faces} faces of {a} match {self.other_faces_matching}{of} "
+                f"faces of {b}: one person under two names?")
 
     @property
     def fix(self) -> str:
@@ -151,18 +155,20 @@ def candidate_pattern(c: "MergeCandidate") -> Pattern:
                     c.other_faces, c.pairs, c.best_similarity, photo_a, photo_b, c.score)
 
 
-def identity_patterns(verdict: "Verdict", findings: "Findings",
+def identity_patterns(verdict: "Verdict", findings: "Findings | None" = None,
                       scores: dict[frozenset, float] | None = None) -> list[Pattern]:
     """Patterns of a failing identity's (not waived) matches, one per other folder, best evidence first.
 
-    `scores`: merge scores by frozenset({a, b}) (see `merge_scores`)."""
+    `findings` gives the other folders' sizes (without it a misfiled photo's evidence is unknown
+    and its line says "matches N faces" without "of M"); `scores`: merge scores by
+    frozenset({a, b}) (see `merge_scores`)."""
     groups: dict[str, list[tuple[str, str, float]]] = {}
     for m in verdict.failing_matches:
         groups.setdefault(m.other_identity, []).append((m.file, m.other_file, m.similarity))
     name = verdict.identity.name
     out = []
     for other, pairs in groups.items():
-        other_v = findings.verdicts.get(other)
+        other_v = findings.verdicts.get(other) if findings is not None else None
         score = (scores or {}).get(frozenset((name, other)))
         out.append(classify(name, other, pairs, verdict.vectors, other_v.vectors if other_v else 0, score))
     out.sort(key=lambda p: (-p.evidence, -p.best_similarity, -p.pairs, p.other_identity))
