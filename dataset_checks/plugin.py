@@ -236,8 +236,8 @@ _ROW_ORDER = pytest.StashKey[dict]()
 _HTML_CONFIG: list[pytest.Config] = []  # the config of the run whose report pytest-html is building
 
 
-@pytest.hookimpl(tryfirst=True, specname="pytest_sessionstart")  # before pytest-html builds the header
-def _dc_html_sessionstart(session: pytest.Session) -> None:
+@pytest.hookimpl(tryfirst=True)  # before pytest-html builds the header
+def pytest_sessionstart(session: pytest.Session) -> None:
     config = session.config
     _HTML_CONFIG[:] = [config] if SESSION in config.stash else []
     if SESSION not in config.stash or "initial_sort" in config.inicfg:
