@@ -240,7 +240,7 @@ _HTML_CONFIG: list[pytest.Config] = []  # the config of the run whose report pyt
 def pytest_sessionstart(session: pytest.Session) -> None:
     config = session.config
     _HTML_CONFIG[:] = [config] if SESSION in config.stash else []
-    if SESSION not in config.stash or "initial_sort" in config.inicfg:
+    if SESSION not in config.stash or config.getini("initial_sort") != "result":  # the user chose one
         return
     from pytest_html.report_data import ReportData
 
