@@ -240,9 +240,14 @@ _HTML_CONFIG: list[pytest.Config] = []  # the config of the run whose report pyt
 def pytest_sessionstart(session: pytest.Session) -> None:
     config = session.config
     _HTML_CONFIG[:] = [config] if SESSION in config.stash else []
-    if SESSION not in config.stash or config.getini("initial_sort") != "result":  # the user chose one
+    if SESSION not in config.stash or config.pluginmanager.getplugin("html") is None:  # -p no:html
         return
-    from pytest_html.report_data import ReportData
+    try:
+        if config.getini("initial_sort") != "result":  # the user chose a sort
+            return
+        from pytest_html.report_data import ReportData
+    except (ValueError, KeyError, ImportError):
+        return
 
     # Rows open in evidence order (the Evidence column) unless the user chose a sort in the ini.
     for plugin in config.pluginmanager.get_plugins():
