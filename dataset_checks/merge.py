@@ -18,6 +18,14 @@ photos. For every identity pair with at least one finding this module gathers:
   that stands out against its own neighbourhood is the better evidence. On LFW this brings
   name variants (Joseph_Blatter / Sepp_Blatter, Felipe_De_Borbon / Prince_Felipe) up among the
   duplicated photos, above look-alikes that merely share a crowded region.
+
+Candidates are ranked by `evidence`, not by the score alone. A misfiled photo (one face of A
+matching many faces of B: a copied video frame, a group photo whose face is B's) is a label
+error whose folders' mean vectors differ, so its score is low, often the lowest of all; its
+evidence is the share of B's faces the photo matches (patterns.py: `2·q − 1`, q = matched /
+(faces of B + 3)). A candidate's evidence is the larger of its score and that; ties go to the
+best similarity. `pattern` says which shape the pairs have (patterns.Pattern: misfiled photo,
+copies, one person), in one line, with the next step.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import numpy as np
 
 from .discover import display_name
 from .findings import Finding, _atomic_write
+from .patterns import Pattern, candidate_pattern
 from .text import cell_name, csv_cell, csv_uncell, name_cell
 
 CSLS_K = 5
@@ -55,6 +64,15 @@ class MergeCandidate:
     score: float
     examples: list[Finding] = field(default_factory=list)  # the best pairs, best first
     waived: str | None = None  # set when every pair between the two is waived
+
+    @property
+    def pattern(self) -> Pattern:
+        return candidate_pattern(self)
+
+    @property
+    def evidence(self) -> float:
+        """The ranking key (see the module doc): the score, or a misfiled photo's evidence."""
+        return self.pattern.evidence
 
     def row(self, rank: int) -> tuple:
         return (
@@ -156,7 +174,7 @@ def merge_candidates(
             examples=[_oriented(f, a) for f in group[:examples]],
             waived=group[0].waived if None not in waived else None,
         ))
-    out.sort(key=lambda c: (-c.score, -c.best_similarity, c.identity, c.other_identity))
+    out.sort(key=lambda c: (-c.evidence, -c.best_similarity, c.identity, c.other_identity))
     return out
 
 

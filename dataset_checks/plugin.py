@@ -385,3 +385,64 @@ def pytest_html_results_summary(prefix: list, summary: list, postfix: list, sess
     if check is not None:
         prefix.append(check.summary_html())
         postfix.extend(check.sections_html())
+
+
+# -- report.html result table: evidence order, no Duration column, escaped test ids -------------
+# (appended hooks; they only act in a dataset_checks run)
+
+_ROW_ORDER = pytest.StashKey[dict]()
+_HTML_CONFIG: list[pytest.Config] = []  # the config of the run whose report pytest-html is building
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-html builds the header
+def pytest_sessionstart(session: pytest.Session) -> None:
+    config = session.config
+    _HTML_CONFIG[:] = [config] if SESSION in config.stash else []
+    if SESSION not in config.stash or config.pluginmanager.getplugin("html") is None:  # -p no:html
+        return
+    try:
+        if config.getini("initial_sort") != "result":  # the user chose a sort
+            return
+        from pytest_html.report_data import ReportData
+    except (ValueError, KeyError, ImportError):
+        return
+
+    # Rows open in evidence order (the Evidence column) unless the user chose a sort in the ini.
+    for plugin in config.pluginmanager.get_plugins():
+        data = getattr(plugin, "_report", None)
+        if isinstance(data, ReportData):
+            data.set_data("initialSort", "dcorder")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_html_results_table_header(cells: list) -> None:
+    if not _HTML_CONFIG:
+        return
+    cells[:] = [c for c in cells if 'data-column-type="duration"' not in c]
+    cells.insert(2, '<th class="sortable" data-column-type="dcorder">Evidence</th>')
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_html_results_table_row(report, cells: list) -> None:
+    config = _HTML_CONFIG[0] if _HTML_CONFIG else None
+    check = config.stash.get(SESSION, None) if config is not None else None
+    if check is None:
+        return
+    from html import escape
+
+    from .report import row_order
+
+    # pytest-html 4.2 inserts this cell with innerHTML (pytest-html#1024): escape the id.
+    test_id = report.nodeid + ("" if report.when == "call" else f"::{report.when}")
+    cells[:] = [f'<td class="col-testId">{escape(test_id)}</td>' if 'class="col-testId"' in c else c
+                for c in cells if 'class="col-duration"' not in c]
+    key, label = "5", ""
+    name = report.nodeid.rsplit("[", 1)[-1][:-1] if report.nodeid.endswith("]") else None
+    if check._findings is not None and "::test_identity[" in report.nodeid and name is not None:
+        if _ROW_ORDER not in config.stash:
+            config.stash[_ROW_ORDER] = row_order(check._findings, check.merge_candidates())
+        key, label = config.stash[_ROW_ORDER].get(name, ("5", ""))
+    elif report.failed:
+        key = "1"  # other failing tests (faces not detected) right after the ranked identities
+    # pytest-html sorts by the cell's text: the hidden key first, then what a reader sees.
+    cells.insert(2, f'<td class="col-dcorder"><span hidden>{key}</span>{escape(label)}</td>')

@@ -5,6 +5,8 @@
   when the images are next to the embeddings, names otherwise), shown in its test row.
 * `merge_html`: "Folders that may be one person", ranked as in merge_candidates.csv.
 * `waived_html`: allowlisted and baselined findings, listed, not hidden.
+* `summary_lines`: the dataset_checks section of the terminal output (plain text).
+* `row_order`: the key that puts report.html's result rows in evidence order.
 
 Every name from the dataset is escaped. Thumbnails are capped per identity and per candidate,
 so the report of a large dataset stays small.
@@ -12,12 +14,15 @@ so the report of a large dataset stays small.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from html import escape
 from typing import Any, Iterable
 
 from .discover import display_name
 from .findings import Findings, Match, Verdict
 from .merge import MergeCandidate
+from .patterns import Pattern, RankedIdentity, identity_patterns, merge_scores, rank_failing
+from .text import terminal_line
 from .thumbnails import Thumbnails
 
 PAIRS_PER_IDENTITY = 4
@@ -25,7 +30,18 @@ MERGE_ROWS = 25
 MERGE_THUMBS = 3
 WAIVED_ROWS = 50
 
+# Names are the dataset's own: Japanese, Chinese and Korean ones must not fall back to boxes or
+# a mismatched glyph set (高 vs 髙 must stay distinguishable), so CJK fonts are in the list.
+FONTS = ('Helvetica, Arial, "Noto Sans", "Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK KR", '
+         '"Hiragino Sans", "Hiragino Kaku Gothic ProN", "Yu Gothic", "Meiryo", "Microsoft YaHei", '
+         '"PingFang SC", "Source Han Sans", "WenQuanYi Micro Hei", sans-serif')
+
 STYLE = """<style>
+body, #results-table, .dc-summary, .dc-merge, .dc-waived, .extras-container { font-family: FONTS; }
+.dc-pattern { margin: 4px 0; font-weight: bold; }
+.dc-kind { display: inline-block; padding: 0 5px; border-radius: 3px; background: #fde7c6; font-size: 11px; }
+.dc-next { color: #444; font-size: 12px; }
+""".replace("FONTS", FONTS) + """
 .dc-summary table, .dc-merge table, .dc-waived table { border-collapse: collapse; margin: 4px 0 12px; }
 .dc-summary th, .dc-summary td, .dc-merge th, .dc-merge td, .dc-waived th, .dc-waived td {
   border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; font-size: 13px; }
@@ -41,6 +57,7 @@ STYLE = """<style>
 .dc-sim { font-weight: bold; }
 .dc-ok { color: #2a7a2a; } .dc-bad { color: #b00020; }
 .dc-merge .dc-thumbs img { max-width: 64px; max-height: 64px; margin-right: 2px; }
+.dc-merge td.dc-side { width: 230px; }
 </style>"""
 
 
@@ -128,15 +145,28 @@ def _pair(thumbs: Thumbnails | None, identity: str, m: Match) -> str:
             f"{_face(thumbs, m.other_identity, m.other_file)}</div></div>")
 
 
-def identity_html(verdict: Verdict, thumbs: Thumbnails | None, limit: int = PAIRS_PER_IDENTITY) -> str:
-    """Offending pairs of a failing identity (thumbnails); waived pairs of any identity (names)."""
+def pattern_html(pattern: Pattern) -> str:
+    return (f"<div class='dc-pattern'><span class='dc-kind'>{escape(pattern.label)}</span> "
+            f"{escape(pattern.description)}</div><div class='dc-next'>Next step: {escape(pattern.next_step)}</div>")
+
+
+def identity_html(verdict: Verdict, thumbs: Thumbnails | None, limit: int = PAIRS_PER_IDENTITY,
+                  findings: Findings | None = None, candidates: Iterable[MergeCandidate] = ()) -> str:
+    """Offending pairs of a failing identity (thumbnails); waived pairs of any identity (names).
+
+    With `findings` (and `candidates`) the pattern line knows the other folders' sizes and the
+    merge scores; without, it still names the shape."""
     name = verdict.identity.name
     parts = []
     failing = verdict.failing_matches
     if failing:
+        patterns = identity_patterns(verdict, findings, merge_scores(candidates))
+        lines = "".join(pattern_html(p) for p in patterns[:3])
+        if len(patterns) > 3:
+            lines += f"<div>&hellip; and {len(patterns) - 3} more folder(s)</div>"
         shown = "".join(_pair(thumbs, name, m) for m in failing[:limit])
         more = f"<p>&hellip; and {len(failing) - limit} more pair(s) in findings.csv</p>" if len(failing) > limit else ""
-        parts.append(f"<div class='dc-identity'><b>{len(failing)} pair(s) match another identity at cosine &ge; "
+        parts.append(f"<div class='dc-identity'>{lines}<b>{len(failing)} pair(s) match another identity at cosine &ge; "
                      f"{verdict.threshold:g}</b><div class='dc-pairs'>{shown}</div>{more}</div>")
     waived = verdict.waived_matches
     if waived:
@@ -145,37 +175,44 @@ def identity_html(verdict: Verdict, thumbs: Thumbnails | None, limit: int = PAIR
     return "".join(parts)
 
 
+def _side(thumbs: Thumbnails | None, identity: str, files: list[str], matching: int, faces: int) -> str:
+    imgs = []
+    for f in files:
+        uri = thumbs.data_uri(identity, f) if thumbs is not None else None
+        imgs.append(f"<img src='{uri}' alt='{_e(f)}' title='{_e(identity)}/{_e(f)}'>" if uri
+                    else f"<span class='dc-noimg-name'>{_e(f)}</span>")
+    return (f"<td class='dc-side'><div class='dc-thumbs'><b>{_e(identity)}</b><br>{matching} of {faces} faces "
+            f"match<br>{' '.join(imgs)}</div></td>")
+
+
 def merge_html(candidates: list[MergeCandidate], thumbs: Thumbnails | None, limit: int = MERGE_ROWS,
                per_side: int = MERGE_THUMBS) -> str:
-    head = ("<tr><th>#</th><th>Folders</th><th>Score</th><th>Faces of A matching B</th>"
-            "<th>Faces of B matching A</th><th>Best cosine</th><th>Mean-vector cosine</th><th>Faces</th></tr>")
+    head = ("<tr><th>#</th><th>Folder A</th><th>Folder B</th><th>What it looks like</th><th>Evidence</th>"
+            "<th>Score</th><th>Best cosine</th><th>Mean-vector cosine</th></tr>")
     rows = []
     for rank, c in enumerate(candidates[:limit], start=1):
         a_files = list(dict.fromkeys(f.file for f in c.examples))[:per_side]
         b_files = list(dict.fromkeys(f.other_file for f in c.examples))[:per_side]
-        cells = []
-        for ident, files in ((c.identity, a_files), (c.other_identity, b_files)):
-            imgs = []
-            for f in files:
-                uri = thumbs.data_uri(ident, f) if thumbs is not None else None
-                imgs.append(f"<img src='{uri}' alt='{_e(f)}' title='{_e(ident)}/{_e(f)}'>" if uri else _e(f))
-            cells.append(f"<div class='dc-thumbs'><b>{_e(ident)}</b><br>{' '.join(imgs)}</div>")
         waived = f"<br><i>waived: {_e(c.waived)}</i>" if c.waived else ""
+        p = c.pattern
         rows.append(
-            f"<tr class='dc-candidate'><td>{rank}</td><td>{_e(c.identity)}<br>+ {_e(c.other_identity)}{waived}</td>"
-            f"<td>{c.score:.3f}</td><td>{c.faces_matching} of {c.faces}</td>"
-            f"<td>{c.other_faces_matching} of {c.other_faces}</td><td>{c.best_similarity:.4f}</td>"
-            f"<td>{c.mean_cosine:.3f}</td><td>{''.join(cells)}</td></tr>"
+            f"<tr class='dc-candidate'><td>{rank}</td>"
+            f"{_side(thumbs, c.identity, a_files, c.faces_matching, c.faces)}"
+            f"{_side(thumbs, c.other_identity, b_files, c.other_faces_matching, c.other_faces)}"
+            f"<td><span class='dc-kind'>{escape(p.label)}</span> {escape(p.description)}{waived}</td>"
+            f"<td>{c.evidence:.3f}</td><td>{c.score:.3f}</td><td>{c.best_similarity:.4f}</td>"
+            f"<td>{c.mean_cosine:.3f}</td></tr>"
         )
     more = (f"<p>&hellip; {len(candidates) - limit} more in merge_candidates.csv</p>"
             if len(candidates) > limit else "")
     if not candidates:
         body = "<p>No two folders share a face at the threshold.</p>"
     else:
-        body = (f"<p>Identity pairs with at least one matching face, ranked by the evidence that they are one "
-                f"person: score = 2&middot;cos(A,B) &minus; r(A) &minus; r(B), the cosine of the two folders' mean "
-                f"vectors (centred on the dataset mean) corrected for crowding (r: mean cosine to the 5 nearest "
-                f"other folders).</p><table>{head}{''.join(rows)}</table>{more}")
+        body = (f"<p>Identity pairs with at least one matching face, ranked by evidence: the larger of the score "
+                f"(2&middot;cos(A,B) &minus; r(A) &minus; r(B), the cosine of the two folders' mean vectors, centred "
+                f"on the dataset mean, corrected for crowding; r: mean cosine to the 5 nearest other folders) and, "
+                f"for a single photo that matches many faces of the other folder, 2q &minus; 1 with q the share of "
+                f"that folder's faces it matches (shrunk for small folders).</p><table>{head}{''.join(rows)}</table>{more}")
     return f"<div class='dc-merge' id='dc-merge'><h3>Folders that may be one person</h3>{body}</div>"
 
 
@@ -192,3 +229,149 @@ def waived_html(findings: Findings, limit: int = WAIVED_ROWS) -> str:
     return (f"<div class='dc-waived' id='dc-waived'><h3>Waived findings ({len(waived)})</h3>"
             f"<p>Allowlisted in the rules or accepted in the baseline: reported, not failing.</p>"
             f"<table><tr><th>Face</th><th>Other face</th><th>Cosine</th><th>Why</th></tr>{rows}</table>{more}</div>")
+
+
+# -- terminal ----------------------------------------------------------------------------------
+
+TERMINAL_IDENTITIES = 10
+TERMINAL_CANDIDATES = 5
+TERMINAL_STEPS = 3
+
+
+def threshold_text(meta: dict[str, Any]) -> str:
+    """"cosine >= 0.95 (from --threshold)": the value and, when the run recorded it, its source."""
+    text = f"cosine >= {meta.get('threshold')}" if meta.get("threshold") is not None else "cosine threshold unknown"
+    choice = meta.get("threshold_choice")
+    if isinstance(choice, dict):
+        choice = choice.get("source") or choice.get("reason") or choice.get("how")
+    if choice:
+        text += f" ({choice})"
+    if meta.get("identity_thresholds"):
+        text += f", {len(meta['identity_thresholds'])} per-identity override(s)"
+    return text
+
+
+def _failing_groups(ranked: list[RankedIdentity], limit: int) -> tuple[list[tuple[list[str], Pattern | None]], int]:
+    """The first `limit` failing identities, those that fail through the same folder pair on one
+    line (A and B fail for the same photo: one line, not two)."""
+    groups: list[tuple[list[str], Pattern | None]] = []
+    by_pair: dict[frozenset, int] = {}
+    for r in ranked[:limit]:
+        top = r.top
+        key = frozenset((top.identity, top.other_identity)) if top else None
+        if key is not None and key in by_pair:
+            groups[by_pair[key]][0].append(r.verdict.identity.display)
+            continue
+        if key is not None:
+            by_pair[key] = len(groups)
+        groups.append(([r.verdict.identity.display], top))
+    return groups, max(0, len(ranked) - limit)
+
+
+def summary_lines(findings: Findings, candidates: list[MergeCandidate], files: Iterable[str] = (),
+                  baseline: dict[str, Any] | None = None, limit: int = TERMINAL_IDENTITIES,
+                  top_candidates: int = TERMINAL_CANDIDATES) -> list[str]:
+    """The dataset_checks section of the terminal output, meant to be printed last.
+
+    Counts and threshold; failing identities strongest evidence first, each with its pattern
+    line (identities failing through the same folder pair share a line); the top merge
+    candidates; what to do next; the files written. Every name goes through display_name and
+    every line through text.terminal_line (no control characters, bounded length)."""
+    meta, c = findings.metadata, findings.counts()
+    lines = [
+        f"{c['failed']} of {c['identities']} identities fail ({c['passed']} passed, {c['not_checkable']} not "
+        f"checkable); {meta.get('vectors', 0)} faces; {c['findings']} face pair(s) across folders"
+        + (f", {c['waived']} waived (allowlist/baseline)" if c["waived"] else ""),
+        f"threshold: {threshold_text(meta)}",
+    ]
+    if meta.get("error"):
+        lines.append(f"error: {meta['error']}")
+    search = f"search: {search_description(meta)} on {meta.get('device') or 'cpu'}"
+    v = meta.get("verification")
+    if v and v.get("recall") is not None:
+        search += f"; recall {v['recall']:.4f} on {v['queries']} sampled faces (exact check)"
+        if v.get("missed"):
+            search += f", {len(v['missed'])} missed pair(s)"
+    seconds = sum((meta.get("timings") or {}).values())
+    lines.append(search + (f"; {seconds:.1f} s" if seconds else ""))
+    ranked = rank_failing(findings, candidates)
+    if ranked:
+        lines.append("failing identities, strongest evidence first:")
+        groups, rest = _failing_groups(ranked, limit)
+        for names, pattern in groups:
+            what = f"{pattern.label}: {pattern.description}" if pattern else "input problems (see its test)"
+            lines.append(f"  FAIL {', '.join(names)}: {what}")
+        if rest:
+            lines.append(f"  ... and {rest} more failing identities (report.html, findings.csv)")
+    if candidates:
+        lines.append(f"folders that may be one person ({len(candidates)}, best evidence first):")
+        for k, cand in enumerate(candidates[:top_candidates], start=1):
+            p = cand.pattern
+            waived = f" (waived: {cand.waived})" if cand.waived else ""
+            lines.append(f"  {k}. {display_name(cand.identity)} + {display_name(cand.other_identity)}: {p.label}, "
+                         f"evidence {cand.evidence:.3f}, best cosine {cand.best_similarity:.4f}{waived}")
+    if ranked:
+        lines.append("next steps:")
+        seen = set()
+        for r in ranked:
+            if r.top is None or frozenset((r.top.identity, r.top.other_identity)) in seen:
+                continue
+            seen.add(frozenset((r.top.identity, r.top.other_identity)))
+            lines.append(f"  {r.top.fix}")
+            if len(seen) == TERMINAL_STEPS:
+                break
+        lines.append("  different people who look alike: allowlist the pair under `allow:` in rules.yaml (with a reason)")
+        lines.append("  accept today's findings and fail only on new ones: --baseline FILE --update-baseline")
+    if baseline:
+        if baseline.get("updated"):
+            lines.append(f"baseline {baseline['path']}: rewritten with {baseline['entries']} accepted finding(s)")
+        else:
+            stale = (f"; {baseline['stale']} no longer found (--update-baseline drops them)"
+                     if baseline.get("stale") else "")
+            lines.append(f"baseline {baseline['path']}: {baseline['entries']} accepted finding(s) waived{stale}")
+    lines += [f"wrote {f}" for f in files]
+    return [terminal_line(line) for line in lines]
+
+
+def identity_message(verdict: Verdict, findings: Findings | None = None,
+                     candidates: Iterable[MergeCandidate] = (), pairs: int = 3) -> str:
+    """A compact failure message for a failing identity's test: one pattern line per other
+    folder (at most 3) and its best few pairs, instead of up to 50 near-identical pair lines."""
+    name = verdict.identity.display
+    failing = verdict.failing_matches
+    if not failing:
+        return verdict.message()
+    patterns = identity_patterns(verdict, findings, merge_scores(candidates))
+    lines = [f"{name}: {len(failing)} face pair(s) with {len(patterns)} other folder(s) at cosine >= {verdict.threshold:g}"]
+    for p in patterns[:3]:
+        lines.append(f"  {p.label}: {p.description}")
+        lines.append(f"    next: {p.next_step}")
+    if len(patterns) > 3:
+        lines.append(f"  ... and {len(patterns) - 3} more folder(s)")
+    lines += ["  " + m.line() for m in failing[:pairs]]
+    if len(failing) > pairs:
+        lines.append(f"  ... and {len(failing) - pairs} more pair(s) (findings.csv, report.html)")
+    rest = replace(verdict, matches=verdict.waived_matches).message()  # input problems, waived pairs
+    return "\n".join(terminal_line(line, limit=1000) for line in [*lines, *filter(None, rest.split("\n"))])
+
+
+# -- report.html result rows -------------------------------------------------------------------
+
+
+def row_order(findings: Findings, candidates: Iterable[MergeCandidate] = ()) -> dict[str, tuple[str, str]]:
+    """(sort key, label) per identity (by display name) for report.html's Evidence column:
+    failing identities in evidence order, then not checkable, then passed with waived pairs,
+    then passed; by name within a group. Keys compare as strings (pytest-html sorts cell text)."""
+    out: dict[str, tuple[str, str]] = {}
+    for k, r in enumerate(rank_failing(findings, candidates)):
+        out[r.verdict.identity.display] = (f"0{k:07d}", f"#{k + 1} failing")
+    rest = sorted((v for v in findings.verdicts.values() if v.identity.display not in out),
+                  key=lambda v: v.identity.display)
+    for k, v in enumerate(rest):
+        if v.status == "error":
+            out[v.identity.display] = (f"2{k:07d}", "not checkable")
+        elif v.waived_matches:
+            out[v.identity.display] = (f"3{k:07d}", f"passed, {len(v.waived_matches)} waived")
+        else:
+            out[v.identity.display] = (f"4{k:07d}", "passed")
+    return out

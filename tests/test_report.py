@@ -138,8 +138,10 @@ def test_merge_candidates_csv_and_ranking(pytester, dataset, run):
     assert set(ranked) >= {("Alice", "Bob"), ("Crowd", "Eve")}
     crowd = next(r for r in rows[1:] if (r[1], r[2]) == ("Crowd", "Eve"))
     assert crowd[6:11] == ["40", "40", "1", "5", "40"]  # every frame matches Eve's one face
-    scores = [float(r[3]) for r in rows[1:]]
-    assert scores == sorted(scores, reverse=True)
+    # Eve's one face is a Crowd frame: the folders' means differ (lowest score), yet it is not last
+    scores = {(r[1], r[2]): float(r[3]) for r in rows[1:]}
+    assert scores[("Crowd", "Eve")] == min(scores.values())
+    assert ranked.index(("Crowd", "Eve")) < ranked.index(("Alice", "Bob"))
 
 
 def test_terminal_summary_lists_failures_candidates_and_files(pytester, dataset):
@@ -230,3 +232,68 @@ def test_portraits_deterministic_and_follow_the_vector():
     f = features(v)
     assert np.abs(f[0] - f[1]).max() < 0.05 < np.abs(f[0] - f[2]).max()
     assert portrait(f[0]).tobytes() == portrait(features(v[:1])[0]).tobytes()
+
+
+# -- report.html: order, columns, escaping -----------------------------------------------------------
+
+
+def report_tests(html: str) -> dict[str, dict]:
+    import html as html_mod
+
+    blob = re.search(r'data-jsonblob="([^"]*)"', html).group(1)
+    tests = json.loads(html_mod.unescape(blob))["tests"]
+    return {k: v[0] for k, v in tests.items()}
+
+
+def test_results_table_failing_first_in_evidence_order_without_duration(pytester, dataset, run):
+    rec = run("--dataset", str(dataset), "--threshold", "0.85")
+    html = (pytester.path / "out" / "report.html").read_text(encoding="utf-8")
+    tests = report_tests(html)
+    assert 'data-column-type="duration"' not in html and "col-duration" not in html
+    assert all(not any("col-duration" in c for c in t["resultsTableRow"]) for t in tests.values())
+    assert '"initialSort": "dcorder"' in html.replace("&#34;", '"')
+    order = sorted(tests, key=lambda k: tests[k]["dcorder"])
+    results = [tests[k]["result"] for k in order]
+    assert results == sorted(results, key=lambda r: r != "Failed") and results.count("Failed") == 6
+    names = [k.rsplit("[", 1)[1][:-1] for k in order]
+    assert set(names[:2]) == {"Dana", "Dana_R"}  # strongest evidence first, not alphabetical
+    assert "#1 failing" in tests[order[0]]["dcorder"] and tests[order[-1]]["dcorder"].endswith("passed")
+    eve = extras_of(rec)["Eve"]
+    # session.py does not pass the findings yet: the line then leaves out Crowd's size
+    assert "misfiled photo" in eve and re.search(r"Eve_0001.jpg matches 40 (of 40 )?faces of Crowd: a photo of Crowd filed under Eve\?", eve)
+
+
+def test_merge_table_has_a_column_per_folder(pytester, dataset, run):
+    run("--dataset", str(dataset), "--threshold", "0.85")
+    html = (pytester.path / "out" / "report.html").read_text(encoding="utf-8")
+    merge = html[html.index("id='dc-merge'"):]
+    row = re.search(r"<tr class='dc-candidate'>(.*?)</tr>", merge).group(1)
+    sides = re.findall(r"<td class='dc-side'>(.*?)</td>", row)
+    assert len(sides) == 2
+    assert "<b>Dana</b>" in sides[0] and "Dana_R" not in sides[0] and "<b>Dana_R</b>" in sides[1]
+    assert all("data:image/jpeg;base64," in s and "Dana_R_" not in sides[0] for s in sides)
+    assert "Noto Sans CJK JP" in html and "Microsoft YaHei" in html
+
+
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+def test_hostile_folder_name_never_reaches_the_report_unescaped(pytester, run):
+    root = pytester.path / "data"
+    rng = np.random.default_rng(11)
+    base = _unit(rng.standard_normal(DIM))
+    near = lambda: (base + 0.05 / np.sqrt(DIM) * rng.standard_normal((3, DIM))).astype(np.float32)  # noqa: E731
+    write_face01(root, HOSTILE, near(), files=["<script>a.jpg", "b.jpg", "c.jpg"])
+    write_face01(root, "Plain", near(), files=["p1.jpg", "p2.jpg", "p3.jpg"])
+    write_face01(root, "Other", rng.standard_normal((3, DIM)).astype(np.float32), files=["o1.jpg", "o2.jpg", "o3.jpg"])
+    rec = run("--dataset", str(root), "--threshold", "0.9")
+    assert rec.ret == pytest.ExitCode.TESTS_FAILED
+    raw = (pytester.path / "out" / "report.html").read_text(encoding="utf-8")
+    import html as html_mod
+
+    # neither in the page nor in the JSON blob that pytest-html's script turns into rows (innerHTML)
+    for text in (raw, html_mod.unescape(raw)):
+        assert "<img src=x" not in text and "<script>a.jpg" not in text
+    tests = report_tests(raw)
+    cells = [c for t in tests.values() for c in t["resultsTableRow"]]
+    assert any("%3Cimg src=x onerror=alert(1)%3E" in c for c in cells)

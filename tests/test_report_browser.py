@@ -59,6 +59,10 @@ def test_report_renders_in_chromium(pytester, tmp_path):
     assert failing == {"Alice", "Bob", "Crowd", "Dana", "Dana_R", "Eve"}
     assert all(rows[k]["imgs"] >= 2 for k in failing)  # both faces of each shown pair
     assert rows["Carol"]["imgs"] == 0 and rows["Frank"]["imgs"] == 0
+    order = list(rows)  # DOM order after pytest-html's script sorted the rows
+    assert set(order[:6]) == failing and set(order[:2]) == {"Dana", "Dana_R"}  # evidence order
+    table = dom[dom.index('id="results-table"'):]
+    assert ">Duration<" not in table[: table.index("</thead>")] and ">Evidence<" in table
     assert 'id="dc-summary"' in dom and "Search recall (this run)" in dom and "6 failed" in dom
     merge = dom[dom.index('id="dc-merge"'):]
     assert "Folders that may be one person" in merge
