@@ -182,16 +182,20 @@ class CheckSession:
         return (f"{shown} holds no identity folder ({len(entries)} entr{'y' if len(entries) == 1 else 'ies'}: "
                 "files, hidden folders or FACE01 side folders only)")
 
-    def threshold_text(self) -> str:
-        """The threshold in use and where it came from, for the header, summary and report."""
+    def threshold_source(self) -> str:
+        """Where the threshold in use came from, in words (header, summary, report, findings.json)."""
         r = self.rules
         if not r.threshold_auto:
-            return f"{r.threshold:g} (from {display_name(r.threshold_from)})"
+            return f"from {display_name(r.threshold_from)}"
         if self.threshold_choice is not None:
             return self.threshold_choice.describe()
-        if self._findings is not None:
-            return f"{r.threshold:g} (auto: the model's default)"
-        return "auto (chosen once the vectors are loaded)"
+        return "auto: the model's default"
+
+    def threshold_text(self) -> str:
+        """The threshold in use and where it came from."""
+        if self.rules.threshold_auto and self._findings is None:
+            return "auto (chosen once the vectors are loaded)"
+        return f"{self.rules.threshold:g} ({self.threshold_source()})"
 
     def _run(self) -> Findings:
         progress = self._bar if self.progress else None
@@ -314,6 +318,7 @@ class CheckSession:
             "dataset": "built-in demo" if self.is_demo else str(self.root),
             "rules": str(self.rules.source) if self.rules.source else None,
             "threshold": self.rules.threshold,
+            "threshold_choice": self.threshold_source(),
             "identity_thresholds": self.rules.identity_thresholds,
             "embedding_key": table.key if table is not None else None,
             "dim": table.dim if table is not None else None,
@@ -361,17 +366,17 @@ class CheckSession:
         return files
 
     def identity_rank(self) -> dict[str, int]:
-        """Identity name -> position by evidence: failing ones first, strongest evidence first,
-        then those that could not be checked, then the rest in name order."""
-        verdicts = self.findings().verdicts
+        """Identity name -> position by evidence: failing ones first, strongest evidence first
+        (patterns.rank_failing), then those that could not be checked, then the rest by name."""
+        from .patterns import rank_failing
 
-        def key(v):
-            failing = v.failing_matches
-            if v.status == "fail" and failing:
-                return (0, -failing[0].similarity, -len(failing), v.identity.name)
-            return (1 if v.status != "pass" else 2, 0.0, 0, v.identity.name)
-
-        return {v.identity.name: n for n, v in enumerate(sorted(verdicts.values(), key=key))}
+        findings = self.findings()
+        rank = {r.verdict.identity.name: n for n, r in enumerate(rank_failing(findings, self.merge_candidates()))}
+        rest = sorted((v for v in findings.verdicts.values() if v.identity.name not in rank),
+                      key=lambda v: (v.status == "pass", v.identity.name))
+        for v in rest:
+            rank[v.identity.name] = len(rank)
+        return rank
 
     def summary_html(self) -> str:
         from .report import summary_html
@@ -395,7 +400,14 @@ class CheckSession:
         if self._findings is None or name not in self._findings.verdicts:
             return ""
         verdict = self._findings.verdicts[name]
-        return identity_html(verdict, self.thumbnails() if verdict.status == "fail" else None)
+        return identity_html(verdict, self.thumbnails() if verdict.status == "fail" else None,
+                             findings=self._findings, candidates=self.merge_candidates())
+
+    def message(self, name: str) -> str:
+        """The failure text of one identity's test: pattern lines and a few pairs (report.py)."""
+        from .report import identity_message
+
+        return identity_message(self.verdict(name), self.findings(), self.merge_candidates())
 
     # -- output --------------------------------------------------------------------------
     def write_reports(self) -> list[Path]:
@@ -443,41 +455,14 @@ class CheckSession:
             self._demo_dir = None
 
     def summary_lines(self, limit: int = 10) -> list[str]:
+        """The terminal section, printed after pytest's own summary (see report.summary_lines)."""
+        from .report import summary_lines
+
         if self._findings is None:
             return []
         f = self._findings
         c = f.counts()
-        meta = f.metadata
-        lines = [
-            f"{c['identities']} identities: {c['passed']} passed, {c['failed']} failed, "
-            f"{c['not_checkable']} not checkable; {meta.get('vectors', 0)} faces; "
-            f"{c['findings']} cross-identity pair(s) >= {self.rules.threshold:g}"
-            + (f", {c['waived']} waived" if c["waived"] else ""),
-        ]
-        search = meta.get("search", {})
-        if meta.get("index"):
-            params = ", ".join([f"{k}={search[k]}" for k in ("nlist", "nprobe") if k in search]
-                               + (["list scan"] if search.get("scan") == "lists" else []))
-            t = meta.get("timings", {})
-            stages = ", ".join(f"{k} {v:.2f}s" for k, v in t.items())
-            lines.append(f"search: {meta['index']}{' (' + params + ')' if params else ''} on {meta.get('device')}; {stages}")
-        failing = [v for v in f.verdicts.values() if v.status == "fail"]
-        failing.sort(key=lambda v: -max(m.similarity for m in v.failing_matches))
-        for v in failing[:limit]:
-            top = v.failing_matches[0]
-            lines.append(f"  FAIL {v.identity.display}: {len(v.failing_matches)} pair(s), best {top.similarity:.4f} "
-                         f"with {top.other_identity}")
-        if len(failing) > limit:
-            lines.append(f"  ... and {len(failing) - limit} more failing identities")
-        verification = meta.get("verification")
-        if verification:
-            from .report import verification_text
-
-            lines.append(f"search recall on a sample: {verification_text(verification)}")
-        candidates = self.merge_candidates()
-        if candidates:
-            lines.append(f"folders that may be one person ({len(candidates)} pair(s), best evidence first):")
-            lines += [f"  {c.line()}" for c in candidates[:5]]
+        lines = summary_lines(f, self.merge_candidates(), limit=limit)
         status = self.baseline_status()
         if status:  # baseline
             if self.baseline_refused or status.get("refused"):

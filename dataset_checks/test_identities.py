@@ -13,7 +13,7 @@ def test_identity(identity, dataset_checks_session):
     """No face in this folder matches a face in another folder at or above the threshold."""
     verdict = dataset_checks_session.verdict(identity)
     if verdict.status != "pass":
-        pytest.fail(verdict.message(), pytrace=False)
+        pytest.fail(dataset_checks_session.message(identity), pytrace=False)
     for problem in verdict.problems:
         warnings.warn(DatasetWarning(str(problem)), stacklevel=1)
 
