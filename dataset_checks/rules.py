@@ -56,6 +56,16 @@ class IndexRules:
 
 
 @dataclass(frozen=True)
+class CalibrationRules:
+    """How `threshold: auto` is chosen from the data (dataset_checks.threshold)."""
+
+    chance_pairs: float = 1.0  # expected different-person pairs at or above the threshold, whole dataset
+    ceiling: float | None = None  # None: auto (0.98 raw, 0.90 centred): copies must always fail
+    sample_pairs: int = 2_000_000  # random cross-folder pairs the tail is fitted on
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Rules:
     source: Path | None = None
     dataset: Path | None = None
@@ -72,6 +82,7 @@ class Rules:
     # code with an explicit threshold is not auto.
     threshold_auto: bool = False
     threshold_from: str = "built-in default"  # where the threshold setting came from (header, report)
+    calibration: CalibrationRules = field(default_factory=CalibrationRules)
     centre: bool = False  # subtract the dataset mean before normalising (embeddings.centre)
     cache_dir: Path | None = None  # None: .dataset_checks_cache/ in the rootdir (or cwd)
     embed_workers: int | None = None  # None: one process per core
@@ -133,7 +144,28 @@ class _Checker:
         return value
 
 
-_TOP_KEYS = {"dataset", "embeddings", "embedder", "threshold", "index", "identity_thresholds", "allow", "bad_input"}
+_TOP_KEYS = {"dataset", "embeddings", "embedder", "threshold", "calibration", "index", "identity_thresholds", "allow",
+             "bad_input"}
+
+
+def _calibration(c: "_Checker", value: Any, threshold_auto: bool) -> CalibrationRules:
+    cal = c.mapping("calibration", value, {"chance_pairs", "ceiling", "sample_pairs", "seed"})
+    if cal and not threshold_auto:
+        raise c.fail("calibration", "no calibration block unless threshold is auto (it would have no effect)",
+                     _Text("a calibration block with a numeric threshold"))
+    d = CalibrationRules()
+    chance = cal.get("chance_pairs", d.chance_pairs)
+    if isinstance(chance, bool) or not isinstance(chance, (int, float)) or not (0 < float(chance) < math.inf):
+        raise c.fail("calibration.chance_pairs", "a number > 0 (expected chance pairs over the whole dataset)", chance)
+    ceiling = cal.get("ceiling", "auto")
+    ceiling = None if ceiling == "auto" else c.threshold("calibration.ceiling", ceiling)
+    sample = cal.get("sample_pairs", d.sample_pairs)
+    if isinstance(sample, bool) or not isinstance(sample, int) or sample < 10_000:
+        raise c.fail("calibration.sample_pairs", "a whole number >= 10000", sample)
+    seed = cal.get("seed", d.seed)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise c.fail("calibration.seed", "a whole number >= 0", seed)
+    return CalibrationRules(float(chance), ceiling, sample, seed)
 
 
 def _recall_target(c: _Checker, value: Any) -> float:
@@ -177,6 +209,7 @@ def parse_rules(data: Any, file: Path | None = None) -> Rules:
     threshold_raw = data.get("threshold", "auto")
     threshold_auto = threshold_raw == "auto"
     threshold_from = f"{file}" if "threshold" in data and file is not None else "built-in default"
+    calibration = _calibration(c, data.get("calibration"), threshold_auto)
     threshold = DEFAULT_THRESHOLD if threshold_auto else c.threshold("threshold", threshold_raw)
 
     ix = c.mapping("index", data.get("index"), {"type", "nlist", "nprobe", "flat_below", "gpu", "recall_target", "scan"})
@@ -236,6 +269,7 @@ def parse_rules(data: Any, file: Path | None = None) -> Rules:
         embedder=embedder,
         threshold_auto=threshold_auto,
         threshold_from=threshold_from,
+        calibration=calibration,
         centre=centre,
         cache_dir=cache_dir,
         embed_workers=embed_workers,

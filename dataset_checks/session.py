@@ -188,7 +188,7 @@ class CheckSession:
         if not r.threshold_auto:
             return f"from {display_name(r.threshold_from)}"
         if self.threshold_choice is not None:
-            return self.threshold_choice.describe()
+            return self.threshold_choice.source_text()
         return "auto: the model's default"
 
     def threshold_text(self) -> str:
@@ -296,15 +296,23 @@ class CheckSession:
         if self.rules.centre:
             table.vectors = centre_vectors(table.vectors)
         if self.rules.threshold_auto:
+            from .threshold import CEILING, CEILING_CENTRED, calibrate_threshold
+
             which = "centred" if self.rules.centre else "raw"
             emb = prepared.embedder
             if table.key in DEFAULT_THRESHOLDS:
-                value = DEFAULT_THRESHOLDS[table.key][which]
+                floor = DEFAULT_THRESHOLDS[table.key][which]
             elif emb is not None and table.key == emb.name and emb.default_threshold is not None and not self.rules.centre:
-                value = emb.default_threshold
+                floor = emb.default_threshold
             else:
-                value = DEFAULT_THRESHOLD
-            self.rules = replace(self.rules, threshold=value)
+                floor = DEFAULT_THRESHOLD
+            cal = self.rules.calibration
+            ceiling = cal.ceiling if cal.ceiling is not None else (CEILING_CENTRED if self.rules.centre else CEILING)
+            choice = calibrate_threshold(table.vectors, table.identity_of, floor, chance_pairs=cal.chance_pairs,
+                                         ceiling=ceiling, sample_pairs=cal.sample_pairs, seed=cal.seed)
+            self.threshold_choice = choice
+            self.timings["threshold"] = choice.seconds
+            self.rules = replace(self.rules, threshold=choice.value)
 
     def verdict(self, name: str) -> Verdict:
         return self.findings().verdicts[name]
@@ -319,6 +327,7 @@ class CheckSession:
             "rules": str(self.rules.source) if self.rules.source else None,
             "threshold": self.rules.threshold,
             "threshold_choice": self.threshold_source(),
+            "threshold_calibration": self.threshold_choice.as_dict() if self.threshold_choice is not None else None,
             "identity_thresholds": self.rules.identity_thresholds,
             "embedding_key": table.key if table is not None else None,
             "dim": table.dim if table is not None else None,

@@ -100,6 +100,19 @@ class ThresholdChoice:
         out["tail"] = None if self.tail is None else {**asdict(self.tail), "endpoint": _finite(self.tail.endpoint())}
         return out
 
+    def source_text(self) -> str:
+        """Where the value came from, in words, without the value (header: "0.9776 (<this>)")."""
+        if self.source == "fallback":
+            return f"auto: {self.reason} (the model's {self.floor:g})"
+        chance = (f"expected chance pairs {self.expected_pairs:.2g} of {self.cross_pairs:,} cross-folder pairs, "
+                  f"false-match rate {self.rate:.2g}")
+        if self.source == "floor":
+            return f"auto: the model's floor {self.floor:g}, already within the budget of {self.chance_pairs_budget:g}; {chance}"
+        if self.source == "ceiling":
+            return f"auto: capped at {self.ceiling:g} so that copies always fail; {chance}"
+        return (f"auto from the data: {chance}, budget {self.chance_pairs_budget:g}; "
+                f"floor {self.floor:g}, ceiling {self.ceiling:g}")
+
     def describe(self) -> str:
         if self.source == "fallback":
             return f"threshold {self.value:.4f} ({self.reason})"
@@ -177,7 +190,7 @@ def cross_pair_count(labels: np.ndarray) -> int:
 
 
 def sample_cross_similarities(vectors: np.ndarray, labels: np.ndarray, sample_pairs: int = SAMPLE_PAIRS,
-                              seed: int = 0, cross_pairs: int | None = None) -> np.ndarray:
+                              seed: int = 0, cross_pairs: int | None = None, with_pairs: bool = False):
     """Cosines of cross-folder pairs drawn uniformly over all cross-folder pairs (float64).
 
     All pairs when the dataset has no more than `sample_pairs` row pairs. Otherwise blocks: two
@@ -186,19 +199,24 @@ def sample_cross_similarities(vectors: np.ndarray, labels: np.ndarray, sample_pa
     2/N^2, the same for every pair; a row paired with itself is a same-folder pair, which the
     rejection drops along with the others. Pairs of one block share rows, which costs some
     variance, not bias.
+
+    with_pairs: also return each sampled pair's identity pair (a int64 key, order-free).
     """
     x = np.asarray(vectors)
     labels = np.asarray(labels)
     n = len(x)
+    empty = (np.zeros(0), np.zeros(0, np.int64)) if with_pairs else np.zeros(0)
     if n < 2:
-        return np.zeros(0)
+        return empty
     all_pairs = n * (n - 1) // 2
     if all_pairs <= sample_pairs:
-        return _all_pairs(x, labels)
+        sims, keys = _all_pairs(x, labels)
+        return (sims, keys) if with_pairs else sims
     if cross_pairs is None:
         cross_pairs = cross_pair_count(labels)
     if cross_pairs == 0:
-        return np.zeros(0)
+        return empty
+    span = int(labels.max()) + 1 if labels.size else 1
     rng = np.random.default_rng(seed)
     m = BLOCK_ROWS
     nominal = max(1, math.ceil(sample_pairs / (m * m)))
@@ -206,21 +224,53 @@ def sample_cross_similarities(vectors: np.ndarray, labels: np.ndarray, sample_pa
     blocks = min(nominal * MAX_BLOCK_FACTOR, max(1, math.ceil(sample_pairs / (m * m * cross_pairs / all_pairs))))
     rows = rng.integers(0, n, size=(blocks, 2, m))
     chunk = max(1, (1 << 23) // (2 * m * x.shape[1] * 4))  # ~8 MB of gathered rows at a time
-    out = []
+    out, keys = [], []
     for s in range(0, blocks, chunk):
         rr = rows[s : s + chunk]
         b = np.asarray(x[rr], dtype=np.float32)
         gram = np.matmul(b[:, 0], np.swapaxes(b[:, 1], 1, 2))
-        lab = labels[rr]
-        out.append(gram[lab[:, 0, :, None] != lab[:, 1, None, :]])
-    return np.concatenate(out).astype(np.float64)
+        lab = labels[rr].astype(np.int64)
+        la, lb = lab[:, 0, :, None], lab[:, 1, None, :]
+        cross = la != lb
+        out.append(gram[cross])
+        if with_pairs:
+            keys.append((np.minimum(la, lb) * span + np.maximum(la, lb))[cross])
+    sims = np.concatenate(out).astype(np.float64)
+    return (sims, np.concatenate(keys)) if with_pairs else sims
 
 
-def _all_pairs(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def _all_pairs(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     r, c = np.triu_indices(len(x), k=1)
     keep = labels[r] != labels[c]
+    r, c = r[keep], c[keep]
     x = np.asarray(x, dtype=np.float32)
-    return (x @ x.T)[r[keep], c[keep]].astype(np.float64)
+    la, lb = labels[r].astype(np.int64), labels[c].astype(np.int64)
+    span = int(labels.max()) + 1 if labels.size else 1
+    return (x @ x.T)[r, c].astype(np.float64), np.minimum(la, lb) * span + np.maximum(la, lb)
+
+
+def one_per_identity_pair(sims: np.ndarray, keys: np.ndarray, fraction: float) -> np.ndarray:
+    """The sample with its top `fraction` reduced to one value (the highest) per identity pair.
+
+    A real label error between two folders gives many high pairs at once (a copied video frame
+    matches every frame of its crowded folder: 300 pairs in the demo, 0.25% of its cross-folder
+    pairs, as many as the whole fitted tail), and would pass for a heavy chance tail. Chance
+    look-alikes are spread over many identity pairs, so keeping one per pair in the tail costs
+    them almost nothing."""
+    n = sims.size
+    k = min(n, max(1, int(round(n * fraction))))
+    if k >= n:
+        top_idx = np.arange(n)
+    else:
+        top_idx = np.argpartition(sims, n - k)[n - k :]
+    order = top_idx[np.argsort(-sims[top_idx], kind="stable")]
+    _, first = np.unique(keys[order], return_index=True)
+    drop = np.setdiff1d(order, order[first], assume_unique=True)
+    if not drop.size:
+        return sims
+    mask = np.ones(n, dtype=bool)
+    mask[drop] = False
+    return sims[mask]
 
 
 def fit_tail(sims: np.ndarray, exceed_fraction: float = EXCEED_FRACTION, trim: float = TRIM) -> TailFit | None:
@@ -266,7 +316,9 @@ def calibrate_threshold(vectors: np.ndarray, labels: np.ndarray, floor: float,
 
     if cross < MIN_SAMPLE:
         return fallback("too few cross-folder pairs to estimate: floor used")
-    sims = sample_cross_similarities(vectors, labels, sample_pairs, seed, cross_pairs=cross)
+    sims, keys = sample_cross_similarities(vectors, labels, sample_pairs, seed, cross_pairs=cross, with_pairs=True)
+    sims = one_per_identity_pair(sims, keys, 4 * EXCEED_FRACTION)
+    del keys
     tail = fit_tail(sims)
     if tail is None:
         return fallback("too few cross-folder pairs to estimate: floor used")
@@ -284,7 +336,8 @@ def calibrate_threshold(vectors: np.ndarray, labels: np.ndarray, floor: float,
     elif budget_t >= ceiling:
         value, source = ceiling, "ceiling"
     else:
-        value, source = budget_t, "data"
+        # 4 decimals, rounded up: a value people can read and type, still within the budget
+        value, source = min(ceiling, math.ceil(budget_t * 1e4) / 1e4), "data"
     rate = _rate(value, sims, tail)
     expected = rate * cross
     if source == "floor":

@@ -180,3 +180,26 @@ def test_non_utf8_rules_file(tmp_path):
     with pytest.raises(RulesError) as info:
         load_rules(path)
     assert str(path) in str(info.value) and "a readable UTF-8 YAML file" in str(info.value)
+
+
+def test_calibration_section(tmp_path):
+    rules = load_rules(write(tmp_path, "threshold: auto\ncalibration:\n  chance_pairs: 3\n  ceiling: 0.97\n"
+                                       "  sample_pairs: 500000\n  seed: 4\n"))
+    assert rules.threshold_auto and rules.calibration.chance_pairs == 3.0 and rules.calibration.ceiling == 0.97
+    assert rules.calibration.sample_pairs == 500_000 and rules.calibration.seed == 4
+    assert load_rules(None).calibration.ceiling is None  # auto: 0.98 raw, 0.90 centred
+
+
+@pytest.mark.parametrize("text, key", [
+    ("calibration:\n  chance_pairs: 0\n", "calibration.chance_pairs"),
+    ("calibration:\n  chance_pairs: .inf\n", "calibration.chance_pairs"),
+    ("calibration:\n  ceiling: 2\n", "calibration.ceiling"),
+    ("calibration:\n  sample_pairs: 10\n", "calibration.sample_pairs"),
+    ("calibration:\n  seed: -1\n", "calibration.seed"),
+    ("calibration:\n  budget: 1\n", "calibration.budget"),
+    ("threshold: 0.9\ncalibration:\n  chance_pairs: 2\n", "calibration"),
+])
+def test_calibration_errors_name_the_key(tmp_path, text, key):
+    with pytest.raises(RulesError) as info:
+        load_rules(write(tmp_path, text))
+    assert info.value.key == key and str(tmp_path) in str(info.value)
