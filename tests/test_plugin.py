@@ -128,21 +128,21 @@ def test_failure_message_format_highest_first(pytester, dataset, run):
     text = failure_text(rec, "Alice")
     lines = text.splitlines()
     ref = [r for r in reference_rows(dataset, 0.85) if "Alice" in (r[0], r[2])]
-    assert lines[0] == f"Alice: {len(ref)} face pair(s) match another identity at cosine >= 0.85:"
+    assert lines[0] == f"Alice: {len(ref)} face pair(s) with 2 other folder(s) at cosine >= 0.85"
+    assert sum(line.startswith("  copies: ") for line in lines) == 2  # the pattern of each other folder
     pat = re.compile(r"^  (\S+) ↔ (\S+)/(\S+)  (\d\.\d{4})$")
-    matched = [pat.match(line) for line in lines[1 : 1 + len(ref)]]
-    assert all(matched), lines
+    matched = [m for m in map(pat.match, lines) if m]
     sims = [float(m.group(4)) for m in matched]
     assert sims == sorted(sims, reverse=True) and len(sims) == 2
     expect = []
     for r in ref:
         own, other_id, other_file = (r[1], r[2], r[3]) if r[0] == "Alice" else (r[3], r[0], r[1])
         expect.append(f"  {own} ↔ {other_id}/{other_file}  {r[4]:.4f}")
-    assert lines[1:3] == expect
-    assert "Traceback" not in text and "def test_identity" not in text
+    assert [m.group(0) for m in matched] == expect
+    assert "Traceback" not in text and "def test_identity" not in text and len(lines) <= 12
     # seen from the other side
     bob = failure_text(rec, "Bob").splitlines()
-    assert bob[1].startswith("  Bob_0003.jpg ↔ Alice/Alice_0002.jpg  0.99")
+    assert any(line.startswith("  Bob_0003.jpg ↔ Alice/Alice_0002.jpg  0.99") for line in bob)
 
 
 def test_exit_code_zero_when_all_pass(pytester, dataset, run):
@@ -183,7 +183,7 @@ def test_identity_thresholds_per_identity(pytester, dataset, run):
     rec = run("--dataset", str(dataset), "--rules", str(rules), report_dir="out2")
     got = outcomes(rec)
     assert got["Carol"] == "failed"
-    assert failure_text(rec, "Carol").splitlines()[1].endswith(f"Alice/Alice_0004.jpg  {s:.4f}")
+    assert failure_text(rec, "Carol").splitlines()[-1].endswith(f"Alice/Alice_0004.jpg  {s:.4f}")
     # Alice still fails on the near-identical Bob copy, but not on the Carol pair
     assert got["Alice"] == "failed" and "Carol" not in failure_text(rec, "Alice")
     header, rows = read_csv_rows(pytester.path / "out2" / "findings.csv")
@@ -261,7 +261,7 @@ def test_default_rules_and_report_dir_in_rootdir_with_bare_name(pytester, datase
                                  "dataset_checks: rules*rules.yaml*", "dataset_checks: cosine threshold 0.85 (from *rules.yaml)"])
     got = summary_outcomes(result.stdout.str())
     assert got == {**{n: "failed" for n in ("Alice", "Bob", "Carol", "高橋一生", "髙橋一生")}, "Dave": "passed"}
-    result.stdout.fnmatch_lines(["*6 identities: 1 passed, 5 failed*"])
+    result.stdout.fnmatch_lines(["*5 of 6 identities fail (1 passed*"])
     header, rows = read_csv_rows(pytester.path / "reports" / "findings.csv")
     assert rows == [[*r[:4], f"{r[4]:.6f}"] for r in reference_rows(dataset, 0.85)]
 
