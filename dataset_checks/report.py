@@ -106,6 +106,7 @@ def summary_html(findings: Findings, candidates: list[MergeCandidate], files: It
         ("Faces (vectors)", f"{meta.get('vectors', 0)} &times; {meta.get('dim') or '?'}-d "
                             f"(<code>{_e(meta.get('embedding_key'))}</code>)"),
         ("Threshold", f"cosine &ge; {meta.get('threshold')}"
+                      + (f" &mdash; {_e(meta['threshold_choice'])}" if isinstance(meta.get("threshold_choice"), str) else "")
                       + (f" ({len(meta['identity_thresholds'])} per-identity overrides)"
                          if meta.get("identity_thresholds") else "")),
         ("Findings", f"{c['findings']} cross-identity pair(s) fail, {c['waived']} waived"),
