@@ -42,6 +42,17 @@ KEY_COLUMNS: dict[str, tuple[str, ...]] = {
     INPUT_CHECK: ("identity", "file", "code"),
 }
 NAME_COLUMNS = ("identity", "file", "other_identity", "other_file")
+# the registered checks (dataset_checks.checks) key their issues by these columns
+ISSUE_COLUMNS = ("identity", "file", "other_identity", "other_file")
+
+
+def key_columns(check: str) -> tuple[str, ...] | None:
+    """The columns that key `check`'s entries; None for a check this version does not know."""
+    if check in KEY_COLUMNS:
+        return KEY_COLUMNS[check]
+    from .checks import all_checks
+
+    return ISSUE_COLUMNS if any(c.name == check for c in all_checks()) else None
 # csv refuses fields over 128 KB by default (a _csv.Error mid-read); no name comes near this, but
 # a problem's detail may be long. Beyond it the file is not a baseline this tool wrote.
 FIELD_LIMIT = 16 * 1024 * 1024
@@ -72,13 +83,13 @@ class Entry:
     @property
     def identities(self) -> tuple[str, ...]:
         """The identity folders the entry is about (a pair: both)."""
-        cols = KEY_COLUMNS[self.check]
-        return tuple(v for c, v in zip(cols, self.key) if c in ("identity", "other_identity"))
+        cols = key_columns(self.check) or ISSUE_COLUMNS
+        return tuple(v for c, v in zip(cols, self.key) if c in ("identity", "other_identity") and v)
 
     def row(self) -> tuple[str, ...]:
         cells = dict.fromkeys(HEADER, "")
         cells["check"] = self.check
-        for col, value in zip(KEY_COLUMNS[self.check], self.key):
+        for col, value in zip(key_columns(self.check) or ISSUE_COLUMNS, self.key):
             cells[col] = name_cell(value) if col in NAME_COLUMNS else csv_cell(value)
         if self.similarity is not None:
             cells["similarity"] = f"{self.similarity:.6f}"
@@ -101,6 +112,9 @@ def current_entries(findings: Findings) -> list[Entry]:
         for p in v.problems:
             check, key = problem_key(v.identity.name, p)
             out.append(Entry(check, key, detail=p.message))
+    for issue in findings.issues:  # the registered checks: whatever fails or warns today
+        if issue.severity != "info" and (issue.waived is None or issue.waived.startswith(BASELINE_PREFIX)):
+            out.append(Entry(issue.check, issue.key, issue.score, issue.detail))
     return out
 
 
@@ -246,10 +260,14 @@ def _parse(path: Path, reader: Iterable[list[str]]) -> list[Entry]:
             raise BaselineError(f"baseline {path}: line {line}: expected {len(HEADER)} fields, found {len(row)}")
         cells = dict(zip(HEADER, row))
         check = cells["check"]
-        if check not in KEY_COLUMNS:
+        columns = key_columns(check)
+        if columns is None:
+            from .checks import all_checks
+
+            known = sorted({*KEY_COLUMNS, *(c.name for c in all_checks())})
             raise BaselineError(f"baseline {path}: line {line}: unknown check {check!r} "
-                                f"(known: {', '.join(sorted(KEY_COLUMNS))})")
-        key = tuple(cell_name(cells[c]) if c in NAME_COLUMNS else csv_uncell(cells[c]) for c in KEY_COLUMNS[check])
+                                f"(known: {', '.join(known)})")
+        key = tuple(cell_name(cells[c]) if c in NAME_COLUMNS else csv_uncell(cells[c]) for c in columns)
         sim = _number(path, line, cells["similarity"]) if cells["similarity"] else None
         if check == PAIR_CHECK:
             out.append(pair_entry(*key, similarity=sim))

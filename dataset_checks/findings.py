@@ -192,6 +192,8 @@ class Findings:
     pairs: list[Finding]
     verdicts: dict[str, Verdict]
     metadata: dict[str, Any]
+    # issues of the registered checks (dataset_checks.checks), every check, ranked within each
+    issues: list = field(default_factory=list)
 
     @property
     def active(self) -> list[Finding]:

@@ -270,13 +270,29 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj) -> li
     # No parameters means no item at all (not an "empty parameter set" skip, which would read as
     # a pass): a dataset without identity folders is failed by test_dataset alone, and one
     # without image folders has no test_faces_detected.
-    if name not in ("test_faces_detected", "test_identity") or not collector.path.is_relative_to(PACKAGE_DIR):
+    if not name.startswith("test_") or not collector.path.is_relative_to(PACKAGE_DIR):
         return None
     session = collector.config.stash.get(SESSION, None)
+    check = _check_of_family(name)
+    if name not in ("test_faces_detected", "test_identity") and check is None:
+        return None
     if session is None:
         return []
+    if check is not None:  # a registered check: no items when it is off, or per identity and none
+        if not session.rules.check_settings(check.name).enabled:
+            return []
+        return None if check.level == "dataset" or session.identities() else []
     wanted = session.image_identities() if name == "test_faces_detected" else session.identities()
     return None if wanted else []
+
+
+def _check_of_family(name: str):
+    from .checks import all_checks
+
+    for check in all_checks():
+        if check.test_name() == name:
+            return check
+    return None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

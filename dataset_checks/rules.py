@@ -83,6 +83,18 @@ class Rules:
     threshold_auto: bool = False
     threshold_from: str = "built-in default"  # where the threshold setting came from (header, report)
     calibration: CalibrationRules = field(default_factory=CalibrationRules)
+    # per check (dataset_checks.checks): enabled, severity and its parameters; {} in code means
+    # every check with its defaults (checks_settings() fills them in)
+    checks: dict = field(default_factory=dict)
+    against: tuple[Path, ...] = ()  # other dataset roots checked for leakage (rules `against:`, --against)
+
+    def check_settings(self, name: str):
+        """A check's resolved settings: from the rules file, else the check's defaults."""
+        if name in self.checks:
+            return self.checks[name]
+        from .checks import get
+
+        return default_settings(get(name))
     centre: bool = False  # subtract the dataset mean before normalising (embeddings.centre)
     cache_dir: Path | None = None  # None: .dataset_checks_cache/ in the rootdir (or cwd)
     embed_workers: int | None = None  # None: one process per core
@@ -145,7 +157,55 @@ class _Checker:
 
 
 _TOP_KEYS = {"dataset", "embeddings", "embedder", "threshold", "calibration", "index", "identity_thresholds", "allow",
-             "bad_input"}
+             "bad_input", "checks", "against"}
+
+
+def default_settings(check):
+    from types import MappingProxyType
+
+    from .checks import CheckSettings
+
+    return CheckSettings(check.enabled, check.severity, MappingProxyType({k: p.default for k, p in check.params.items()}))
+
+
+def _checks(c: "_Checker", value: Any) -> dict:
+    """rules.yaml `checks:`: one mapping per check (enabled, severity, its own parameters)."""
+    from types import MappingProxyType
+
+    from .checks import SEVERITIES, CheckSettings, all_checks
+
+    registry = {check.name: check for check in all_checks()}
+    raw = c.mapping("checks", value, set(registry))
+    out = {}
+    for name, check in registry.items():
+        section = c.mapping(f"checks.{name}", raw.get(name), {"enabled", "severity", *check.params})
+        enabled = section.get("enabled", check.enabled)
+        if not isinstance(enabled, bool):
+            raise c.fail(f"checks.{name}.enabled", "true or false", enabled)
+        severity = c.choice(f"checks.{name}.severity", section.get("severity", check.severity), SEVERITIES)
+        params = {}
+        for pname, param in check.params.items():
+            v = section.get(pname, param.default)
+            if not param.valid(v):
+                raise c.fail(f"checks.{name}.{pname}", param.expected(), v)
+            params[pname] = v
+        out[name] = CheckSettings(enabled, severity, MappingProxyType(params))
+    return out
+
+
+def _against(c: "_Checker", value: Any, base: Path) -> tuple[Path, ...]:
+    if value is None:
+        return ()
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for k, item in enumerate(items):
+        if not isinstance(item, str) or not item.strip():
+            raise c.fail(f"against[{k}]", "a path to another dataset root (a string)", item)
+        path = (base / Path(item).expanduser()).resolve()
+        if not path.is_dir():
+            raise c.fail(f"against[{k}]", "an existing folder", str(path))
+        out.append(path)
+    return tuple(out)
 
 
 def _calibration(c: "_Checker", value: Any, threshold_auto: bool) -> CalibrationRules:
@@ -210,6 +270,8 @@ def parse_rules(data: Any, file: Path | None = None) -> Rules:
     threshold_auto = threshold_raw == "auto"
     threshold_from = f"{file}" if "threshold" in data and file is not None else "built-in default"
     calibration = _calibration(c, data.get("calibration"), threshold_auto)
+    checks = _checks(c, data.get("checks"))
+    against = _against(c, data.get("against"), base)
     threshold = DEFAULT_THRESHOLD if threshold_auto else c.threshold("threshold", threshold_raw)
 
     ix = c.mapping("index", data.get("index"), {"type", "nlist", "nprobe", "flat_below", "gpu", "recall_target", "scan"})
@@ -270,6 +332,8 @@ def parse_rules(data: Any, file: Path | None = None) -> Rules:
         threshold_auto=threshold_auto,
         threshold_from=threshold_from,
         calibration=calibration,
+        checks=checks,
+        against=against,
         centre=centre,
         cache_dir=cache_dir,
         embed_workers=embed_workers,

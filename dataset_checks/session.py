@@ -69,6 +69,7 @@ class CheckSession:
         self.lock = None  # outputs.FolderLock on the report folder, held by the plugin
         self.threshold_choice = None  # threshold.ThresholdChoice when `threshold: auto` was resolved
         self.run_error: str | None = None  # the pipeline itself broke: every verdict says so
+        self.check_results: dict = {}  # check name -> check_run.CheckResult
         if rules.dataset is None:
             from dataclasses import replace
 
@@ -233,6 +234,7 @@ class CheckSession:
             accept = Baseline.accept_all(findings, f"{self.baseline.reason} (accepted by --update-baseline)")
             findings = build_findings(table, self.search, self.rules, meta, waive=accept, error=error)
         self.timings["findings"] = time.perf_counter() - t0
+        self._checks(table, findings, dict(waive))
         findings.metadata["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
         findings.metadata["embedding"] = self.embedding
         findings.metadata["faces"] = {
@@ -240,6 +242,44 @@ class CheckSession:
             for r in self.faces.values() if r.problems or r.error
         }
         return findings
+
+    # -- the registered checks (dataset_checks.checks) -----------------------------------
+    def _checks(self, table, findings: Findings, waivers: dict) -> None:
+        from .check_run import run_checks
+        from .checks import CheckData
+
+        data = CheckData(root=self.root, rules=self.rules, identities=self.identities(), table=table,
+                         pairs=self.search, threshold=self.rules.threshold, against=self._against_data())
+        accept = (f"{self.baseline.reason} (accepted by --update-baseline)"
+                  if self.update_baseline and self.baseline is not None else None)
+        self.check_results = run_checks(data, waivers, accept)
+        for name, result in self.check_results.items():
+            self.timings[f"check {name}"] = result.seconds
+        findings.issues = [i for r in self.check_results.values() for i in r.issues]
+        from .check_files import issues_json
+
+        findings.metadata["checks"] = issues_json(self.check_results)
+
+    def _against_data(self) -> list:
+        """Other datasets (rules `against:`, --against) loaded for the leakage check; read only."""
+        if not self.rules.against:
+            return []
+        from .checks import AgainstData
+
+        out = []
+        for root in self.rules.against:
+            identities = discover_identities(root)
+            out.append(AgainstData(root=root, identities=identities,
+                                   table=load_table(root, identities, self._table_key())))
+        return out
+
+    def _table_key(self) -> str | None:
+        return self.table.key if self.table is not None else self.rules.vector_key
+
+    def check_result(self, name: str):
+        """The CheckResult of an enabled check (None when it is off)."""
+        self.findings()
+        return self.check_results.get(name)
 
     # -- images -> embeddings (dataset_checks.embed) -------------------------------------
     @property
@@ -400,7 +440,10 @@ class CheckSession:
 
         if self._findings is None:
             return []
-        return [merge_html(self.merge_candidates(), self.thumbnails()), waived_html(self._findings)]
+        from .check_files import issues_html
+
+        checks = [issues_html(r, self.thumbnails()) for r in self.check_results.values()]
+        return [merge_html(self.merge_candidates(), self.thumbnails()), *checks, waived_html(self._findings)]
 
     def identity_html(self, name: str) -> str:
         """Offending pairs with thumbnails for a failing identity; waived pairs by name."""
@@ -429,6 +472,10 @@ class CheckSession:
             (self.report_dir / "findings.json", lambda p: write_json(self._findings, p)),
             (self.report_dir / "merge_candidates.csv", lambda p: write_merge_csv(self.merge_candidates(), p)),
         ]
+        from .check_files import write_issues_csv
+
+        for name, result in self.check_results.items():
+            jobs.append((self.report_dir / f"{name}.csv", lambda p, r=result: write_issues_csv(r, p)))
         self.written = []
         for path, write in jobs:
             try:
@@ -484,6 +531,13 @@ class CheckSession:
                 problems = f" and {c['waived_problems']} input problem(s)" if c.get("waived_problems") else ""
                 lines.append(f"baseline {status['path']}: {status['entries']} accepted entries; "
                              f"{c['waived']} finding(s){problems} waived{stale}")
+        for name, r in self.check_results.items():
+            if r.error:
+                lines.append(f"check {name}: FAILED TO RUN: {r.error}")
+                continue
+            failing = {x for i in r.active if i.severity == "fail" for x in (i.identity, i.other_identity if r.check.symmetric else "") if x}
+            what = f"{len(r.issues)} issue(s)" + (f", {len(failing)} failing identities" if failing else "")
+            lines.append(f"check {name} ({r.check.title}): {what}")
         lines += [f"wrote {display_name(str(p))}" for p in self.report_files()]
         lines += [f"COULD NOT WRITE {e}" for e in self.write_errors]
         return lines

@@ -43,3 +43,40 @@ def test_dataset(dataset_checks_session):
     problems = dataset_checks_session.dataset_problems()
     if problems:
         pytest.fail("\n".join(problems), pytrace=False)
+
+
+# -- one test family per registered check (dataset_checks.checks) --------------------------------
+
+
+def _judge(session, name: str, identity: str | None) -> None:
+    result = session.check_result(name)
+    if result is None:  # pragma: no cover - the plugin collects no item for a check that is off
+        pytest.skip(f"check {name} is off in the rules")
+    outcome = result.outcome(identity)
+    if outcome.status == "fail":
+        pytest.fail(outcome.message(), pytrace=False)
+    if outcome.status == "warn":
+        warnings.warn(DatasetWarning(outcome.message()), stacklevel=1)
+
+
+def _family(check):
+    if check.level == "dataset":
+        def test(dataset_checks_session):
+            _judge(dataset_checks_session, check.name, None)
+    else:
+        def test(identity, dataset_checks_session):
+            _judge(dataset_checks_session, check.name, identity)
+    test.__name__ = test.__qualname__ = check.test_name()
+    test.__doc__ = f"{check.title}: {check.doc}"
+    return test
+
+
+def _register_families() -> None:
+    from dataset_checks.checks import all_checks
+
+    for check in all_checks():
+        if check.test_name() not in globals():
+            globals()[check.test_name()] = _family(check)
+
+
+_register_families()

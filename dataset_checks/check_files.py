@@ -1,0 +1,88 @@
+"""Outputs of the registered checks: `<check>.csv`, their findings.json entries, report sections.
+
+Every name goes through `text.name_cell` (CSV) or `display_name` + html.escape (HTML).
+"""
+
+from __future__ import annotations
+
+import csv
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from .check_run import CheckResult, issue_line
+from .discover import display_name
+from .findings import _atomic_write
+from .text import csv_cell, name_cell
+
+REPORT_ROWS = 50
+THUMBS = True
+
+
+def csv_header(result: CheckResult) -> tuple[str, ...]:
+    score = result.check.columns.get("score", "score")
+    return ("identity", "file", "other_identity", "other_file", score, "severity", "detail", "waived")
+
+
+def write_issues_csv(result: CheckResult, path: Path) -> Path:
+    """One row per issue, ranked by evidence (the check's score), highest first."""
+
+    def write(fh):
+        w = csv.writer(fh)
+        w.writerow(csv_header(result))
+        for i in result.issues:
+            w.writerow((name_cell(i.identity), name_cell(i.file), name_cell(i.other_identity), name_cell(i.other_file),
+                        f"{i.score:.6f}", i.severity, csv_cell(display_name(i.detail)), csv_cell(i.waived or "")))
+
+    _atomic_write(path, write)
+    return path
+
+
+def issues_json(results: dict[str, CheckResult]) -> dict[str, Any]:
+    out = {}
+    for name, r in results.items():
+        out[name] = {
+            "title": r.check.title,
+            "severity": r.settings.severity,
+            "error": r.error,
+            "seconds": round(r.seconds, 4),
+            "issues": [
+                {k: v for k, v in (("identity", display_name(i.identity)), ("file", display_name(i.file)),
+                                   ("other_identity", display_name(i.other_identity)),
+                                   ("other_file", display_name(i.other_file)), ("score", round(i.score, 6)),
+                                   ("severity", i.severity), ("detail", display_name(i.detail)),
+                                   ("waived", i.waived)) if v not in ("", None)}
+                for i in r.issues
+            ],
+        }
+    return out
+
+
+def _face(thumbs, identity: str, file: str) -> str:
+    uri = thumbs.data_uri(identity, file) if (thumbs is not None and identity and file) else None
+    return f"<img src='{uri}' alt='{escape(display_name(file))}'>" if uri else ""
+
+
+def issues_html(result: CheckResult, thumbs=None, limit: int = REPORT_ROWS) -> str:
+    """A report section: the check's issues, strongest evidence first, with thumbnails."""
+    c = result.check
+    anchor = f"dc-check-{c.name}"
+    head = f"<h3>{escape(c.title[:1].upper() + c.title[1:])} ({escape(c.name)})</h3><p>{escape(c.doc)}</p>"
+    if result.error:
+        return f"<div class='dc-check' id='{anchor}'>{head}<p class='dc-bad'>The check failed to run: " \
+               f"{escape(display_name(result.error))}</p></div>"
+    if not result.issues:
+        return f"<div class='dc-check' id='{anchor}'>{head}<p>Nothing found.</p></div>"
+    score = escape(c.columns.get("score", "score"))
+    rows = []
+    for i in result.issues[:limit]:
+        faces = _face(thumbs, i.identity, i.file) + _face(thumbs, i.other_identity, i.other_file)
+        status = escape(i.waived) if i.waived else escape(i.severity)
+        rows.append(f"<tr class='dc-issue dc-{escape(i.severity)}'><td>{escape(display_name(i.identity))}</td>"
+                    f"<td>{escape(issue_line(i, None))}</td><td>{i.score:.4f}</td><td>{status}</td>"
+                    f"<td class='dc-thumbs'>{faces}</td></tr>")
+    more = (f"<p>&hellip; {len(result.issues) - limit} more in {escape(c.name)}.csv</p>"
+            if len(result.issues) > limit else "")
+    table = (f"<table><tr><th>Identity</th><th>Issue</th><th>{score}</th><th>Severity</th><th>Faces</th></tr>"
+             f"{''.join(rows)}</table>")
+    return f"<div class='dc-check' id='{anchor}'>{head}{table}{more}</div>"

@@ -1,0 +1,130 @@
+"""Run the registered checks on the run's shared data; judge their issues per identity.
+
+No pytest here: the plugin asks `CheckResult.outcome(identity)` for each test of a check's family.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Iterable
+
+from .checks import Check, CheckData, CheckSettings, Issue, all_checks
+from .discover import display_name
+from .text import terminal_line
+
+MESSAGE_ISSUES = 3  # issues shown per identity in the terminal; the rest in <check>.csv / report.html
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One identity's (or the dataset's) result for one check."""
+
+    status: str  # pass | fail | warn (warn: the test passes with warnings)
+    lines: tuple[str, ...] = ()
+
+    def message(self) -> str:
+        return "\n".join(self.lines)
+
+
+@dataclass
+class CheckResult:
+    check: type[Check]
+    settings: CheckSettings
+    issues: list[Issue] = field(default_factory=list)  # ranked by score, highest first
+    error: str | None = None  # the check itself broke: every test of its family fails with this
+    seconds: float = 0.0
+    _by_identity: dict[str, list[Issue]] | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.check.name
+
+    @property
+    def active(self) -> list[Issue]:
+        return [i for i in self.issues if i.waived is None and i.severity != "info"]
+
+    def of(self, identity: str) -> list[Issue]:
+        if self._by_identity is None:
+            by: dict[str, list[Issue]] = {}
+            for issue in self.issues:
+                by.setdefault(issue.identity, []).append(issue)
+                if self.check.symmetric and issue.other_identity and issue.other_identity != issue.identity:
+                    by.setdefault(issue.other_identity, []).append(issue)
+            self._by_identity = by
+        return self._by_identity.get(identity, [])
+
+    def outcome(self, identity: str | None = None) -> Outcome:
+        """identity None: the dataset-level outcome (every issue)."""
+        if self.error:
+            return Outcome("fail", (f"{self.name}: the check failed to run: {self.error}",))
+        issues = self.issues if identity is None else self.of(identity)
+        failing = [i for i in issues if i.waived is None and i.severity == "fail"]
+        warning = [i for i in issues if i.waived is None and i.severity == "warn"]
+        shown = failing or warning
+        if not shown:
+            return Outcome("pass")
+        who = display_name(identity) if identity is not None else "dataset"
+        lines = [f"{who}: {len(shown)} {self.check.title} issue(s):"]
+        for issue in shown[:MESSAGE_ISSUES]:
+            lines.append("  " + issue_line(issue, identity))
+        if len(shown) > MESSAGE_ISSUES:
+            lines.append(f"  ... and {len(shown) - MESSAGE_ISSUES} more ({self.name}.csv, report.html)")
+        return Outcome("fail" if failing else "warn", tuple(terminal_line(x, limit=1000) for x in lines))
+
+
+def issue_line(issue: Issue, identity: str | None = None) -> str:
+    """One issue as text, seen from `identity` when given."""
+    own_id, own_file, other_id, other_file = issue.identity, issue.file, issue.other_identity, issue.other_file
+    if identity is not None and identity == other_id and identity != own_id:
+        own_id, own_file, other_id, other_file = other_id, other_file, own_id, own_file
+    where = display_name(own_file) if own_file else (display_name(own_id) + "/" if identity is None else "(folder)")
+    if identity is None and own_file:
+        where = f"{display_name(own_id)}/{where}"
+    other = ""
+    if other_id:
+        other = f" ↔ {display_name(other_id)}" + (f"/{display_name(other_file)}" if other_file else "")
+    detail = f": {issue.detail}" if issue.detail else ""
+    return f"{where}{other}{detail}"
+
+
+def run_checks(data: CheckData, waivers: dict[tuple, str] | None = None, accept: str | None = None,
+               only: Iterable[str] | None = None) -> dict[str, CheckResult]:
+    """Every enabled check on `data`, in registry order.
+
+    waivers: (check, key) -> reason (a baseline). accept: the reason with which --update-baseline
+    accepts every issue that fails or warns today. Allowlisted identity pairs (rules `allow`)
+    waive issues between the two folders for every check."""
+    rules = data.rules
+    waivers = waivers or {}
+    results: dict[str, CheckResult] = {}
+    wanted = set(only) if only is not None else None
+    for cls in all_checks():
+        if wanted is not None and cls.name not in wanted:
+            continue
+        settings = rules.check_settings(cls.name)
+        if not settings.enabled:
+            continue
+        result = CheckResult(cls, settings)
+        t0 = time.perf_counter()
+        try:
+            issues = list(cls().run(data, settings))
+        except Exception as exc:  # noqa: BLE001 - one broken check must not take the others down
+            result.error = f"{type(exc).__name__}: {exc}"
+            issues = []
+        result.seconds = time.perf_counter() - t0
+        judged = []
+        for issue in issues:
+            reason = None
+            if issue.other_identity and issue.identity and issue.other_identity != issue.identity:
+                allowed = rules.allowed(issue.identity, issue.other_identity)
+                reason = f"allowlisted: {allowed.reason}" if allowed else None
+            if reason is None:
+                reason = waivers.get((cls.name, issue.key))
+            if reason is None and accept is not None and issue.severity != "info":
+                reason = accept
+            judged.append(replace(issue, waived=reason) if reason else issue)
+        judged.sort(key=lambda i: (-i.score, i.identity, i.file, i.other_identity, i.other_file))
+        result.issues = judged
+        results[cls.name] = result
+    return results

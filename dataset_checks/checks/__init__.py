@@ -1,0 +1,47 @@
+"""The registry of checks: one module per kind of label error.
+
+A new check is one module in this package that defines a `Check` subclass and decorates it with
+`@register`, plus its line in `_MODULES` below (import order is report order). Everything else
+comes from the registry: its rules.yaml section (`checks: {<name>: {enabled, severity, ...}}`),
+its pytest test family, its `<name>.csv`, its report section, its findings.json entry and its
+baseline key. Importing this package imports no heavy library.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .base import AgainstData, Check, CheckData, CheckSettings, Issue, Param, SEVERITIES
+
+_REGISTRY: dict[str, type[Check]] = {}
+# check modules, in report order; each registers itself on import
+_MODULES: tuple[str, ...] = ()
+_loaded = False
+
+
+def register(cls: type[Check]) -> type[Check]:
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"two checks named {cls.name!r}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def all_checks() -> list[type[Check]]:
+    """Every registered check, in report order."""
+    global _loaded
+    if not _loaded:
+        for module in _MODULES:
+            importlib.import_module(f"{__name__}.{module}")
+        _loaded = True
+    return list(_REGISTRY.values())
+
+
+def get(name: str) -> type[Check]:
+    for check in all_checks():
+        if check.name == name:
+            return check
+    raise KeyError(name)
+
+
+__all__ = ["AgainstData", "Check", "CheckData", "CheckSettings", "Issue", "Param", "SEVERITIES", "all_checks",
+           "get", "register"]
