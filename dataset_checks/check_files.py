@@ -46,6 +46,7 @@ def issues_json(results: dict[str, CheckResult]) -> dict[str, Any]:
             "severity": r.settings.severity,
             "error": r.error,
             "seconds": round(r.seconds, 4),
+            **({"summary": r.instance.summary()} if r.instance is not None and not r.error else {}),
             "issues": [
                 {k: v for k, v in (("identity", display_name(i.identity)), ("file", display_name(i.file)),
                                    ("other_identity", display_name(i.other_identity)),
@@ -71,8 +72,9 @@ def issues_html(result: CheckResult, thumbs=None, limit: int = REPORT_ROWS) -> s
     if result.error:
         return f"<div class='dc-check' id='{anchor}'>{head}<p class='dc-bad'>The check failed to run: " \
                f"{escape(display_name(result.error))}</p></div>"
+    extra = result.instance.report_html() if result.instance is not None else ""
     if not result.issues:
-        return f"<div class='dc-check' id='{anchor}'>{head}<p>Nothing found.</p></div>"
+        return f"<div class='dc-check' id='{anchor}'>{head}{extra}<p>Nothing found.</p></div>"
     score = escape(c.columns.get("score", "score"))
     rows = []
     for i in result.issues[:limit]:
@@ -85,4 +87,4 @@ def issues_html(result: CheckResult, thumbs=None, limit: int = REPORT_ROWS) -> s
             if len(result.issues) > limit else "")
     table = (f"<table><tr><th>Identity</th><th>Issue</th><th>{score}</th><th>Severity</th><th>Faces</th></tr>"
              f"{''.join(rows)}</table>")
-    return f"<div class='dc-check' id='{anchor}'>{head}{table}{more}</div>"
+    return f"<div class='dc-check' id='{anchor}'>{head}{extra}{table}{more}</div>"

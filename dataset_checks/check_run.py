@@ -34,6 +34,7 @@ class CheckResult:
     issues: list[Issue] = field(default_factory=list)  # ranked by score, highest first
     error: str | None = None  # the check itself broke: every test of its family fails with this
     seconds: float = 0.0
+    instance: Check | None = None  # what ran (report_html, summary)
     _by_identity: dict[str, list[Issue]] | None = field(default=None, repr=False)
 
     @property
@@ -108,7 +109,8 @@ def run_checks(data: CheckData, waivers: dict[tuple, str] | None = None, accept:
         result = CheckResult(cls, settings)
         t0 = time.perf_counter()
         try:
-            issues = list(cls().run(data, settings))
+            result.instance = cls()
+            issues = list(result.instance.run(data, settings))
         except Exception as exc:  # noqa: BLE001 - one broken check must not take the others down
             result.error = f"{type(exc).__name__}: {exc}"
             issues = []

@@ -150,3 +150,12 @@ class Check:
 
     def run(self, data: CheckData, settings: CheckSettings) -> list[Issue]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def report_html(self) -> str:
+        """Extra HTML for the check's report section (a plot, a table), from what `run` kept on
+        the instance. Must escape every name (html.escape(display_name(...)))."""
+        return ""
+
+    def summary(self) -> dict[str, Any]:
+        """Extra JSON-ready facts for findings.json (thresholds chosen from the data, counts)."""
+        return {}
