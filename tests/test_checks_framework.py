@@ -1,0 +1,129 @@
+"""A check is one module: registering a Check subclass gives it a rules section, a test family,
+a CSV file, a report section, findings.json entries and a baseline key."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import faiss  # noqa: F401  - before pytester's sys.modules snapshot (see test_plugin.py)
+import numpy as np
+import pytest
+
+from dataset_checks import checks as registry
+from dataset_checks.checks import Check, Issue, Param
+from dataset_checks.rules import RulesError, load_rules
+from helpers import write_face01
+
+PKG = str(Path(__file__).resolve().parents[1] / "dataset_checks")
+
+
+class SmallFolders(Check):
+    """A toy check: folders with fewer than `min_faces` faces."""
+
+    name = "small_folders"
+    title = "small folders"
+    doc = "A folder with fewer faces than min_faces cannot be judged."
+    params = {"min_faces": Param(3, "fewest faces a folder needs", kind="int", low=1)}
+
+    def run(self, data, settings):
+        counts = np.bincount(data.table.identity_of, minlength=len(data.table.identities))
+        return [Issue(self.name, ident.name, score=float(settings["min_faces"] - n),
+                      detail=f"{int(n)} face(s), fewer than {settings['min_faces']}", severity=settings.severity)
+                for ident, n in zip(data.table.identities, counts) if n < settings["min_faces"]]
+
+
+@pytest.fixture
+def toy_check(monkeypatch):
+    monkeypatch.setitem(registry._REGISTRY, SmallFolders.name, SmallFolders)
+    monkeypatch.setattr(registry, "_loaded", True)
+    import dataset_checks.test_identities as family_module
+
+    monkeypatch.setitem(vars(family_module), "test_small_folders", family_module._family(SmallFolders))
+    return SmallFolders
+
+
+@pytest.fixture
+def data(pytester) -> Path:
+    root = pytester.path / "data"
+    rng = np.random.default_rng(3)
+    for name, n in (("Alice", 4), ("Bob", 2), ("Carol", 1)):
+        write_face01(root, name, rng.standard_normal((n, 16)).astype(np.float32))
+    return root
+
+
+def _run(pytester, data, *args):
+    return pytester.inline_run(PKG, "-p", "no:cacheprovider", "--report-dir", "out", "--dataset", str(data),
+                               "--threshold", "0.99", *args)
+
+
+def _outcomes(rec, family):
+    out = {}
+    for rep in rec.getreports("pytest_runtest_logreport"):
+        if rep.when == "call" and f"::{family}[" in rep.nodeid:
+            out[rep.nodeid.rsplit("[", 1)[1][:-1]] = rep.outcome
+    return out
+
+
+def test_a_registered_check_gets_family_files_report_and_json(pytester, data, toy_check):
+    rec = _run(pytester, data)
+    assert _outcomes(rec, "test_small_folders") == {"Alice": "passed", "Bob": "failed", "Carol": "failed"}
+    out = pytester.path / "out"
+    with open(out / "small_folders.csv", encoding="utf-8", newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0][:5] == ["identity", "file", "other_identity", "other_file", "score"]
+    assert [r[0] for r in rows[1:]] == ["Carol", "Bob"]  # ranked by evidence
+    doc = json.loads((out / "findings.json").read_text(encoding="utf-8"))
+    assert [i["identity"] for i in doc["checks"]["small_folders"]["issues"]] == ["Carol", "Bob"]
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "dc-check-small_folders" in html and "fewer than 3" in html
+
+
+def test_rules_section_switches_and_tunes_it(pytester, data, toy_check):
+    rules = pytester.path / "r.yaml"
+    rules.write_text("checks:\n  small_folders:\n    min_faces: 2\n    severity: warn\n", encoding="utf-8")
+    rec = _run(pytester, data, "--rules", str(rules))
+    assert _outcomes(rec, "test_small_folders") == {"Alice": "passed", "Bob": "passed", "Carol": "passed"}
+    rules.write_text("checks:\n  small_folders:\n    enabled: false\n", encoding="utf-8")
+    rec = pytester.inline_run(PKG, "-p", "no:cacheprovider", "--report-dir", "off", "--dataset", str(data),
+                              "--threshold", "0.99", "--rules", str(rules))
+    assert _outcomes(rec, "test_small_folders") == {}
+    assert (pytester.path / "off" / "findings.csv").exists()
+    assert not (pytester.path / "off" / "small_folders.csv").exists()
+
+
+def test_rules_errors_name_check_and_key(tmp_path, toy_check):
+    path = tmp_path / "rules.yaml"
+    path.write_text("checks:\n  small_folders:\n    min_faces: 0\n", encoding="utf-8")
+    with pytest.raises(RulesError) as info:
+        load_rules(path)
+    assert info.value.key == "checks.small_folders.min_faces" and "whole number >= 1" in str(info.value)
+    path.write_text("checks:\n  no_such_check: {}\n", encoding="utf-8")
+    with pytest.raises(RulesError) as info:
+        load_rules(path)
+    assert "no_such_check" in str(info.value)
+
+
+def test_baseline_ratchets_each_check_on_its_own_key(pytester, data, toy_check):
+    base = pytester.path / "gate" / "baseline.csv"
+    rec = _run(pytester, data, "--baseline", str(base), "--update-baseline")
+    assert rec.ret == pytest.ExitCode.OK
+    text = base.read_text(encoding="utf-8")
+    assert "small_folders,Bob,,,," in text and "small_folders,Carol,,,," in text
+    rec = _run(pytester, data, "--baseline", str(base))
+    assert rec.ret == pytest.ExitCode.OK
+    write_face01(data, "Dave", np.ones((1, 16), np.float32))  # a NEW small folder fails
+    rec = _run(pytester, data, "--baseline", str(base))
+    assert _outcomes(rec, "test_small_folders")["Dave"] == "failed"
+    assert _outcomes(rec, "test_small_folders")["Bob"] == "passed"
+
+
+def test_a_broken_check_fails_its_family_and_spares_the_others(pytester, data, toy_check, monkeypatch):
+    def boom(self, data, settings):
+        raise RuntimeError("kaputt")
+
+    monkeypatch.setattr(SmallFolders, "run", boom)
+    rec = _run(pytester, data)
+    assert set(_outcomes(rec, "test_small_folders").values()) == {"failed"}
+    assert set(_outcomes(rec, "test_identity").values()) == {"passed"}
