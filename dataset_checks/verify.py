@@ -19,7 +19,8 @@ from .search import pair_similarity
 RANDOM_QUERIES = 256
 FINDING_QUERIES = 128
 MARGIN = 1e-4  # float32 candidates are re-scored in float64, as in search.py
-BLOCK = 256
+BLOCK = 256  # queries per block
+CELLS = 1 << 22  # score cells per block (16 MB of float32)
 
 
 def verify_search(
@@ -53,16 +54,25 @@ def verify_search(
     queries = np.unique(np.concatenate([random_rows, paired_rows]).astype(np.int64))
 
     truth: set[tuple[int, int]] = set()
-    for s in range(0, queries.size, BLOCK):
-        q = queries[s : s + BLOCK]
-        sims = x[q] @ x.T
-        r, c = np.nonzero(sims >= threshold - MARGIN)
-        rows, cols = q[r], c
-        keep = labels[rows] != labels[cols]
-        rows, cols = rows[keep], cols[keep]
-        exact = pair_similarity(x, rows, cols)
-        ok = exact >= threshold
-        truth.update(zip(np.minimum(rows, cols)[ok].tolist(), np.maximum(rows, cols)[ok].tolist()))
+    # Score blocks of at most CELLS cells (a query block times a column block), same-folder hits
+    # dropped before they are gathered: a crowded folder of identical frames would otherwise
+    # hand back millions of hits per query.
+    rows = max(1, min(BLOCK, CELLS // n))
+    cols = max(1, CELLS // rows)
+    for s in range(0, queries.size, rows):
+        q = queries[s : s + rows]
+        xq, lq = x[q], labels[q][:, None]
+        for cs in range(0, n, cols):
+            sims = xq @ x[cs : cs + cols].T
+            hit = sims >= threshold - MARGIN
+            hit &= lq != labels[None, cs : cs + cols]
+            r, c = np.nonzero(hit)
+            if not r.size:
+                continue
+            rows_, cols_ = q[r], c + cs
+            exact = pair_similarity(x, rows_, cols_)
+            ok = exact >= threshold
+            truth.update(zip(np.minimum(rows_, cols_)[ok].tolist(), np.maximum(rows_, cols_)[ok].tolist()))
 
     qset = np.zeros(n, dtype=bool)
     qset[queries] = True
