@@ -227,7 +227,7 @@ def _cpu_range(index, radius: float) -> Callable[[np.ndarray], tuple]:
 
 
 def _flat_scan(x: np.ndarray, labels: np.ndarray, radius: float, emit: Emit, progress=None,
-               cells: int = SCAN_CELLS) -> None:
+               cells: int | None = None) -> None:
     """Exact range search of every row against every row, cross-label hits only, by GEMM.
 
     Replaces `IndexFlatIP.range_search`, which returns every same-folder hit before anything can
@@ -236,6 +236,7 @@ def _flat_scan(x: np.ndarray, labels: np.ndarray, radius: float, emit: Emit, pro
     triangle is scored (each pair once). The score matrix never exceeds `cells` cells.
     """
     n = len(x)
+    cells = cells or SCAN_CELLS
     order = np.argsort(labels, kind="stable")
     if np.array_equal(order, np.arange(n)):
         xs, ls = x, labels
@@ -268,9 +269,10 @@ def _flat_scan(x: np.ndarray, labels: np.ndarray, radius: float, emit: Emit, pro
 
 
 def _exact_rows(x: np.ndarray, labels: np.ndarray, rows: np.ndarray, radius: float, emit: Emit,
-                cells: int = SCAN_CELLS) -> None:
+                cells: int | None = None) -> None:
     """Exact cross-label range search of the given rows against all of `x`, in bounded blocks."""
     n = len(x)
+    cells = cells or SCAN_CELLS
     qb = max(1, min(len(rows), 1024, cells // 4096))
     cols = max(1, cells // qb)
     for s in range(0, len(rows), qb):
@@ -285,13 +287,14 @@ def _exact_rows(x: np.ndarray, labels: np.ndarray, rows: np.ndarray, radius: flo
 
 
 def _ivf_range(index, x: np.ndarray, labels: np.ndarray, radius: float, emit: Emit, rows: np.ndarray | None = None,
-               progress=None, budget: int = RANGE_BATCH_PROBED) -> None:
+               progress=None, budget: int | None = None) -> None:
     """`IndexIVFFlat.range_search` of `rows` (default: all), same-label hits dropped per batch.
 
     faiss returns a batch's hits all at once, same folder included, so a batch is cut where the
     vectors its queries probe (sizes of their nprobe nearest lists: an upper bound on their hits)
     would exceed `budget`; a query alone may exceed it, but its hits are at most the table."""
     rows = np.arange(len(x)) if rows is None else rows
+    budget = budget or RANGE_BATCH_PROBED
     sizes = np.array([index.invlists.list_size(lst) for lst in range(index.nlist)], dtype=np.int64)
     nprobe = min(index.nprobe, index.nlist)
     bar = _bar(progress, len(rows), "searching", "vec")
@@ -356,8 +359,11 @@ SPLIT_MIN = 64
 
 
 def _list_scan_chunks(faiss, index, radius: float, xq: np.ndarray, labels: np.ndarray | None = None,
-                      progress=None, lists: list | None = None, probes: np.ndarray | None = None):
-    """Yields (query, neighbour, score) candidates list by list; see `_list_scan`."""
+                      progress=None, lists: list | None = None, probes: np.ndarray | None = None,
+                      stats: dict | None = None):
+    """Yields (query, neighbour, score) candidates list by list; see `_list_scan`.
+    `stats["scored_cells"]`: (query, vector) scores computed."""
+    scored = 0
     lists = lists if lists is not None else _ivf_lists(faiss, index)
     xq = np.ascontiguousarray(xq, dtype=np.float32)
     nprobe = min(index.nprobe, index.nlist)
@@ -390,6 +396,7 @@ def _list_scan_chunks(faiss, index, radius: float, xq: np.ndarray, labels: np.nd
                 lab_ids = labels[ids_][None, :] if labels is not None else None
                 # bound the score matrix (a crowded list probed by many queries) to ~16 MB
                 step = max(1, SCAN_CELLS // ids_.size)
+                scored += qs_.size * ids_.size
                 for s in range(0, qs_.size, step):
                     q = qs_[s : s + step]
                     sims = xq[q] @ vs.T
@@ -401,6 +408,8 @@ def _list_scan_chunks(faiss, index, radius: float, xq: np.ndarray, labels: np.nd
                         yield q[r].astype(np.int64), ids_[c].astype(np.int64), sims[r, c]
         bar.update(1)
     bar.close()
+    if stats is not None:
+        stats["scored_cells"] = stats.get("scored_cells", 0) + scored
 
 
 def _list_scan(faiss, index, radius: float, labels: np.ndarray | None = None, progress=None,
@@ -575,7 +584,7 @@ def find_pairs(
     elif list_scan:
         info["scan"] = "lists"
         for q, nb, dist in _list_scan_chunks(faiss, cpu_index, radius, x, labels=labels, progress=progress,
-                                             lists=lists, probes=probes):
+                                             lists=lists, probes=probes, stats=stats):
             emit(q, nb, dist)
     else:
         _ivf_range(cpu_index, x, labels, radius, emit, progress=progress)
@@ -595,7 +604,7 @@ def _set_nprobe(faiss, cpu_index, gpu_index, nprobe: int) -> None:
 
 def _choose_nprobe(faiss, cpu_index, gpu_index, x, labels, radius, rules: IndexRules, seed,
                    list_of: np.ndarray, probes: np.ndarray | None = None,
-                   cells: int = CALIBRATION_CELLS, same_kept: int = CALIBRATION_SAME_KEPT) -> tuple[int, dict]:
+                   cells: int | None = None, same_kept: int | None = None) -> tuple[int, dict]:
     """Smallest nprobe whose recall on a random sample of queries reaches `recall_target`,
     with no sampled cross-folder miss at or above threshold + CLEAR_MATCH_MARGIN.
 
@@ -621,6 +630,7 @@ def _choose_nprobe(faiss, cpu_index, gpu_index, x, labels, radius, rules: IndexR
         _set_nprobe(faiss, cpu_index, gpu_index, nprobe)
         return nprobe, {"mode": "fixed"}
     n = len(x)
+    cells, same_kept = cells or CALIBRATION_CELLS, same_kept or CALIBRATION_SAME_KEPT
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n, size=min(CALIBRATION_QUERIES, n), replace=False))
     m = len(sample)

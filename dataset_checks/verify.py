@@ -57,7 +57,7 @@ def verify_search(
     # Score blocks of at most CELLS cells (a query block times a column block), same-folder hits
     # dropped before they are gathered: a crowded folder of identical frames would otherwise
     # hand back millions of hits per query.
-    rows = max(1, min(BLOCK, CELLS // n))
+    rows = max(1, min(BLOCK, queries.size, CELLS))
     cols = max(1, CELLS // rows)
     for s in range(0, queries.size, rows):
         q = queries[s : s + rows]
