@@ -474,6 +474,37 @@ def _gpu_scan(gpu_index, x: np.ndarray, labels: np.ndarray, radius: float, emit:
     bar.close()
 
 
+def _training_rows(labels: np.ndarray, nlist: int, per_centroid: int, seed: int) -> np.ndarray | None:
+    """Rows to train k-means on, at most max(64, target / 64) per folder (target: the
+    per_centroid * nlist points faiss subsamples to), more if the table is too small for that.
+
+    k-means spends centroids where the points are: a crowd of 20,000 near-identical frames in a
+    table of 40,000 drew half of 512 centroids, so every frame's neighbours were spread over
+    256 lists and calibration (rightly) asked for nprobe=256: 470M scores, 3x the flat search.
+    Capped, the crowd gets a few lists, which the list scan skips for its own queries. Folders
+    below the cap are sampled as before. None: no folder is over the cap, train on everything.
+    """
+    _, inv, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    n = len(labels)
+    need = min(n, 8 * nlist)  # faiss refuses fewer points than centroids; 8 each is rough but fine
+    cap = max(64, per_centroid * nlist // 64)
+    lo, hi = 1, int(counts.max())
+    while lo < hi:  # the smallest per-folder cap that still leaves `need` rows
+        mid = (lo + hi) // 2
+        if np.minimum(counts, mid).sum() >= need:
+            hi = mid
+        else:
+            lo = mid + 1
+    cap = max(cap, lo)
+    if counts.max() <= cap:
+        return None
+    key = np.random.default_rng(seed).random(n)
+    order = np.lexsort((key, inv))
+    start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.arange(n) - start[inv[order]]
+    return np.sort(order[rank < cap])
+
+
 def find_pairs(
     vectors: np.ndarray,
     labels: np.ndarray,
@@ -544,7 +575,8 @@ def find_pairs(
     probes = None
     if kind == "ivf":
         with _stage(progress, f"training IVF (nlist={info['nlist']})"):
-            (gpu_index or cpu_index).train(x)
+            rows = _training_rows(labels, info["nlist"], cpu_index.cp.max_points_per_centroid, seed)
+            (gpu_index or cpu_index).train(x if rows is None else np.ascontiguousarray(x[rows]))
             if list_scan:
                 # One quantizer search serves both the add (nearest list) and the list scan (the
                 # nearest nprobe lists of every vector), instead of one each.
