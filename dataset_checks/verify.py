@@ -53,7 +53,9 @@ def verify_search(
     paired_rows = rng.choice(involved, size=min(finding_queries, involved.size), replace=False)
     queries = np.unique(np.concatenate([random_rows, paired_rows]).astype(np.int64))
 
-    truth: set[tuple[int, int]] = set()
+    # pairs as int64 keys (i * n + j, i < j): a few hundred queries may touch millions of pairs
+    # (a frame copied into another folder pairs with every frame of its crowd)
+    truth_keys: list[np.ndarray] = []
     # Score blocks of at most CELLS cells (a query block times a column block), same-folder hits
     # dropped before they are gathered: a crowded folder of identical frames would otherwise
     # hand back millions of hits per query.
@@ -72,22 +74,25 @@ def verify_search(
             rows_, cols_ = q[r], c + cs
             exact = pair_similarity(x, rows_, cols_)
             ok = exact >= threshold
-            truth.update(zip(np.minimum(rows_, cols_)[ok].tolist(), np.maximum(rows_, cols_)[ok].tolist()))
+            truth_keys.append(np.minimum(rows_, cols_)[ok] * n + np.maximum(rows_, cols_)[ok])
 
+    truth = np.unique(np.concatenate(truth_keys)) if truth_keys else np.zeros(0, np.int64)
     qset = np.zeros(n, dtype=bool)
     qset[queries] = True
     touch = qset[found_i] | qset[found_j] if found_i.size else np.zeros(0, dtype=bool)
-    found = set(zip(found_i[touch].tolist(), found_j[touch].tolist()))
-    missed = sorted(truth - found)
-    extra = found - truth
+    found = np.unique(found_i[touch] * n + found_j[touch])
+    hit = np.isin(truth, found)
+    missed = truth[~hit][:10]
+    extra = int((~np.isin(found, truth)).sum())
+    n_hit = int(hit.sum())
     return {
         "queries": int(queries.size),
         "random_queries": int(random_rows.size),
         "queries_from_findings": int(paired_rows.size),
         "threshold": float(threshold),
-        "exact_pairs": len(truth),
-        "found_pairs": len(truth & found),
-        "recall": (len(truth & found) / len(truth)) if truth else None,
-        "missed": [list(p) for p in missed[:10]],
-        "extra": len(extra),
+        "exact_pairs": int(truth.size),
+        "found_pairs": n_hit,
+        "recall": (n_hit / truth.size) if truth.size else None,
+        "missed": [[int(k // n), int(k % n)] for k in missed],
+        "extra": extra,
     }
