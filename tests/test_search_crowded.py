@@ -182,3 +182,34 @@ def test_flat_scan_with_tiny_blocks_and_unsorted_labels(monkeypatch):
     for threshold in (0.3, 0.8, 0.95):
         result = find_pairs(x, labels, threshold, FLAT)
         assert pair_set(result) == brute_force(x, labels, threshold)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_gpu_widening_logic_on_a_cpu_index(kind, monkeypatch):
+    # _gpu_scan only needs k-NN `search` and `ntotal`, so a CPU index stands in for the GPU one
+    # (there may be no GPU): a crowd wider than the largest k must reach the bounded fallback,
+    # and the pairs must still be exactly brute force's.
+    monkeypatch.setattr(search, "GPU_K_START", 4)
+    monkeypatch.setattr(search, "GPU_K_MAX", 64)
+    monkeypatch.setattr(search, "SCAN_CELLS", 1 << 10)
+    x, labels = crowd_dataset(300)
+    radius = 0.9 - search.RADIUS_MARGIN
+    if kind == "flat":
+        index = faiss.IndexFlatIP(x.shape[1])
+        index.add(x)
+
+        def fallback(rows):
+            search._exact_rows(x, labels, rows, radius, collector.add)
+    else:
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(x.shape[1]), x.shape[1], 4, faiss.METRIC_INNER_PRODUCT)
+        index.train(x)
+        index.add(x)
+        index.nprobe = 4
+
+        def fallback(rows):
+            search._ivf_range(index, x, labels, radius, collector.add, rows=rows)
+    collector = search._Collector(x, labels, 0.9, 10**6)
+    stats: dict = {}
+    search._gpu_scan(index, x, labels, radius, collector.add, stats, fallback)
+    assert stats["cpu_fallback_queries"] >= 300
+    assert pair_set(collector.result()) == brute_force(x, labels, 0.9)
