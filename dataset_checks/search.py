@@ -4,13 +4,19 @@ This is a range search, not a top-k search: a vector in a crowded folder (video 
 has all its k nearest neighbours in its own folder, so a top-k recipe never sees its cross-folder
 match. Here every neighbour with similarity >= the radius is returned, however many there are.
 
-* `flat`: exact `IndexFlatIP` range search (BLAS); chosen below `flat_below` vectors.
-* `ivf`: `IndexIVFFlat` with inner product. `nprobe` is calibrated in the same run: a sample of
-  queries is searched exactly and with the IVF index, and the smallest nprobe that reaches the
-  rules' recall target on it (and misses no sampled clear match) is used.
+* `flat`: exact search by blocked GEMM over the upper triangle, rows in folder order so that a
+  folder's own columns are skipped; chosen below `flat_below` vectors.
+* `ivf`: `IndexIVFFlat` with inner product. `nprobe` is calibrated in the same run: the exact
+  neighbours of a sample of queries are found by GEMM, and for each the smallest nprobe at which
+  the index finds it is read off the lists' rankings; the smallest nprobe that reaches the
+  rules' recall target on the sample (and misses no sampled clear match) is used.
 * On a GPU (faiss-gpu with a visible device) the same indexes run there; GPU indexes have no range
   search, so a k-NN search is widened until it reaches below the radius for every query, and the
-  few queries that still saturate the largest k fall back to the CPU range search.
+  few queries that still saturate the largest k fall back to a bounded CPU search.
+
+Memory is bounded by blocks at every stage, however many same-folder neighbours a crowded
+folder (video frames, identical copies) has: same-folder hits are dropped inside each block and
+never gathered.
 
 Similarities are recomputed in float64 for the candidates, and only pairs >= the threshold kept,
 so the result is exact for whatever the index returns; candidates are gathered at a radius a
@@ -22,7 +28,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 
