@@ -21,8 +21,8 @@ vectors (1,003,000 rows):
     a-flat  33.8 s, 4,586 MB                               4.1 s, 340 MB, recall 1.0
     b       MemoryError (32 MiB more at 6.4 GB RSS)        13.4 s, 1,998 MB, nprobe 4, recall 1.0
 
-(b's 2 GB are the table itself (512 MB), faiss's copy of it in the lists (512 MB) and the
-per-vector probes; none of it grows with the crowd beyond its rows.)
+(b's 2 GB: generating the table (two 512 MB arrays while concatenating), faiss's copy of it
+in the lists (512 MB) and per-vector arrays (probes: 64 MB); linear in rows, nothing per pair.)
 
 `--limit-gb` caps each child's address space (prlimit RLIMIT_AS) so that a version that
 explodes dies with MemoryError instead of taking the shared machine with it; the row then
