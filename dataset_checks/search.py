@@ -676,7 +676,7 @@ def _choose_nprobe(faiss, cpu_index, gpu_index, x, labels, radius, rules: IndexR
     lq = labels[sample]
     a_cols = min(nlist, 1024)
     _, near_q = cpu_index.quantizer.search(xq, a_cols)
-    rank_q = np.full((m, nlist), a_cols, dtype=np.int32)  # a's place of each list; a_cols: unknown
+    rank_q = np.full((m, nlist), a_cols, dtype=np.int16)  # a's place of each list (a_cols: unknown)
     rows, cols_ = np.nonzero(near_q >= 0)
     rank_q[rows, near_q[rows, cols_]] = cols_
     b_cols = probes.shape[1] if probes is not None else min(nlist, PROBES_KEPT)
