@@ -707,24 +707,26 @@ def _choose_nprobe(faiss, cpu_index, gpu_index, x, labels, radius, rules: IndexR
             del where
         r = np.concatenate([r_c, r_s])
         c = np.concatenate([c_c, c_s])
-        if not r.size:
-            continue
-        b = c + cs
-        pos_ab = rank_q[r, list_of[b]]
-        if probes is not None:
-            b_probes = probes[b]
-        else:
-            ub, inv = np.unique(b, return_inverse=True)
-            _, near_b = cpu_index.quantizer.search(np.ascontiguousarray(x[ub]), b_cols)
-            b_probes = near_b[inv]
-        match = b_probes == list_of[sample[r]][:, None]
-        pos_ba = np.where(match.any(axis=1), match.argmax(axis=1), unknown)
-        first_p = np.minimum(np.minimum(pos_ab, pos_ba), unknown) + 1
         weights = np.concatenate([np.ones(r_c.size), np.full(r_s.size, w_s)])
-        hist += np.bincount(first_p, weights=weights, minlength=hist.size)
-        clear_hits = sims[r_c, c_c] >= clear
-        if clear_hits.any():
-            clear_need = max(clear_need, int(first_p[: r_c.size][clear_hits].max()))
+        is_clear = np.zeros(r.size, dtype=bool)
+        is_clear[: r_c.size] = sims[r_c, c_c] >= clear
+        # a low threshold makes every cell a cross-folder hit: b's probes in chunks
+        for k in range(0, r.size, 1 << 16):
+            rk, bk = r[k : k + (1 << 16)], c[k : k + (1 << 16)] + cs
+            pos_ab = rank_q[rk, list_of[bk]]
+            if probes is not None:
+                b_probes = probes[bk]
+            else:
+                ub, inv = np.unique(bk, return_inverse=True)
+                _, near_b = cpu_index.quantizer.search(np.ascontiguousarray(x[ub]), b_cols)
+                b_probes = near_b[inv]
+            match = b_probes == list_of[sample[rk]][:, None]
+            pos_ba = np.where(match.any(axis=1), match.argmax(axis=1), unknown)
+            first_p = np.minimum(np.minimum(pos_ab, pos_ba), unknown) + 1
+            hist += np.bincount(first_p, weights=weights[k : k + (1 << 16)], minlength=hist.size)
+            ck = is_clear[k : k + (1 << 16)]
+            if ck.any():
+                clear_need = max(clear_need, int(first_p[ck].max()))
     total = hist.sum()
     found = np.cumsum(hist)
     nprobe = min(4, nlist)
