@@ -132,11 +132,13 @@ def test_verify_memory_does_not_grow_with_the_crowd(monkeypatch):
     assert peaks[1] < peaks[0] + 100 * 8000 + (1 << 20), peaks
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf-lists", "ivf-faiss"])
+@pytest.mark.parametrize("kind", ["flat", "ivf-lists", "ivf-faiss", "ivf-calibrated"])
 def test_too_broad_fires_before_memory_explodes(kind, monkeypatch):
     # threshold -1: every cross-folder pair (3000 x 240 + ...) matches; the limit stops it
-    # with the collector holding about 2 x max_pairs keys, not all the pairs.
+    # with the collector holding about 2 x max_pairs keys, not all the pairs (and calibration,
+    # where every sampled cell is a cross-folder hit, holds one block of them).
     monkeypatch.setattr(search, "SCAN_CELLS", 1 << 14)
+    monkeypatch.setattr(search, "CALIBRATION_CELLS", 1 << 14)
     monkeypatch.setattr(search, "RANGE_BATCH_PROBED", 1 << 14)
     x, labels = crowd_dataset(3000)
     tracemalloc.start()
