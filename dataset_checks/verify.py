@@ -19,7 +19,8 @@ from .search import pair_similarity
 RANDOM_QUERIES = 256
 FINDING_QUERIES = 128
 MARGIN = 1e-4  # float32 candidates are re-scored in float64, as in search.py
-BLOCK = 256
+BLOCK = 256  # queries per block
+CELLS = 1 << 22  # score cells per block (16 MB of float32)
 
 
 def verify_search(
@@ -52,32 +53,46 @@ def verify_search(
     paired_rows = rng.choice(involved, size=min(finding_queries, involved.size), replace=False)
     queries = np.unique(np.concatenate([random_rows, paired_rows]).astype(np.int64))
 
-    truth: set[tuple[int, int]] = set()
-    for s in range(0, queries.size, BLOCK):
-        q = queries[s : s + BLOCK]
-        sims = x[q] @ x.T
-        r, c = np.nonzero(sims >= threshold - MARGIN)
-        rows, cols = q[r], c
-        keep = labels[rows] != labels[cols]
-        rows, cols = rows[keep], cols[keep]
-        exact = pair_similarity(x, rows, cols)
-        ok = exact >= threshold
-        truth.update(zip(np.minimum(rows, cols)[ok].tolist(), np.maximum(rows, cols)[ok].tolist()))
+    # pairs as int64 keys (i * n + j, i < j): a few hundred queries may touch millions of pairs
+    # (a frame copied into another folder pairs with every frame of its crowd)
+    truth_keys: list[np.ndarray] = []
+    # Score blocks of at most CELLS cells (a query block times a column block), same-folder hits
+    # dropped before they are gathered: a crowded folder of identical frames would otherwise
+    # hand back millions of hits per query.
+    rows = max(1, min(BLOCK, queries.size, CELLS))
+    cols = max(1, CELLS // rows)
+    for s in range(0, queries.size, rows):
+        q = queries[s : s + rows]
+        xq, lq = x[q], labels[q][:, None]
+        for cs in range(0, n, cols):
+            sims = xq @ x[cs : cs + cols].T
+            hit = sims >= threshold - MARGIN
+            hit &= lq != labels[None, cs : cs + cols]
+            r, c = np.nonzero(hit)
+            if not r.size:
+                continue
+            rows_, cols_ = q[r], c + cs
+            exact = pair_similarity(x, rows_, cols_)
+            ok = exact >= threshold
+            truth_keys.append(np.minimum(rows_, cols_)[ok] * n + np.maximum(rows_, cols_)[ok])
 
+    truth = np.unique(np.concatenate(truth_keys)) if truth_keys else np.zeros(0, np.int64)
     qset = np.zeros(n, dtype=bool)
     qset[queries] = True
     touch = qset[found_i] | qset[found_j] if found_i.size else np.zeros(0, dtype=bool)
-    found = set(zip(found_i[touch].tolist(), found_j[touch].tolist()))
-    missed = sorted(truth - found)
-    extra = found - truth
+    found = np.unique(found_i[touch] * n + found_j[touch])
+    hit = np.isin(truth, found)
+    missed = truth[~hit][:10]
+    extra = int((~np.isin(found, truth)).sum())
+    n_hit = int(hit.sum())
     return {
         "queries": int(queries.size),
         "random_queries": int(random_rows.size),
         "queries_from_findings": int(paired_rows.size),
         "threshold": float(threshold),
-        "exact_pairs": len(truth),
-        "found_pairs": len(truth & found),
-        "recall": (len(truth & found) / len(truth)) if truth else None,
-        "missed": [list(p) for p in missed[:10]],
-        "extra": len(extra),
+        "exact_pairs": int(truth.size),
+        "found_pairs": n_hit,
+        "recall": (n_hit / truth.size) if truth.size else None,
+        "missed": [[int(k // n), int(k % n)] for k in missed],
+        "extra": extra,
     }
