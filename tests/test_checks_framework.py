@@ -36,10 +36,11 @@ class SmallFolders(Check):
 
 @pytest.fixture
 def toy_check(monkeypatch):
-    monkeypatch.setitem(registry._REGISTRY, SmallFolders.name, SmallFolders)
-    monkeypatch.setattr(registry, "_loaded", True)
+    # imported before the toy is registered, so that every patch below is undone after the test
     import dataset_checks.test_identities as family_module
 
+    registry.all_checks()
+    monkeypatch.setitem(registry._REGISTRY, SmallFolders.name, SmallFolders)
     monkeypatch.setitem(vars(family_module), "test_small_folders", family_module._family(SmallFolders))
     return SmallFolders
 
