@@ -36,15 +36,14 @@ NULL_SEED = 0
 
 def dataset_names(roots: list[Path]) -> list[str]:
     """Shortest unique path tails: base names unless two roots share one."""
-    parts = [Path(r).parts for r in roots]
-    depth = 1
-    while True:
+    parts = [Path(r).parts[1:] if Path(r).is_absolute() else Path(r).parts for r in roots]
+    longest = max((len(p) for p in parts), default=1)
+    for depth in range(1, longest + 1):
         names = ["/".join(p[-depth:]) for p in parts]
-        if len(set(names)) == len(names) or depth >= max((len(p) for p in parts), default=1):
-            break
-        depth += 1
-    if len(set(names)) != len(names):  # the same root twice: only the position tells them apart
-        names = [f"{n}#{k + 1}" for k, n in enumerate(names)]
+        if len(set(names)) == len(names):
+            return names
+    # the same root twice: only the position tells them apart
+    names = [f"{p[-1] if p else 'dataset'}#{k + 1}" for k, p in enumerate(parts)]
     return names
 
 
@@ -73,7 +72,7 @@ def cross_pairs(queries: np.ndarray, base: np.ndarray, threshold: float,
         lims, dist, nb = index.range_search(q[s : s + rows], float(threshold) - RADIUS_MARGIN)
         if not nb.size:
             continue
-        qi = np.repeat(np.arange(s, s + len(lims) - 1, dtype=np.int64), np.diff(lims))
+        qi = np.repeat(np.arange(s, s + len(lims) - 1, dtype=np.int64), np.diff(lims).astype(np.int64))
         nb = nb.astype(np.int64)
         sim = _dot(q, b, qi, nb)
         ok = sim >= threshold
@@ -170,7 +169,7 @@ class Leakage(Check):
                                "(centred folder means)", kind="bool"),
         "overlap_severity": Param("warn", "what a same-person folder does to the test", kind="choice",
                                   choices=("fail", "warn", "info")),
-        "overlap_sigmas": Param(8.0, "robust standard deviations above the median folder-mean cosine of "
+        "overlap_sigmas": Param(5.0, "robust standard deviations above the median folder-mean cosine of "
                                      "two folders of the two datasets", low=0.0),
         "overlap_floor": Param(0.5, "the same-person level is never below this cosine", low=0.0, high=1.0),
     }
