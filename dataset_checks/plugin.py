@@ -58,6 +58,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="accepted findings and input problems: they are waived, only new ones fail")
     group.addoption("--update-baseline", action="store_true", default=False,
                     help="accept every current finding and input problem and write them to the --baseline file")
+    # -- leakage: begin --
+    group.addoption("--against", type=_existing_dir, metavar="PATH", action="append", default=None,
+                    help="another dataset root (a benchmark, a val/test split) checked for leakage: faces and "
+                         "people of --dataset that are also there (repeatable; added to rules.yaml against:)")
+    # -- leakage: end --
 
 
 def _targets_us(args: list[str]) -> bool:
@@ -113,9 +118,24 @@ def pytest_configure(config: pytest.Config) -> None:
                         threshold_from="--threshold")
     if config.getoption("update_baseline") and not config.getoption("baseline"):
         raise pytest.UsageError("--update-baseline needs --baseline FILE (the file to write)")
+    # -- leakage: begin --
+    if config.getoption("against"):
+        rules = replace(rules, against=tuple(dict.fromkeys((*rules.against, *config.getoption("against")))))
+    for other in rules.against:
+        if rules.dataset is not None and (is_inside(other, rules.dataset) or is_inside(rules.dataset, other)):
+            raise pytest.UsageError(f"against: {display_name(str(other))} is, holds or lies inside the dataset "
+                                    f"{display_name(str(rules.dataset))}: give another dataset's root")
+    # -- leakage: end --
     if rules.dataset is not None:
         notes += _keep_out_of_dataset(config, rules.dataset)
+    for other in rules.against:  # leakage: the other datasets are never written either
+        notes += _keep_out_of_dataset(config, other)
     report_dir = _report_dir(config, rules.dataset)
+    for other in rules.against:  # leakage
+        if is_inside(report_dir, other):
+            raise pytest.UsageError(f"the report folder {display_name(str(report_dir))} is inside the --against "
+                                    f"dataset {display_name(str(other))}, which is never written: give --report-dir "
+                                    "outside it")
     baseline_path = config.getoption("baseline")
     try:
         baseline = Baseline.load(Path(baseline_path), missing_ok=config.getoption("update_baseline"),
@@ -231,6 +251,8 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     if session is not None and not session.is_demo:
         if is_inside(collection_path, session.root):
             return True
+    if session is not None and any(is_inside(collection_path, o) for o in session.rules.against):  # leakage
+        return True
     return None
 
 
@@ -280,6 +302,8 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj) -> li
         return []
     if check is not None:  # a registered check: no items when it is off, or per identity and none
         if not session.rules.check_settings(check.name).enabled:
+            return []
+        if "against" in check.needs and not session.rules.against:  # leakage: nothing to compare with
             return []
         return None if check.level == "dataset" or session.identities() else []
     wanted = session.image_identities() if name == "test_faces_detected" else session.identities()

@@ -70,6 +70,7 @@ class CheckSession:
         self.threshold_choice = None  # threshold.ThresholdChoice when `threshold: auto` was resolved
         self.run_error: str | None = None  # the pipeline itself broke: every verdict says so
         self.check_results: dict = {}  # check name -> check_run.CheckResult
+        self._centre_shift = None  # leakage: this dataset's mean when embeddings.centre is on
         if rules.dataset is None:
             from dataclasses import replace
 
@@ -260,18 +261,47 @@ class CheckSession:
 
         findings.metadata["checks"] = issues_json(self.check_results)
 
+    # -- leakage: begin ---------------------------------------------------------------------
     def _against_data(self) -> list:
-        """Other datasets (rules `against:`, --against) loaded for the leakage check; read only."""
+        """Other datasets (rules `against:`, --against) loaded for the leakage check; read only.
+
+        Image-only folders there are embedded like ours (same embedder, same cache, the cache never
+        inside the other dataset). Its vectors must be of this run's model (key) and dimension, and
+        when `embeddings.centre` is on they are centred on THIS dataset's mean, so that one
+        threshold means the same on both sides."""
         if not self.rules.against:
             return []
         from .checks import AgainstData
+        from .embed import prepare
+        from .outputs import is_inside, user_cache_dir
+        from .vectors import normalise
 
+        if self.table is None or not len(self.table):  # nothing of ours to compare (test_dataset says why)
+            return []
+        key, dim = self.table.key, self.table.dim
         out = []
         for root in self.rules.against:
-            identities = discover_identities(root)
-            out.append(AgainstData(root=root, identities=identities,
-                                   table=load_table(root, identities, self._table_key())))
+            shown = display_name(str(root))
+            try:
+                identities = discover_identities(root)
+            except OSError as exc:
+                raise DatasetError(f"--against dataset {shown} cannot be read: {exc.strerror or exc}") from None
+            cache = self.cache_dir
+            if is_inside(cache, root):
+                cache = user_cache_dir() / "embeddings"
+            prepared = prepare(root, identities, key, self.rules.embedder, cache,
+                               workers=self.rules.embed_workers)
+            dims = {(k, int(a.shape[-1])) for f in prepared.folders for k, a in f.arrays.items()}
+            table = load_table(root, identities, key, folders=prepared.folders)
+            if not len(table) or table.dim != dim:
+                found = ", ".join(f"{k} {d}-d" for k, d in sorted(dims)) or "no usable vectors"
+                raise DatasetError(f"--against dataset {shown}: no vectors of this dataset's model ({key}, {dim}-d); "
+                                   f"it holds {found}. Both datasets must be embedded by the same model")
+            if self.rules.centre and self._centre_shift is not None and len(table):
+                table.vectors, _ = normalise(table.vectors, shift=self._centre_shift)
+            out.append(AgainstData(root=root, identities=identities, table=table))
         return out
+    # -- leakage: end -----------------------------------------------------------------------
 
     def _table_key(self) -> str | None:
         return self.table.key if self.table is not None else self.rules.vector_key
@@ -334,6 +364,8 @@ class CheckSession:
         from .vectors import centre_vectors
 
         if self.rules.centre:
+            if len(table.vectors) >= 2:  # leakage: --against data is centred on the same point
+                self._centre_shift = table.vectors.mean(axis=0, dtype="float64")
             table.vectors = centre_vectors(table.vectors)
         if self.rules.threshold_auto:
             from .threshold import CEILING, CEILING_CENTRED, calibrate_threshold

@@ -1,0 +1,235 @@
+"""Leakage: faces (and people) of this dataset that are also in another one (rules `against:`,
+--against): a benchmark such as LFW, or the validation / test split of the same data.
+
+Two kinds of issue, told apart by `file`:
+  face leak     identity, file, other_identity, other_file: a face of this dataset whose cosine
+                with a face of the other dataset is at or above the run's threshold (the very test
+                test_identity applies inside the dataset, applied across datasets);
+  same person   identity, "", other_identity, "": the centred folder means of the two folders
+                point the same way far beyond what two different people do in these data.
+                Catches the same person photographed differently, where no face pair is close.
+
+`other_identity` is `<dataset>/<folder>`: the other dataset's name (its folder's base name, with
+parent folders added until the names of all --against roots differ) and the folder in it,
+split at the LAST "/" (a folder name holds no "/"). Base names keep baseline keys stable when a
+benchmark moves to another disk.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from pathlib import Path
+
+import numpy as np
+
+from . import register
+from .base import Check, CheckData, CheckSettings, Issue, Param
+from ..discover import display_name
+
+# The cross-dataset search bounds: score cells per BLAS product and pairs kept in total. A run
+# over the cap is an error of the check (its tests fail saying so), never an unbounded list.
+SCAN_CELLS = 1 << 22
+MAX_PAIRS = 20_000_000
+NULL_SAMPLE = 1_000_000  # folder-mean pairs sampled to measure what different people score
+NULL_SEED = 0
+
+
+def dataset_names(roots: list[Path]) -> list[str]:
+    """Shortest unique path tails: base names unless two roots share one."""
+    parts = [Path(r).parts[1:] if Path(r).is_absolute() else Path(r).parts for r in roots]
+    longest = max((len(p) for p in parts), default=1)
+    for depth in range(1, longest + 1):
+        names = ["/".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    # the same root twice: only the position tells them apart
+    names = [f"{p[-1] if p else 'dataset'}#{k + 1}" for k, p in enumerate(parts)]
+    return names
+
+
+def cross_pairs(queries: np.ndarray, base: np.ndarray, threshold: float,
+                max_pairs: int = MAX_PAIRS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (query row, base row) with float64 cosine >= threshold, ranked by similarity.
+
+    An exact faiss flat range search of query blocks against an index of `base` selects the
+    candidates (radius lowered by a margin: faiss scores in float32); each is then re-scored in
+    float64 like search.pair_similarity, so the answer is brute force's. Memory: the index, one
+    block's results and the pairs kept."""
+    from ..search import RADIUS_MARGIN
+
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    b = np.ascontiguousarray(base, dtype=np.float32)
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
+    if not len(q) or not len(b) or q.shape[1] != b.shape[1]:
+        return empty
+    import faiss
+
+    index = faiss.IndexFlatIP(b.shape[1])
+    index.add(b)
+    rows = max(1, min(8192, SCAN_CELLS // len(b)))
+    out_i, out_j, out_s, total = [], [], [], 0
+    for s in range(0, len(q), rows):
+        lims, dist, nb = index.range_search(q[s : s + rows], float(threshold) - RADIUS_MARGIN)
+        if not nb.size:
+            continue
+        qi = np.repeat(np.arange(s, s + len(lims) - 1, dtype=np.int64), np.diff(lims).astype(np.int64))
+        nb = nb.astype(np.int64)
+        sim = _dot(q, b, qi, nb)
+        ok = sim >= threshold
+        out_i.append(qi[ok])
+        out_j.append(nb[ok])
+        out_s.append(sim[ok])
+        total += int(ok.sum())
+        if total > max_pairs:
+            raise RuntimeError(f"more than {max_pairs} face pairs across the datasets at or above "
+                               f"{threshold:g}: the threshold is far too low for a leakage check")
+    if not out_i:
+        return empty
+    i, j, sim = (np.concatenate(a) for a in (out_i, out_j, out_s))
+    order = np.lexsort((j, i, -sim))
+    return i[order], j[order], sim[order]
+
+
+def _dot(q, b, qi, nb, block: int = 1024) -> np.ndarray:
+    # search.pair_similarity gathers both rows from one table; here they come from two
+    out = np.empty(len(qi), dtype=np.float64)
+    for s in range(0, len(qi), block):
+        out[s : s + block] = np.einsum("ij,ij->i", q[qi[s : s + block]].astype(np.float64),
+                                       b[nb[s : s + block]].astype(np.float64))
+    return out
+
+
+def centred_means(vectors: np.ndarray, owner: np.ndarray, n: int, centre: np.ndarray,
+                  block: int = 1024) -> np.ndarray:
+    """Unit mean of every identity's centred unit rows (merge.folder_means with a given centre:
+    both datasets must be centred on the same point for their means to be comparable)."""
+    x = np.asarray(vectors, dtype=np.float32)
+    means = np.zeros((n, x.shape[1] if x.ndim == 2 else 0))
+    c = centre.astype(np.float32)
+    for s in range(0, len(x), block):
+        xc = x[s : s + block] - c
+        norms = np.sqrt(np.einsum("ij,ij->i", xc, xc))
+        xc /= np.where(norms > 0, norms, 1.0)[:, None]
+        np.add.at(means, owner[s : s + block], xc)
+    norms = np.sqrt(np.einsum("ij,ij->i", means, means))
+    return means / np.where(norms > 0, norms, 1.0)[:, None]
+
+
+def null_level(a: np.ndarray, b: np.ndarray, sigmas: float, floor: float,
+               sample: int = NULL_SAMPLE, seed: int = NULL_SEED) -> tuple[float, dict]:
+    """The folder-mean cosine above which two folders are taken for one person.
+
+    Almost every (this folder, other folder) pair is two different people, even when the
+    datasets share many: a median and MAD over a sample of all pairs describe "different
+    people" in these data and this model, untouched by the few true overlaps. The level is
+    `sigmas` robust standard deviations above the median, never below `floor`."""
+    ok_a, ok_b = np.flatnonzero(a.any(axis=1)), np.flatnonzero(b.any(axis=1))
+    if not ok_a.size or not ok_b.size:
+        return float("inf"), {"pairs": 0}
+    rng = np.random.default_rng(seed)
+    m = min(sample, ok_a.size * ok_b.size)
+    ia, ib = ok_a[rng.integers(0, ok_a.size, m)], ok_b[rng.integers(0, ok_b.size, m)]
+    cos = np.empty(m)
+    for s in range(0, m, 65536):
+        cos[s : s + 65536] = np.einsum("ij,ij->i", a[ia[s : s + 65536]], b[ib[s : s + 65536]])
+    med = float(np.median(cos))
+    sd = 1.4826 * float(np.median(np.abs(cos - med)))
+    level = max(floor, med + sigmas * sd)
+    return level, {"pairs": int(m), "median": round(med, 4), "robust_sd": round(sd, 4)}
+
+
+def mean_pairs(a: np.ndarray, b: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (a row, b row) with cosine >= level, in blocks of rows of `a`."""
+    out_i, out_j, out_s = [], [], []
+    rows = max(1, SCAN_CELLS // max(len(b), 1))
+    for s in range(0, len(a), rows):
+        cos = a[s : s + rows] @ b.T
+        r, c = np.nonzero(cos >= level)
+        out_i.append(r + s)
+        out_j.append(c)
+        out_s.append(cos[r, c])
+    if not out_i:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    return tuple(np.concatenate(x) for x in (out_i, out_j, out_s))  # type: ignore[return-value]
+
+
+@register
+class Leakage(Check):
+    name = "leakage"
+    title = "leakage into another dataset"
+    doc = ("A face of this folder that is also in another dataset (rules against:, --against: a benchmark, a "
+           "validation or test split): a face pair across the datasets at or above the threshold fails the "
+           "folder. A folder whose centred mean matches a folder of the other dataset far beyond what different "
+           "people do in these data is the same person in both (overlap_severity).")
+    needs = frozenset({"vectors", "against"})
+    severity = "fail"
+    columns = {"score": "similarity"}
+    params = {
+        "overlap": Param(True, "also report folders that are the same person as a folder of the other dataset "
+                               "(centred folder means)", kind="bool"),
+        "overlap_severity": Param("warn", "what a same-person folder does to the test", kind="choice",
+                                  choices=("fail", "warn", "info")),
+        "overlap_sigmas": Param(5.0, "robust standard deviations above the median folder-mean cosine of "
+                                     "two folders of the two datasets", low=0.0),
+        "overlap_floor": Param(0.5, "the same-person level is never below this cosine", low=0.0, high=1.0),
+    }
+
+    def __init__(self) -> None:
+        self._summary: dict = {}
+
+    def run(self, data: CheckData, settings: CheckSettings) -> list[Issue]:
+        if not data.against:
+            self._summary = {"against": []}
+            return []
+        t = data.table
+        names = dataset_names([o.root for o in data.against])
+        own = [i.name for i in t.identities]
+        issues: list[Issue] = []
+        per_dataset = []
+        overlap = settings["overlap"] and len(t) > 0
+        if overlap:  # one centre for both sides: this dataset's, the one its own threshold lives in
+            centre = t.vectors.mean(axis=0, dtype=np.float64)
+            means_a = centred_means(t.vectors, t.identity_of, len(own), centre)
+        for name, other in zip(names, data.against):
+            o = other.table
+            fi, fj, fs = cross_pairs(t.vectors, o.vectors, data.threshold)
+            theirs = [i.name for i in o.identities]
+            for a, b, s in zip(fi.tolist(), fj.tolist(), fs.tolist()):
+                issues.append(Issue(self.name, own[t.identity_of[a]], t.files[a],
+                                    f"{name}/{theirs[o.identity_of[b]]}", o.files[b], score=s,
+                                    detail=f"face also in {name} (cosine {s:.4f} >= {data.threshold:g})",
+                                    severity=settings.severity))
+            facts = {"name": name, "root": display_name(str(other.root)), "identities": len(o.identities),
+                     "faces": len(o), "face_pairs": int(fi.size),
+                     "leaking_identities": int(np.unique(t.identity_of[fi]).size) if fi.size else 0}
+            if overlap and len(o):
+                means_b = centred_means(o.vectors, o.identity_of, len(theirs), centre)
+                level, null = null_level(means_a, means_b, settings["overlap_sigmas"], settings["overlap_floor"])
+                mi, mj, ms = mean_pairs(means_a, means_b, level)
+                for a, b, s in zip(mi.tolist(), mj.tolist(), ms.tolist()):
+                    issues.append(Issue(self.name, own[a], "", f"{name}/{theirs[b]}", "", score=float(s),
+                                        detail=f"same person as {name}/{theirs[b]}: centred folder means at cosine "
+                                               f"{s:.4f} >= {level:.4f} (median {null['median']:g} + "
+                                               f"{settings['overlap_sigmas']:g} robust sd {null['robust_sd']:g} "
+                                               f"of two folders here and there)",
+                                        severity=settings["overlap_severity"]))
+                facts.update(overlap_level=round(level, 6), overlap_null=null, overlaps=int(mi.size))
+            per_dataset.append(facts)
+        self._summary = {"against": per_dataset}
+        return issues
+
+    def summary(self) -> dict:
+        return self._summary
+
+    def report_html(self) -> str:
+        rows = []
+        for d in self._summary.get("against", []):
+            level = f"{d['overlap_level']:.4f}" if "overlap_level" in d else "off"
+            rows.append(f"<tr><td>{escape(display_name(d['name']))}</td><td>{escape(d['root'])}</td>"
+                        f"<td>{d['identities']}</td><td>{d['faces']}</td><td>{d['face_pairs']}</td>"
+                        f"<td>{d['leaking_identities']}</td><td>{level}</td><td>{d.get('overlaps', 0)}</td></tr>")
+        if not rows:
+            return "<p>No other dataset given (rules against:, --against): nothing to compare with.</p>"
+        return ("<table><tr><th>Other dataset</th><th>Root</th><th>Folders</th><th>Faces</th><th>Face pairs</th>"
+                "<th>Leaking folders</th><th>Same-person level</th><th>Same-person folders</th></tr>"
+                + "".join(rows) + "</table>")
