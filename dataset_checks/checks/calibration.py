@@ -113,8 +113,8 @@ class Calibration(Check):
     level = "dataset"
     severity = "info"
     params = {
-        "same_pairs": Param(100_000, "same-folder pairs sampled (all when fewer)", kind="int", low=1000),
-        "cross_pairs": Param(1_000_000, "cross-folder pairs sampled for the plot and the sample's rate "
+        "same_pairs": Param(50_000, "same-folder pairs sampled (all when fewer)", kind="int", low=1000),
+        "cross_pairs": Param(500_000, "cross-folder pairs sampled for the plot and the sample's rate "
                              "(all when fewer)", kind="int", low=10_000),
         "out_of_line": Param(10.0, "report a fixed threshold that expects more than this many times the "
                              "chance-pair budget", low=1.0),
