@@ -213,7 +213,7 @@ class Calibration(Check):
                    f"{cross} (budget {c.chance_pairs_budget:g}; tail fitted to {c.sample_size:,} sampled pairs)")
         if self.auto:
             return f"{c.value:.4f} (threshold: auto): {why}."
-        return f"{c.value:.4f}, what threshold: auto would choose (the fixed threshold is {s['threshold']:g}): {why}."
+        return f"{c.value:.4f} (what threshold: auto would choose; the fixed threshold is {s['threshold']:g}): {why}."
 
     def summary(self) -> dict[str, Any]:
         return getattr(self, "_summary", {})
@@ -260,8 +260,11 @@ class Calibration(Check):
               f"): about this share of the pairs of one person filed under two names would fail")),
             ("Suggested threshold", escape(s["explanation"])),
         ]
-        body = "".join(f"<tr><th>{escape(k)}</th><td>{v}</td></tr>" for k, v in rows)
-        return f"<table class='dc-calibration-numbers'>{body}</table>"
+        # inline styles: the report's stylesheet knows nothing of this check
+        cell = "border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top;font-size:13px"
+        body = "".join(f"<tr><th style='{cell};background:#f3f3f3;width:16em'>{escape(k)}</th>"
+                       f"<td style='{cell}'>{v}</td></tr>" for k, v in rows)
+        return f"<table class='dc-calibration-numbers' style='border-collapse:collapse;margin:4px 0 12px'>{body}</table>"
 
 
 # -- the plot ----------------------------------------------------------------------------------
