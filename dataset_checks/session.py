@@ -250,7 +250,8 @@ class CheckSession:
         from .checks import CheckData
 
         data = CheckData(root=self.root, rules=self.rules, identities=self.identities(), table=table,
-                         pairs=self.search, threshold=self.rules.threshold, against=self._against_data())
+                         pairs=self.search, threshold=self.rules.threshold, against=self._against_data(),
+                         threshold_choice=self.threshold_choice)  # calibview
         accept = (f"{self.baseline.reason} (accepted by --update-baseline)"
                   if self.update_baseline and self.baseline is not None else None)
         self.check_results = run_checks(data, waivers, accept)

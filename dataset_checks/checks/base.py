@@ -109,6 +109,8 @@ class CheckData:
     threshold: float  # the cross-identity threshold in force
     against: list["AgainstData"] = field(default_factory=list)
     cache: dict[str, Any] = field(default_factory=dict)  # shared lazily computed values (folder means...)
+    # calibview: threshold.ThresholdChoice when `threshold: auto` was resolved, else None
+    threshold_choice: Any = None
 
     def folder_means(self) -> "np.ndarray":
         """Unit mean vector of every identity after centring (zero rows for empty identities)."""
