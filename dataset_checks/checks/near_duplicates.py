@@ -69,11 +69,16 @@ def folder_pairs(x, threshold: float, keep: int, block_cells: int = BLOCK_CELLS)
         total += count
         degree[s:e] += sure.sum(axis=1)
         degree[s:] += sure.sum(axis=0)
-        vals = sims[sure]
-        r, c = np.nonzero(sure)
-        if len(vals) > keep:
-            top = np.argpartition(-vals, keep - 1)[:keep]
-            vals, r, c = vals[top], r[top], c[top]
+        if count > keep:
+            # a crowded block (video frames): pick the top straight from the block, no index
+            # arrays of every pair
+            sims[~sure] = -2.0
+            top = np.argpartition(sims.ravel(), -keep)[-keep:]
+            r, c = np.divmod(top, sims.shape[1])
+            vals = sims[r, c]
+        else:
+            r, c = np.nonzero(sure)
+            vals = sims[r, c]
         best_a = np.concatenate([best_a, r + s])
         best_b = np.concatenate([best_b, c + s])
         best_s = np.concatenate([best_s, vals.astype(np.float64)])
