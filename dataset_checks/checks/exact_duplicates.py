@@ -146,7 +146,7 @@ class ExactDuplicates(Check):
     def _files(self, data: CheckData) -> tuple[list[tuple], set[tuple[int, str]]]:
         """(identity, file, path, size, inode) of every file on disk; and the (identity index,
         file) rows of the table that such a file backs."""
-        from ..folderscan import is_image_name
+        from ..folderscan import scan_folder
 
         table = data.table
         names_of: dict[int, list[str]] = defaultdict(list)
@@ -158,11 +158,8 @@ class ExactDuplicates(Check):
             if ident.fatal:
                 continue
             folder = str(ident.path)
-            try:
-                with os.scandir(folder) as it:
-                    listed = [e.name for e in it if is_image_name(e.name)]
-            except OSError:
-                listed = []
+            # the listing every part of the tool uses (its problems are reported by the loader)
+            listed = [p.name for p in scan_folder(ident.path, display_name(ident.name)).images]
             inodes: set[tuple] = set()
             for name in sorted(set(listed)) + names_of.get(idx, []):
                 path = os.path.join(folder, name)
