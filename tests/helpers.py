@@ -101,3 +101,16 @@ def clustered(rng: np.random.Generator, sizes: Iterable[int], dim: int, intra: f
         sigma = np.sqrt(1.0 / intra - 1.0) / np.sqrt(dim)
         out.append((c + sigma * rng.standard_normal((n, dim))).astype(np.float32))
     return out
+
+
+def cross_identity_only(folder: Path, extra: str = "", keep: tuple[str, ...] = ()) -> Path:
+    """A rules file with every registered check off: for tests about the cross-identity search,
+    the baseline or the plugin, whose datasets also (rightly) trip the other checks."""
+    from dataset_checks.checks import all_checks
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "cross-identity-only.yaml"
+    lines = ["checks:"] + [f"  {c.name}: {{enabled: false}}" for c in all_checks() if c.name not in keep]
+    path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
+    return path

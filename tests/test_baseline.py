@@ -14,7 +14,7 @@ import pytest
 from dataset_checks.baseline import HEADER, Baseline, BaselineError, _raw
 from dataset_checks.discover import display_name
 from dataset_checks.findings import CSV_HEADER
-from helpers import write_face01
+from helpers import cross_identity_only, write_face01
 from test_report import PKG, build, extras_of
 
 
@@ -26,7 +26,10 @@ def dataset(pytester) -> Path:
 @pytest.fixture
 def run(pytester):
     def go(*args: str, report_dir: str = "out"):
-        return pytester.inline_run(PKG, "-p", "no:cacheprovider", "--report-dir", report_dir, "--threshold", "0.85", *args)
+        # the cross-identity ratchet alone (each check's own ratchet: test_checks_framework.py)
+        rules = () if "--rules" in args else ("--rules", str(cross_identity_only(pytester.path / "rules")))
+        return pytester.inline_run(PKG, "-p", "no:cacheprovider", "--report-dir", report_dir, "--threshold", "0.85",
+                                   *rules, *args)
 
     return go
 
@@ -82,6 +85,7 @@ def test_stale_entries_reported_and_dropped_by_update(pytester, dataset, run):
     bob[2] = bob[0] + 0.3 * np.random.default_rng(9).standard_normal(bob.shape[1]) / 8
     write_face01(dataset, "Bob", bob, files=names)
     result = pytester.runpytest_inprocess(PKG, "-p", "no:cacheprovider", "--report-dir", "out", "--threshold", "0.85",
+                                          "--rules", str(cross_identity_only(pytester.path / "rules")),
                                           "--dataset", str(dataset), "--baseline", str(base))
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(["baseline *baseline.csv: 44 accepted entries; 43 finding(s) waived; 1 no longer found*"])
@@ -90,8 +94,7 @@ def test_stale_entries_reported_and_dropped_by_update(pytester, dataset, run):
 
 
 def test_allowlisted_findings_stay_out_of_the_baseline(pytester, dataset, run):
-    rules = pytester.path / "rules.yaml"
-    rules.write_text("allow:\n  - identities: [Dana, Dana_R]\n    reason: siblings\n", encoding="utf-8")
+    rules = cross_identity_only(pytester.path, "allow:\n  - identities: [Dana, Dana_R]\n    reason: siblings\n")
     base = pytester.path / "baseline.csv"
     run("--dataset", str(dataset), "--rules", str(rules), "--baseline", str(base), "--update-baseline")
     assert not [r for r in rows(base)[1:] if r[1] == "Dana"]

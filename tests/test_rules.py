@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from dataset_checks.rules import AllowedPair, IndexRules, Rules, RulesError, load_rules
+from dataset_checks.checks import all_checks
+from dataset_checks.rules import default_settings, AllowedPair, IndexRules, Rules, RulesError, load_rules
 
 PROJECT_RULES = Path(__file__).resolve().parents[1] / "rules.yaml"
 
@@ -44,7 +45,7 @@ allow:
 bad_input: warn
 """,
     )
-    rules = load_rules(path)
+    rules = replace(load_rules(path), checks={})  # the checks' sections: test_checks_framework.py
     assert rules == Rules(
         source=path.resolve(),
         dataset=(tmp_path / "data").resolve(),
@@ -68,7 +69,9 @@ def test_defaults_and_auto_values(tmp_path):
     assert rules.dataset is None and rules.vector_key is None
     assert rules.index == IndexRules()
     assert rules.threshold == 0.85 and rules.bad_input == "fail" and rules.allow == ()
-    assert load_rules(None) == replace(Rules(), threshold_auto=True)  # no rules file: the documented defaults
+    defaults = load_rules(None)  # no rules file: the documented defaults, every check with its own
+    assert replace(defaults, checks={}) == replace(Rules(), threshold_auto=True)
+    assert all(defaults.checks[c.name] == default_settings(c) for c in all_checks())
     # an empty file is all defaults
     assert load_rules(write(tmp_path, "", "empty.yaml")).threshold == 0.85
 

@@ -34,7 +34,8 @@ def all_checks() -> list[type[Check]]:
         for module in _MODULES:
             importlib.import_module(f"{__name__}.{module}")
         _loaded = True
-    return list(_REGISTRY.values())
+    order = {f"{__name__}.{m}": k for k, m in enumerate(_MODULES)}
+    return sorted(_REGISTRY.values(), key=lambda c: order.get(c.__module__, len(order)))
 
 
 def get(name: str) -> type[Check]:
