@@ -15,7 +15,7 @@ from .base import AgainstData, Check, CheckData, CheckSettings, Issue, Param, SE
 
 _REGISTRY: dict[str, type[Check]] = {}
 # check modules, in report order; each registers itself on import
-_MODULES: tuple[str, ...] = ()
+_MODULES: tuple[str, ...] = ("names",)
 _loaded = False
 
 

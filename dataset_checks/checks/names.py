@@ -1,0 +1,343 @@
+"""Folder names that are one name: `Nan_Wang` and `Wang_Nan`, `高橋_一郎` and `髙橋 一郎`.
+
+A dataset assembled from several sources files one person under two spellings; the face search
+finds the pair only when a photo is shared or the faces are close enough. The names say it
+directly. Four rules, strongest first (a pair is reported once, under the strongest):
+
+* `exact`: equal after NFKC, variant CJK characters (itaiji.py), case folding and dropping
+  every separator (space, `_`, `-`, `.`, any punctuation or symbol): `Nan_Wang` / `nan-wang`;
+* `reordered`: the same name parts in another order: `Nan_Wang` / `Wang_Nan`,
+  `Dai_Chul_Chyung` / `Chyung_Dai-chul`. Parts split on separators, and on camel case in a
+  name that has no separator at all (`NanWang`);
+* `subset`: every part of the shorter name (two parts at least) is a part of the longer:
+  `Mireya_Moscoso` / `Mireya_Elisa_Moscoso_Rodriguez`;
+* `near`: a near spelling of the folded name: at most `max_edits` edits (Levenshtein) and at
+  most `max_edit_ratio` of the longer name's letters: `Noer_Moeis` / `Noer_Muis`,
+  `Hasan_Wirayuda` / `Hassan_Wirajuda`, `John_Barnett` / `John_Burnett`.
+
+A name match alone does not make one person: `Wang_Nan` and `Nan_Wang` can be two people, and
+common names collide. So the faces decide the severity: when the two folders' centred mean
+vectors (CheckData.folder_means) have a cosine above the `face_quantile` of random folder
+pairs of this dataset (measured from the data, so it holds for dlib's crowded space as for
+ArcFace), the pair gets the check's severity (default fail); otherwise `name_only` (default
+warn) for exact and reordered names, `near_name_only` (default info) for subset and near
+spellings, which collide by chance far more often.
+
+Cost: names are bucketed by folded key and by sorted parts; subsets are looked up by their part
+combinations; near spellings are blocked by the pigeonhole principle (Pass-Join: a name within
+k edits of another holds one of the other's k+1 segments at a position shifted by at most k),
+so no pair of names is compared unless it shares a segment.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+from collections import defaultdict
+from itertools import combinations
+from typing import Any, Iterable
+
+import numpy as np
+
+from ..discover import display_name
+from . import register
+from .base import Check, CheckData, CheckSettings, Issue, Param
+from .itaiji import ITAIJI
+
+RULES = ("exact", "reordered", "subset", "near")
+_RULE_WEIGHT = {"exact": 3.0, "reordered": 2.0, "subset": 1.0, "near": 1.0}
+# A name with more parts than this is not searched for names it contains (2**parts combinations;
+# a hostile folder name can have hundreds of parts).
+MAX_SUBSET_PARTS = 10
+# Folders sampled (all pairs among them) to measure the between-folder cosine level.
+FACE_SAMPLE = 1500
+
+
+def _separator(ch: str) -> bool:
+    # letters, digits and combining marks (kana voicing, Devanagari vowels) are the name
+    return unicodedata.category(ch)[0] not in "LNM"
+
+
+def name_parts(name: str, itaiji: bool = True, camel_case: bool = True) -> tuple[str, ...]:
+    """The folded parts of a folder name, in order."""
+    s = unicodedata.normalize("NFKC", name)
+    if itaiji:
+        s = s.translate(ITAIJI)
+    if camel_case and not any(_separator(ch) for ch in s):
+        # only a name with no separator at all: `Ronald_McDonald` already says where its parts
+        # end, and splitting `Mc|Donald` there would invent parts for the subset rule
+        s = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", s)
+    parts: list[str] = []
+    cur: list[str] = []
+    for ch in s.casefold():
+        if _separator(ch):
+            if cur:
+                parts.append("".join(cur))
+                cur = []
+        else:
+            cur.append(ch)
+    if cur:
+        parts.append("".join(cur))
+    return tuple(parts)
+
+
+def edit_distance(a: str, b: str, limit: int) -> int:
+    """Levenshtein distance of a and b, or limit + 1 when it is larger than limit."""
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    # a common prefix or suffix never changes the distance, and near spellings share most of both
+    p = 0
+    while p < len(a) and p < len(b) and a[p] == b[p]:
+        p += 1
+    a, b = a[p:], b[p:]
+    s = 0
+    while s < len(a) and s < len(b) and a[-1 - s] == b[-1 - s]:
+        s += 1
+    if s:
+        a, b = a[:-s], b[:-s]
+    if not a or not b:
+        return max(len(a), len(b)) if max(len(a), len(b)) <= limit else limit + 1
+    big = limit + 1
+    prev = [j if j <= limit else big for j in range(len(b) + 1)]
+    for i in range(1, len(a) + 1):
+        lo, hi = max(1, i - limit), min(len(b), i + limit)
+        cur = [big] * (len(b) + 1)
+        cur[0] = i if i <= limit else big
+        ca = a[i - 1]
+        best = cur[0]
+        for j in range(lo, hi + 1):
+            v = prev[j - 1] + (ca != b[j - 1])
+            if prev[j] + 1 < v:
+                v = prev[j] + 1
+            if cur[j - 1] + 1 < v:
+                v = cur[j - 1] + 1
+            cur[j] = v if v <= limit else big
+            if v < best:
+                best = v
+        if best > limit:
+            return big
+        prev = cur
+    return prev[len(b)] if prev[len(b)] <= limit else big
+
+
+def allowed_edits(longer: int, max_edits: int, max_ratio: float) -> int:
+    return min(max_edits, int(max_ratio * longer + 1e-9))
+
+
+def _segments(length: int, k: int) -> list[tuple[int, int]]:
+    """(start, length) of the k+1 segments (fewer in a short key) a key of `length` is cut into."""
+    m = min(k + 1, length)
+    base, extra = divmod(length, m)
+    out, start = [], 0
+    for i in range(m):
+        n = base + (1 if i >= m - extra else 0)
+        out.append((start, n))
+        start += n
+    return out
+
+
+def near_pairs(keys: list[str], max_edits: int, max_ratio: float, min_length: int) -> dict[tuple[int, int], int]:
+    """(a, b) -> edit distance for every pair of distinct keys (a < b, indices into keys) within
+    allowed_edits of each other, both at least min_length long."""
+    k_max = max_edits
+    by_len: dict[int, list[int]] = defaultdict(list)
+    for n, key in enumerate(keys):
+        if len(key) >= min_length:
+            by_len[len(key)].append(n)
+    index: dict[tuple[int, int, str], list[int]] = defaultdict(list)
+    for length, ids in by_len.items():
+        for i, (start, n) in enumerate(_segments(length, k_max)):
+            for r in ids:
+                index[(length, i, keys[r][start : start + n])].append(r)
+    out: dict[tuple[int, int], int] = {}
+    for length in sorted(by_len):
+        k = allowed_edits(length, max_edits, max_ratio)
+        if k == 0:
+            continue
+        for shorter in range(max(min_length, length - k), length + 1):
+            if shorter not in by_len:
+                continue
+            segs = _segments(shorter, k_max)
+            for s in by_len[length]:
+                key = keys[s]
+                seen: set[int] = set()
+                for i, (start, n) in enumerate(segs):
+                    for q in range(max(0, start - k), min(length - n, start + k) + 1):
+                        hit = index.get((shorter, i, key[q : q + n]))
+                        if hit:
+                            seen.update(hit)
+                for r in seen:
+                    if r == s or (shorter == length and r > s):
+                        continue
+                    d = edit_distance(key, keys[r], k)
+                    if d <= k:
+                        out[(min(r, s), max(r, s))] = d
+    return out
+
+
+def name_matches(names: list[str], *, itaiji: bool = True, camel_case: bool = True, subset: bool = True,
+                 max_edits: int = 2, max_edit_ratio: float = 0.25, min_length: int = 6
+                 ) -> dict[tuple[int, int], tuple[str, int]]:
+    """(a, b) -> (rule, edits) for every pair of names (indices, a < b) that match, under the
+    strongest rule (RULES order); edits is the edit distance for `near`, else 0."""
+    parts = [name_parts(n, itaiji, camel_case) for n in names]
+    out: dict[tuple[int, int], tuple[str, int]] = {}
+
+    def add(a: int, b: int, rule: str, edits: int = 0) -> None:
+        pair = (a, b) if a < b else (b, a)
+        if pair not in out:  # rules run strongest first
+            out[pair] = (rule, edits)
+
+    by_key: dict[str, list[int]] = defaultdict(list)
+    by_bag: dict[tuple[str, ...], list[int]] = defaultdict(list)
+    for n, p in enumerate(parts):
+        if p:
+            by_key["".join(p)].append(n)
+            by_bag[tuple(sorted(p))].append(n)
+    for ids in by_key.values():
+        for a, b in combinations(ids, 2):
+            add(a, b, "exact")
+    for ids in by_bag.values():
+        for a, b in combinations(ids, 2):
+            add(a, b, "reordered")
+    if subset:
+        for bag, ids in by_bag.items():
+            if len(bag) > MAX_SUBSET_PARTS:
+                continue
+            smaller = {c for r in range(2, len(bag)) for c in combinations(bag, r)}
+            for c in smaller:
+                for a in by_bag.get(c, ()):
+                    for b in ids:
+                        add(a, b, "subset")
+    if max_edits > 0:
+        keys = list(by_key)
+        for (x, y), d in near_pairs(keys, max_edits, max_edit_ratio, min_length).items():
+            for a in by_key[keys[x]]:
+                for b in by_key[keys[y]]:
+                    add(a, b, "near", d)
+    return out
+
+
+def between_folder_level(means: np.ndarray, quantile: float, seed: int = 0) -> tuple[float | None, int]:
+    """The `quantile` of the cosine between the mean vectors of two different folders, from all
+    pairs among (a sample of) the folders with faces; (None, 0) with fewer than 3 such folders."""
+    present = np.flatnonzero(np.einsum("ij,ij->i", means, means) > 0)
+    if present.size < 3:
+        return None, 0
+    if present.size > FACE_SAMPLE:
+        present = np.sort(np.random.default_rng(seed).choice(present, FACE_SAMPLE, replace=False))
+    m = means[present]
+    sims = (m @ m.T)[np.triu_indices(present.size, 1)]
+    return float(np.quantile(sims, quantile)), int(sims.size)
+
+
+@register
+class Names(Check):
+    name = "names"
+    title = "one name, two folders"
+    doc = ("Two folders whose names are one name: equal after folding case, width, punctuation and "
+           "variant characters, the same parts in another order, one name's parts inside the other's, "
+           "or a near spelling. Fails when the two folders' faces agree as well; a name match alone warns "
+           "(common names collide; twins share a surname).")
+    needs = frozenset({"names", "vectors"})
+    severity = "fail"
+    symmetric = True
+    columns = {"score": "score"}
+    params = {
+        "name_only": Param("warn", "severity of an exact or reordered name match the faces do not confirm",
+                           kind="choice", choices=("fail", "warn", "info")),
+        "near_name_only": Param("info", "severity of a subset or near-spelling match the faces do not confirm",
+                                kind="choice", choices=("fail", "warn", "info")),
+        "face_quantile": Param(0.99, "faces agree when the folders' mean-vector cosine is above this quantile "
+                               "of random folder pairs", low=0.5, high=1.0),
+        "max_edits": Param(2, "most edits of a near spelling (0: no near spellings)", kind="int", low=0, high=3),
+        "max_edit_ratio": Param(0.25, "most edits of a near spelling per letter of the longer name",
+                                low=0.0, high=0.34),
+        "min_length": Param(6, "shortest folded name compared for near spellings", kind="int", low=4),
+        "subset": Param(True, "report a name whose parts are all in another name (two parts at least)",
+                        kind="bool"),
+        "itaiji": Param(True, "fold variant CJK characters (髙→高, 邊→辺, 齋→斎) before comparing", kind="bool"),
+        "camel_case": Param(True, "split a name with no separator on camel case (NanWang)", kind="bool"),
+    }
+
+    def __init__(self) -> None:
+        self.matches: dict[tuple[str, str], str] = {}  # (identity, other) sorted -> rule: merge ranking
+        self.cutoff: float | None = None
+        self.sampled = 0
+        self.counts: dict[str, dict[str, int]] = {}
+
+    def run(self, data: CheckData, settings: CheckSettings) -> list[Issue]:
+        names = [ident.name for ident in data.identities]
+        found = name_matches(names, itaiji=settings["itaiji"], camel_case=settings["camel_case"],
+                             subset=settings["subset"], max_edits=settings["max_edits"],
+                             max_edit_ratio=settings["max_edit_ratio"], min_length=settings["min_length"])
+        if not found:
+            return []
+        means = data.folder_means()
+        row = {ident.name: n for n, ident in enumerate(data.table.identities)}
+        has_faces = np.einsum("ij,ij->i", means, means) > 0 if len(means) else np.zeros(0, bool)
+        self.cutoff, self.sampled = between_folder_level(means, settings["face_quantile"])
+        keys = {n: "".join(name_parts(x, settings["itaiji"], settings["camel_case"])) for n, x in enumerate(names)}
+        issues = []
+        for (a, b), (rule, edits) in found.items():
+            one, other = sorted((names[a], names[b]))
+            ra, rb = row.get(one), row.get(other)
+            cos = None
+            if ra is not None and rb is not None and has_faces[ra] and has_faces[rb]:
+                cos = float(means[ra] @ means[rb])
+            agree = cos is not None and self.cutoff is not None and cos > self.cutoff
+            if agree:
+                severity = settings.severity
+            else:
+                severity = settings["name_only" if rule in ("exact", "reordered") else "near_name_only"]
+            score = _RULE_WEIGHT[rule] + (cos if cos is not None else 0.0)
+            if rule == "near":
+                score -= edits / max(len(keys[a]), len(keys[b]))
+            issues.append(Issue(self.name, one, other_identity=other, score=score, severity=severity,
+                                detail=self._detail(rule, edits, one, other, keys[a], cos, agree)))
+            self.matches[(one, other)] = rule
+            tally = self.counts.setdefault(rule, {"faces_agree": 0, "name_only": 0})
+            tally["faces_agree" if agree else "name_only"] += 1
+        return issues
+
+    def _detail(self, rule: str, edits: int, one: str, other: str, key: str, cos: float | None,
+                agree: bool) -> str:
+        a, b = display_name(one), display_name(other)
+        if rule == "exact":
+            what = f"{a} and {b} are one name after folding ({display_name(key)})"
+        elif rule == "reordered":
+            what = f"{a} and {b} have the same name parts in another order"
+        elif rule == "subset":
+            what = f"every part of the shorter of {a} and {b} is a part of the other"
+        else:
+            what = f"{a} and {b} are a near spelling ({edits} edit(s))"
+        if cos is None:
+            faces = "no faces to compare"
+        elif self.cutoff is None:
+            faces = f"mean-vector cosine {cos:.3f}, too few folders to tell the dataset's level"
+        elif agree:
+            faces = f"faces agree: mean-vector cosine {cos:.3f} > {self.cutoff:.3f} (random folder pairs)"
+        else:
+            faces = f"faces do not confirm: mean-vector cosine {cos:.3f} <= {self.cutoff:.3f}"
+        return f"{rule}: {what}; {faces}"
+
+    def summary(self) -> dict[str, Any]:
+        return {"face_cutoff": self.cutoff, "folder_pairs_sampled": self.sampled, "matches": self.counts}
+
+    def report_html(self) -> str:
+        if not self.counts:
+            return ""
+        rows = "".join(f"<tr><td>{html.escape(rule)}</td><td>{c['faces_agree']}</td><td>{c['name_only']}</td></tr>"
+                       for rule, c in sorted(self.counts.items(), key=lambda kv: RULES.index(kv[0])))
+        level = (f"<p>Faces agree above mean-vector cosine {self.cutoff:.3f} (from {self.sampled} random folder "
+                 f"pairs).</p>" if self.cutoff is not None else "")
+        return (f"{level}<table><tr><th>rule</th><th>faces agree</th><th>name only</th></tr>{rows}</table>")
+
+
+def matches_of(results: Iterable[Any]) -> dict[tuple[str, str], str]:
+    """The names check's matches from a run's check results (for merge_candidates' name_matches)."""
+    for r in results:
+        if getattr(r, "name", None) == Names.name and isinstance(r.instance, Names):
+            return dict(r.instance.matches)
+    return {}
