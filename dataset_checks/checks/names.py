@@ -137,42 +137,147 @@ def _segments(length: int, k: int) -> list[tuple[int, int]]:
     return out
 
 
+_MASK = (1 << 64) - 1
+_BASE = 0x100000001B3  # odd: invertible modulo 2**64, so substring hashes need no division
+_INV_BASE = pow(_BASE, -1, 1 << 64)
+_MIX = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9)
+_HIST = 32  # hashed character bins of the bag-distance filter
+MAX_NEAR_LENGTH = 64  # longer folded names are not compared for near spellings
+
+
+def _segment_table(lengths: np.ndarray, k: int, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(start, length, exists) of segment i of keys of `lengths` cut as in _segments."""
+    m = np.minimum(k + 1, lengths)
+    base, extra = lengths // np.maximum(m, 1), lengths % np.maximum(m, 1)
+    first_long = m - extra  # segments from here on are one longer
+    start = i * base + np.maximum(0, i - first_long)
+    n = base + (i >= first_long)
+    return start, n, i < m
+
+
 def near_pairs(keys: list[str], max_edits: int, max_ratio: float, min_length: int) -> dict[tuple[int, int], int]:
     """(a, b) -> edit distance for every pair of distinct keys (a < b, indices into keys) within
-    allowed_edits of each other, both at least min_length long."""
-    k_max = max_edits
-    by_len: dict[int, list[int]] = defaultdict(list)
-    for n, key in enumerate(keys):
-        if len(key) >= min_length:
-            by_len[len(key)].append(n)
-    index: dict[tuple[int, int, str], list[int]] = defaultdict(list)
-    for length, ids in by_len.items():
-        for i, (start, n) in enumerate(_segments(length, k_max)):
-            for r in ids:
-                index[(length, i, keys[r][start : start + n])].append(r)
-    out: dict[tuple[int, int], int] = {}
-    for length in sorted(by_len):
-        k = allowed_edits(length, max_edits, max_ratio)
-        if k == 0:
-            continue
-        for shorter in range(max(min_length, length - k), length + 1):
-            if shorter not in by_len:
-                continue
-            segs = _segments(shorter, k_max)
-            for s in by_len[length]:
-                key = keys[s]
-                seen: set[int] = set()
-                for i, (start, n) in enumerate(segs):
-                    for q in range(max(0, start - k), min(length - n, start + k) + 1):
-                        hit = index.get((shorter, i, key[q : q + n]))
-                        if hit:
-                            seen.update(hit)
-                for r in seen:
-                    if r == s or (shorter == length and r > s):
+    allowed_edits of each other, both at least min_length (at most MAX_NEAR_LENGTH) long.
+
+    Exact, in numpy: candidates share a segment (pigeonhole, see the module doc), joined on a
+    rolling hash of (length, segment number, text); a hash collision only adds a candidate. A
+    bag-of-characters lower bound drops most candidates; a banded Levenshtein decides the rest."""
+    K = int(max_edits)
+    ids = np.array([n for n, key in enumerate(keys) if min_length <= len(key) <= MAX_NEAR_LENGTH], dtype=np.int64)
+    if K <= 0 or ids.size < 2:
+        return {}
+    lens = np.array([len(keys[n]) for n in ids], dtype=np.int64)
+    L = int(lens.max())
+    codes = np.zeros((ids.size, L + K + 1), dtype=np.int64)
+    for row, n in enumerate(ids):
+        codes[row, : lens[row]] = [ord(c) for c in keys[n]]
+    with np.errstate(over="ignore"):
+        powers = np.ones(L + 1, dtype=np.uint64)
+        inv = np.ones(L + 1, dtype=np.uint64)
+        for p in range(1, L + 1):
+            powers[p] = powers[p - 1] * np.uint64(_BASE)
+            inv[p] = inv[p - 1] * np.uint64(_INV_BASE)
+        prefix = np.zeros((ids.size, L + 1), dtype=np.uint64)
+        prefix[:, 1:] = np.cumsum(codes[:, :L].astype(np.uint64) * powers[:L], axis=1, dtype=np.uint64)
+        rows = np.arange(ids.size)
+
+        def sub_hash(r, q, n, seg_len, seg_no):
+            h = (prefix[r, q + n] - prefix[r, q]) * inv[q]
+            return h * np.uint64(_MIX[0]) + seg_len.astype(np.uint64) * np.uint64(_MIX[1]) \
+                + seg_no.astype(np.uint64) * np.uint64(_MIX[2])
+
+        idx_h, idx_r = [], []
+        for i in range(K + 1):
+            start, n, ok = _segment_table(lens, K, i)
+            r = rows[ok]
+            idx_h.append(sub_hash(r, start[ok], n[ok], lens[ok] * (L + 1) + n[ok], np.full(r.size, i)))
+            idx_r.append(r)
+        idx_h, idx_r = np.concatenate(idx_h), np.concatenate(idx_r)
+        order = np.argsort(idx_h, kind="stable")
+        idx_h, idx_r = idx_h[order], idx_r[order]
+        k_of = np.minimum(K, np.floor(max_ratio * lens + 1e-9).astype(np.int64))
+        cand_s, cand_r = [], []
+        for d in range(K + 1):
+            shorter = lens - d
+            live = (k_of >= max(d, 1)) & (shorter >= min_length)
+            for i in range(K + 1):
+                start, n, ok = _segment_table(np.maximum(shorter, 1), K, i)
+                for t in range(-K, K + 1):
+                    # the parts left and right of an aligned segment differ in length by |t| and
+                    # |d - t|, and the i segments left of the first matching one hold an edit each
+                    q = start + t
+                    m = live & ok & (max(i, abs(t)) + abs(d - t) <= k_of) & (q >= 0) & (q + n <= lens)
+                    if not m.any():
                         continue
-                    d = edit_distance(key, keys[r], k)
-                    if d <= k:
-                        out[(min(r, s), max(r, s))] = d
+                    s = rows[m]
+                    h = sub_hash(s, q[m], n[m], shorter[m] * (L + 1) + n[m], np.full(s.size, i))
+                    lo = np.searchsorted(idx_h, h, "left")
+                    hi = np.searchsorted(idx_h, h, "right")
+                    count = hi - lo
+                    if not count.any():
+                        continue
+                    at = np.repeat(lo - np.cumsum(count) + count, count) + np.arange(count.sum())
+                    cand_s.append(np.repeat(s, count))
+                    cand_r.append(idx_r[at])
+    if not cand_s:
+        return {}
+    s = np.concatenate(cand_s)
+    r = np.concatenate(cand_r)
+    keep = (s != r) & ((lens[r] < lens[s]) | ((lens[r] == lens[s]) & (r < s)))
+    pair = np.sort(s[keep] * ids.size + r[keep])
+    pair = pair[np.r_[True, pair[1:] != pair[:-1]]] if pair.size else pair
+    s, r = pair // ids.size, pair % ids.size
+    k = k_of[s]
+    keep = lens[s] - lens[r] <= k
+    s, r, k = s[keep], r[keep], k[keep]
+    # bag distance: characters of one the other lacks; hashing them into bins only lowers it
+    hist = np.zeros((ids.size, _HIST), dtype=np.int16)
+    for row in range(ids.size):
+        np.add.at(hist[row], codes[row, : lens[row]] % _HIST, 1)
+    diff = hist[s] - hist[r]
+    bag = np.maximum(np.clip(diff, 0, None).sum(axis=1), np.clip(-diff, 0, None).sum(axis=1))
+    keep = bag <= k
+    s, r, k = s[keep], r[keep], k[keep]
+    dist = _banded_levenshtein(codes, lens, s, r, K)
+    keep = dist <= k
+    out: dict[tuple[int, int], int] = {}
+    for a, b, e in zip(ids[s[keep]].tolist(), ids[r[keep]].tolist(), dist[keep].tolist()):
+        out[(min(a, b), max(a, b))] = int(e)
+    return out
+
+
+def _banded_levenshtein(codes: np.ndarray, lens: np.ndarray, s: np.ndarray, r: np.ndarray, K: int) -> np.ndarray:
+    """Levenshtein distance of rows s and r (capped at K + 1), len(s) - len(r) in [0, K]."""
+    big = K + 1
+    out = np.full(s.size, big, dtype=np.int64)
+    if s.size == 0:
+        return out
+    la, lb = lens[s], lens[r]
+    a, b = codes[s], codes[r]
+    width = 2 * K + 1
+    # band cell t of row i is column j = i + t - K
+    prev = np.full((s.size, width), big, dtype=np.int64)
+    for t in range(K, width):
+        prev[:, t] = t - K
+    for i in range(1, int(la.max()) + 1):
+        cur = np.full((s.size, width), big, dtype=np.int64)
+        for t in range(width):
+            j = i + t - K
+            if j < 0:
+                continue
+            if j == 0:
+                cur[:, t] = i
+                continue
+            v = prev[:, t] + (a[:, i - 1] != b[:, j - 1])
+            if t + 1 < width:
+                v = np.minimum(v, prev[:, t + 1] + 1)
+            if t > 0:
+                v = np.minimum(v, cur[:, t - 1] + 1)
+            cur[:, t] = np.minimum(v, big)
+        done = la == i
+        if done.any():
+            out[done] = cur[done, (lb[done] - i + K)]
+        prev = cur
     return out
 
 
