@@ -333,10 +333,11 @@ def crowding(means: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
     return _crowding(means, rows, k)
 
 
-def between_folder_level(means: np.ndarray, quantile: float, k: int, seed: int = 0
-                         ) -> tuple[float | None, int, np.ndarray, np.ndarray]:
+def between_folder_level(means: np.ndarray, quantile: float, k: int, exclude: Iterable[tuple[int, int]] = (),
+                         seed: int = 0) -> tuple[float | None, int, np.ndarray, np.ndarray]:
     """The `quantile` of the CSLS score of two different folders, from all pairs among (a sample
-    of) the folders with faces; also the sample's rows and crowding. None with < 3 such folders."""
+    of) the folders with faces, less the `exclude` pairs (rows); also the sample's rows and
+    crowding. None with fewer than 3 such folders."""
     present = np.flatnonzero(np.einsum("ij,ij->i", means, means) > 0)
     if present.size < 3:
         return None, 0, present[:0], np.zeros(0)
@@ -345,7 +346,17 @@ def between_folder_level(means: np.ndarray, quantile: float, k: int, seed: int =
     r = crowding(means, present, k)
     m = means[present]
     upper = np.triu_indices(present.size, 1)
-    csls = (2 * (m @ m.T) - r[:, None] - r[None, :])[upper]
+    grid = 2 * (m @ m.T) - r[:, None] - r[None, :]
+    # name-matched pairs are not random pairs: in a small dataset one of them would be the
+    # quantile itself and never rise above it
+    at = {int(x): n for n, x in enumerate(present)}
+    for a, b in exclude:
+        if a in at and b in at:
+            grid[at[a], at[b]] = grid[at[b], at[a]] = np.nan
+    csls = grid[upper]
+    csls = csls[~np.isnan(csls)]
+    if csls.size == 0:
+        return None, 0, present, r
     return float(np.quantile(csls, quantile)), int(csls.size), present, r
 
 
@@ -396,8 +407,9 @@ class Names(Check):
         means = np.asarray(data.folder_means(), dtype=np.float32)
         row = {ident.name: n for n, ident in enumerate(data.table.identities)}
         has_faces = np.einsum("ij,ij->i", means, means) > 0
+        matched_rows = [(row[names[a]], row[names[b]]) for a, b in found if names[a] in row and names[b] in row]
         self.cutoff, self.sampled, sample, r_sample = between_folder_level(
-            means, settings["face_quantile"], CSLS_K)
+            means, settings["face_quantile"], CSLS_K, matched_rows)
         r = np.zeros(len(means))
         r[sample] = r_sample
         involved = {row[names[x]] for pair in found for x in pair if names[x] in row}
@@ -443,7 +455,9 @@ class Names(Check):
         elif self.cutoff is None:
             faces = f"mean-vector cosine {cos:.3f}, too few folders to tell the dataset's level"
         else:
-            level = f"mean-vector cosine {cos:.3f}, CSLS {csls:+.3f} {'>' if agree else '<='} {self.cutoff:+.3f}"
+            # words, not > and <=: the CSV shows a detail through display_name, which escapes them
+            level = (f"mean-vector cosine {cos:.3f}, CSLS {csls:+.3f} {'above' if agree else 'not above'} "
+                     f"{self.cutoff:+.3f}")
             faces = (f"faces agree ({level}, the level of random folder pairs)" if agree
                      else f"faces do not confirm it ({level})")
         return f"{rule}: {what}; {faces}"
