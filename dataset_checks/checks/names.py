@@ -54,6 +54,9 @@ MAX_SUBSET_PARTS = 10
 # crowding costs a scan of every folder mean each, about 0.2 s at 20k folders.
 FACE_SAMPLE = 800
 CSLS_K = 5  # as merge.py
+# Fewer random folder pairs than this cannot tell the dataset's level: in a 6-folder dataset one
+# random pair in 13 tops the other 12, so no pair is confirmed by its faces there.
+MIN_LEVEL_PAIRS = 100
 
 
 def _separator(ch: str) -> bool:
@@ -337,7 +340,7 @@ def between_folder_level(means: np.ndarray, quantile: float, k: int, exclude: It
                          seed: int = 0) -> tuple[float | None, int, np.ndarray, np.ndarray]:
     """The `quantile` of the CSLS score of two different folders, from all pairs among (a sample
     of) the folders with faces, less the `exclude` pairs (rows); also the sample's rows and
-    crowding. None with fewer than 3 such folders."""
+    crowding. None with fewer than MIN_LEVEL_PAIRS such pairs."""
     present = np.flatnonzero(np.einsum("ij,ij->i", means, means) > 0)
     if present.size < 3:
         return None, 0, present[:0], np.zeros(0)
@@ -355,8 +358,8 @@ def between_folder_level(means: np.ndarray, quantile: float, k: int, exclude: It
             grid[at[a], at[b]] = grid[at[b], at[a]] = np.nan
     csls = grid[upper]
     csls = csls[~np.isnan(csls)]
-    if csls.size == 0:
-        return None, 0, present, r
+    if csls.size < MIN_LEVEL_PAIRS:
+        return None, int(csls.size), present, r
     return float(np.quantile(csls, quantile)), int(csls.size), present, r
 
 
@@ -453,7 +456,7 @@ class Names(Check):
         if cos is None or csls is None:
             faces = "no faces to compare"
         elif self.cutoff is None:
-            faces = f"mean-vector cosine {cos:.3f}, too few folders to tell the dataset's level"
+            faces = f"mean-vector cosine {cos:.3f}; too few folders to tell the dataset's level, faces not judged"
         else:
             # words, not > and <=: the CSV shows a detail through display_name, which escapes them
             level = (f"mean-vector cosine {cos:.3f}, CSLS {csls:+.3f} {'above' if agree else 'not above'} "
