@@ -283,3 +283,13 @@ def test_lfw_fails_the_name_variants_and_only_them():
     for pair in LFW_TWO_PEOPLE:
         assert by_pair[pair].severity != "fail"
     assert result.seconds < 2.0, result.seconds
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=20), st.booleans())
+def test_ascii_fast_path_parts_as_the_general_one(name, camel):
+    # a trailing non-ASCII separator (katakana middle dot) sends the name down the general path
+    # and adds no part; camel case splits only names without a separator, so compare those apart
+    if camel and not any(not ch.isalnum() for ch in name):
+        return
+    assert name_parts(name, camel_case=camel) == name_parts(name + "・", camel_case=camel)
