@@ -413,8 +413,14 @@ class CheckSession:
     def merge_candidates(self) -> list[MergeCandidate]:
         """Identity pairs that may be one person, best evidence first (see merge.py)."""
         if self._candidates is None:
+            from .checks.names import matches_of
+
             f, t = self.findings(), self.table
-            self._candidates = merge_candidates(t.vectors, t.identity_of, [i.name for i in t.identities], f.pairs)
+            if t is None:  # the run failed before loading
+                self._candidates = []
+                return self._candidates
+            self._candidates = merge_candidates(t.vectors, t.identity_of, [i.name for i in t.identities], f.pairs,
+                                                name_matches=matches_of(self.check_results.values()))
         return self._candidates
 
     # -- baseline (dataset_checks.baseline) ------------------------------------------------

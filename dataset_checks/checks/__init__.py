@@ -15,8 +15,8 @@ from .base import AgainstData, Check, CheckData, CheckSettings, Issue, Param, SE
 
 _REGISTRY: dict[str, type[Check]] = {}
 # check modules, in report order; each registers itself on import
-_MODULES: tuple[str, ...] = ("misfiled", "consistency", "exact_duplicates", "near_duplicates", "leakage",
-                             "calibration")
+_MODULES: tuple[str, ...] = ("misfiled", "consistency", "exact_duplicates", "near_duplicates", "names",
+                             "leakage", "calibration")
 _loaded = False
 
 
