@@ -59,7 +59,8 @@ def reference(names, *, itaiji=True, camel_case=True, subset=True, max_edits=2, 
             elif subset and ((len(pb) <= MAX_SUBSET_PARTS and contains(pb, pa))
                              or (len(pa) <= MAX_SUBSET_PARTS and contains(pa, pb))):
                 out[(a, b)] = ("subset", 0)
-            elif max_edits and min(len(ka), len(kb)) >= min_length and max(len(ka), len(kb)) <= MAX_NEAR_LENGTH:
+            elif (max_edits and min(len(ka), len(kb)) >= min_length and max(len(ka), len(kb)) <= MAX_NEAR_LENGTH
+                  and [c for c in ka if c.isdigit()] == [c for c in kb if c.isdigit()]):
                 d = levenshtein(ka, kb)
                 if d <= allowed_edits(max(len(ka), len(kb)), max_edits, max_edit_ratio):
                     out[(a, b)] = ("near", d)
@@ -67,7 +68,7 @@ def reference(names, *, itaiji=True, camel_case=True, subset=True, max_edits=2, 
 
 
 TOKENS = ["nan", "wang", "wan", "li", "lee", "kim", "jo", "john", "jon", "barnett", "burnett", "ab", "aab", "髙橋",
-          "高橋", "x"]
+          "高橋", "x", "7", "07", "70"]
 SEPS = ["_", "-", " ", ".", "__", ""]
 
 
@@ -293,3 +294,13 @@ def test_ascii_fast_path_parts_as_the_general_one(name, camel):
     if camel and not any(not ch.isalnum() for ch in name):
         return
     assert name_parts(name, camel_case=camel) == name_parts(name + "・", camel_case=camel)
+
+
+def test_numbered_folders_are_not_spelling_variants():
+    """VGGFace2-style ids differ by one digit from thousands of others: never a near spelling."""
+    from dataset_checks.checks.names import name_matches
+
+    names = [f"n{k:06d}" for k in range(3000)] + [f"person_{k:04d}" for k in range(3000)]
+    names += ["Noer_Moeis", "Noer_Muis", "Agent_007", "Agent_700"]
+    got = {(names[a], names[b]): rule for (a, b), (rule, _) in name_matches(names).items()}
+    assert got == {("Noer_Moeis", "Noer_Muis"): "near"}

@@ -333,10 +333,18 @@ def name_matches(names: list[str], *, itaiji: bool = True, camel_case: bool = Tr
     if max_edits > 0:
         keys = list(by_key)
         for (x, y), d in near_pairs(keys, max_edits, max_edit_ratio, min_length).items():
+            # numbered folders (VGGFace2's n000123, person_0001, id_17) are different identities
+            # whenever their numbers differ: one edit in the digits is never a spelling variant
+            if _digits(keys[x]) != _digits(keys[y]):
+                continue
             for a in by_key[keys[x]]:
                 for b in by_key[keys[y]]:
                     add(a, b, "near", d)
     return out
+
+
+def _digits(key: str) -> str:
+    return "".join(ch for ch in key if ch.isdigit())
 
 
 def crowding(means: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
