@@ -23,6 +23,7 @@ from .session import CheckSession, DatasetError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 SESSION = pytest.StashKey[CheckSession]()
+OTHERS = None  # the identity parameter of a check family's item for every identity it did not flag
 ID_ESCAPING = "disable_test_id_escaping_and_forfeit_all_rights_to_community_support"
 
 
@@ -284,6 +285,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     identities = session.identities() if session is not None else []
     if metafunc.function.__name__ == "test_faces_detected":  # only folders whose images are embedded
         identities = session.image_identities() if session is not None else []
+    check = _check_of_family(metafunc.function.__name__)
+    if check is not None and session is not None and not metafunc.config.option.collectonly:
+        # A check's family holds the identities it has something to say about, plus one item
+        # for all the others: a test per identity per check would cost pytest ~1 ms each, and
+        # most checks flag a handful of folders among thousands (tests/test_checks_framework.py).
+        _run_once(metafunc.config, session)
+        result = session.check_results.get(check.name)
+        if result is not None and not result.error:
+            flagged = [i for i in identities if any(x.severity != "info" for x in result.of(i.name))]
+            rest = len(identities) - len(flagged)
+            params = [i.name for i in flagged] + ([OTHERS] if rest else [])
+            ids = [i.display for i in flagged] + ([f"{rest} other identities"] if rest else [])
+            metafunc.parametrize("identity", params, ids=ids)
+            return
     metafunc.parametrize("identity", [i.name for i in identities], ids=[i.display for i in identities])
 
 

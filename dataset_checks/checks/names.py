@@ -331,15 +331,20 @@ def name_matches(names: list[str], *, itaiji: bool = True, camel_case: bool = Tr
                     for b in ids:
                         add(a, b, "subset")
     if max_edits > 0:
-        keys = list(by_key)
-        for (x, y), d in near_pairs(keys, max_edits, max_edit_ratio, min_length).items():
-            # numbered folders (VGGFace2's n000123, person_0001, id_17) are different identities
-            # whenever their numbers differ: one edit in the digits is never a spelling variant
-            if _digits(keys[x]) != _digits(keys[y]):
+        # numbered folders (VGGFace2's n000123, person_0001, id_17) are different identities
+        # whenever their numbers differ: one edit in the digits is never a spelling variant, so
+        # only keys with the same digits are compared (and a dataset of numbered folders costs
+        # nothing here)
+        by_digits: dict[str, list[str]] = defaultdict(list)
+        for key in by_key:
+            by_digits[_digits(key)].append(key)
+        for keys in by_digits.values():
+            if len(keys) < 2:
                 continue
-            for a in by_key[keys[x]]:
-                for b in by_key[keys[y]]:
-                    add(a, b, "near", d)
+            for (x, y), d in near_pairs(keys, max_edits, max_edit_ratio, min_length).items():
+                for a in by_key[keys[x]]:
+                    for b in by_key[keys[y]]:
+                        add(a, b, "near", d)
     return out
 
 
