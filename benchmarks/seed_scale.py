@@ -442,6 +442,14 @@ def render(rows, details, cross, env, cross_t) -> str:
         vals += [dt["unaccounted_s"], dt["pytest_wall_s"]]
         lines.append(f"| {dt['threshold']:g} | {dt['index']} | {dt['nlist'] or '-'} | {dt['nprobe'] or '-'} | "
                      + " | ".join("-" if v is None else f"{v:.2f}" for v in vals) + " |")
+    checks = sorted({k for dt in details for k in dt["stages"] if k.startswith("check ")})
+    if checks:  # the registered checks (dataset_checks.checks), each timed by the run itself
+        lines += ["", "Checks (seconds, from findings.json):", "",
+                  "| threshold | " + " | ".join(c[len("check "):] for c in checks) + " | all checks |",
+                  "|---|" + "---:|" * (len(checks) + 1)]
+        for dt in details:
+            vals = [dt["stages"].get(c, 0.0) for c in checks]
+            lines.append(f"| {dt['threshold']:g} | " + " | ".join(f"{v:.3f}" for v in vals) + f" | {sum(vals):.2f} |")
     if cross:
         lines += ["", f"## Exact flat vs IVF crossover (`find_pairs`, T={cross_t:g}, {env['dim']}-d, "
                   "random subsets of the dataset)", "",
