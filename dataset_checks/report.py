@@ -134,7 +134,7 @@ def summary_html(findings: Findings, candidates: list[MergeCandidate], files: It
 
 def _face(thumbs: Thumbnails | None, identity: str, file: str) -> str:
     uri = thumbs.data_uri(identity, file) if thumbs is not None else None
-    img = f"<img src='{uri}' alt='{_e(file)}'>" if uri else f"<div class='dc-noimg'>no image</div>"
+    img = f"<img src='{uri}' alt='{_e(file)}'>" if uri else "<div class='dc-noimg'>no image</div>"
     return f"<div class='dc-face'>{img}<div>{_e(identity)}/<br>{_e(file)}</div></div>"
 
 

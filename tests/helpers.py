@@ -114,3 +114,12 @@ def cross_identity_only(folder: Path, extra: str = "", keep: tuple[str, ...] = (
     lines = ["checks:"] + [f"  {c.name}: {{enabled: false}}" for c in all_checks() if c.name not in keep]
     path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
     return path
+
+
+def family_outcomes(rec, family: str) -> dict[str, str]:
+    """test id inside the brackets -> outcome, for one test family of an in-process run."""
+    out = {}
+    for rep in rec.getreports("pytest_runtest_logreport"):
+        if rep.when == "call" and f"::{family}[" in rep.nodeid:
+            out[rep.nodeid.rsplit("[", 1)[1][:-1]] = rep.outcome
+    return out

@@ -4,7 +4,7 @@ each threshold where it belongs, names are escaped, and it shows up in a real ru
 from __future__ import annotations
 
 import json
-import re
+
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import SimpleNamespace

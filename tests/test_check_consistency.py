@@ -4,16 +4,14 @@ strangers and mixed folders found, its test family and CSV, and LFW."""
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import faiss  # noqa: F401  - before pytester's sys.modules snapshot (see test_plugin.py)
 import numpy as np
-import pytest
 from hypothesis import given, settings, strategies as st
 
-from helpers import write_face01
+from helpers import family_outcomes, write_face01
 from strategies import build_clusters, clusters
-from test_check_misfiled import FAST, PKG, _outcomes, lfw_data, make_data, reference, run_check, usable  # noqa: F401
+from test_check_misfiled import FAST, PKG, lfw_data, make_data, reference, run_check, usable  # noqa: F401
 
 
 def expected(c, out_q, fold_q, same_q, min_faces=4, min_other=2):
@@ -91,14 +89,14 @@ def test_family_warns_by_default_and_fails_when_told_and_writes_csv(pytester):
     args = (PKG, "-p", "no:cacheprovider", "--report-dir", "out", "--dataset", str(root), "--threshold", "0.999",
             "--rules", str(rules))
     rec = pytester.inline_run(*args)
-    assert set(_outcomes(rec, "test_consistency").values()) == {"passed"}
+    assert set(family_outcomes(rec, "test_consistency").values()) == {"passed"}
     with open(pytester.path / "out" / "consistency.csv", encoding="utf-8", newline="") as fh:
         rows = list(csv.reader(fh))
     assert rows[0][:5] == ["identity", "file", "other_identity", "other_file", "shortfall"]
     assert {(r[0], r[1]) for r in rows[1:]} == want
     rules.write_text(rules.read_text(encoding="utf-8") + "    severity: fail\n", encoding="utf-8")
     rec = pytester.inline_run(*args)
-    outcomes = _outcomes(rec, "test_consistency")
+    outcomes = family_outcomes(rec, "test_consistency")
     assert {k for k, v in outcomes.items() if v == "failed"} == {names[0], names[1]}
 
 

@@ -19,7 +19,7 @@ from dataset_checks.checks.near_duplicates import auto_threshold, folder_pairs
 from dataset_checks.discover import discover_identities
 from dataset_checks.rules import default_settings, load_rules
 from dataset_checks.vectors import load_table
-from helpers import tree_state, write_face01, write_plain
+from helpers import family_outcomes, tree_state, write_face01, write_plain
 
 PKG = str(Path(__file__).resolve().parents[1] / "dataset_checks")
 LFW = Path(__file__).resolve().parents[2] / "shared" / "lfw"
@@ -210,12 +210,6 @@ def test_vectors_only_identical_rows(seed, rows):
 # -- through pytest ----------------------------------------------------------------------------
 
 
-def _outcomes(rec, family):
-    out = {}
-    for rep in rec.getreports("pytest_runtest_logreport"):
-        if rep.when == "call" and f"::{family}[" in rep.nodeid:
-            out[rep.nodeid.rsplit("[", 1)[1][:-1]] = rep.outcome
-    return out
 
 
 def test_families_and_csv(pytester):
@@ -235,8 +229,8 @@ def test_families_and_csv(pytester):
     rec = pytester.inline_run(PKG, "-p", "no:cacheprovider", "--report-dir", "out", "--dataset", str(root),
                               "--threshold", "0.99", "-W", "default")
     assert tree_state(root) == before
-    assert _outcomes(rec, "test_exact_duplicates") == {"Alice": "failed", "Bob": "failed", "Carol": "passed"}
-    assert set(_outcomes(rec, "test_near_duplicates").values()) == {"passed"}
+    assert family_outcomes(rec, "test_exact_duplicates") == {"Alice": "failed", "Bob": "failed", "Carol": "passed"}
+    assert set(family_outcomes(rec, "test_near_duplicates").values()) == {"passed"}
     with open(pytester.path / "out" / "exact_duplicates.csv", encoding="utf-8", newline="") as fh:
         rows = list(csv.reader(fh))
     assert rows[0][4] == "copies"

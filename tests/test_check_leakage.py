@@ -17,7 +17,7 @@ from dataset_checks.checks.leakage import Leakage, cross_pairs, dataset_names
 from dataset_checks.discover import Identity
 from dataset_checks.rules import Rules, default_settings
 from dataset_checks.vectors import VectorTable
-from helpers import clustered, tree_state, unit_rows, write_face01
+from helpers import family_outcomes, clustered, tree_state, unit_rows, write_face01
 
 PKG = str(Path(__file__).resolve().parents[1] / "dataset_checks")
 LFW = Path(__file__).resolve().parents[1].parent / "shared" / "lfw"
@@ -126,12 +126,6 @@ def _run(pytester, data, *args):
                                "--threshold", "0.9", *args)
 
 
-def _outcomes(rec, family):
-    out = {}
-    for rep in rec.getreports("pytest_runtest_logreport"):
-        if rep.when == "call" and f"::{family}[" in rep.nodeid:
-            out[rep.nodeid.rsplit("[", 1)[1][:-1]] = rep.outcome
-    return out
 
 
 @pytest.fixture
@@ -150,7 +144,7 @@ def test_against_fails_the_leaking_identity_and_writes_nothing_there(pytester, t
     train, bench = two
     before = (tree_state(train), tree_state(bench))
     rec = _run(pytester, train, "--against", str(bench))
-    assert _outcomes(rec, "test_leakage") == {"Ann": "failed", "2 other identities": "passed"}
+    assert family_outcomes(rec, "test_leakage") == {"Ann": "failed", "2 other identities": "passed"}
     assert (tree_state(train), tree_state(bench)) == before
     out = pytester.path / "out"
     with open(out / "leakage.csv", encoding="utf-8", newline="") as fh:
@@ -161,7 +155,7 @@ def test_against_fails_the_leaking_identity_and_writes_nothing_there(pytester, t
     assert doc["checks"]["leakage"]["summary"]["against"][0]["face_pairs"] == 1
     assert "bench/Ann_B" in (out / "report.html").read_text(encoding="utf-8")
     # the other dataset's folders are not tests of this run
-    assert "Zed" not in _outcomes(rec, "test_identity")
+    assert "Zed" not in family_outcomes(rec, "test_identity")
 
 
 def test_rules_against_and_baseline_key(pytester, two):
@@ -173,13 +167,13 @@ def test_rules_against_and_baseline_key(pytester, two):
     assert rec.ret == pytest.ExitCode.OK
     assert "leakage,Ann,Ann_0001.jpg,bench/Ann_B,copy.jpg" in base.read_text(encoding="utf-8")
     rec = _run(pytester, train, "--rules", str(rules), "--baseline", str(base))
-    assert _outcomes(rec, "test_leakage")["Ann"] == "passed"
+    assert family_outcomes(rec, "test_leakage")["Ann"] == "passed"
 
 
 def test_without_against_there_is_no_family(pytester, two):
     train, _ = two
     rec = _run(pytester, train)
-    assert _outcomes(rec, "test_leakage") == {} and set(_outcomes(rec, "test_identity").values()) == {"passed"}
+    assert family_outcomes(rec, "test_leakage") == {} and set(family_outcomes(rec, "test_identity").values()) == {"passed"}
 
 
 def test_other_model_is_a_clear_error(pytester, two):
@@ -232,7 +226,7 @@ def test_image_only_other_dataset_is_embedded_with_our_embedder(pytester, monkey
                      encoding="utf-8")
     before = tree_state(bench)
     rec = _run(pytester, train, "--rules", str(rules), "--against", str(bench), "--threshold", "0.999")
-    assert _outcomes(rec, "test_leakage") == {"Red": "failed", "2 other identities": "passed"}
+    assert family_outcomes(rec, "test_leakage") == {"Red": "failed", "2 other identities": "passed"}
     assert tree_state(bench) == before
 
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from dataset_checks.checks import CheckData, get
 from dataset_checks.checks.misfiled import folder_fit
 from dataset_checks.rules import default_settings
-from helpers import write_face01
+from helpers import family_outcomes, write_face01
 from strategies import build_clusters, clusters
 
 PKG = str(Path(__file__).resolve().parents[1] / "dataset_checks")
@@ -193,12 +193,6 @@ def test_rules_errors_name_the_key(tmp_path):
 
 # -- the test family and its CSV -------------------------------------------------------------
 
-def _outcomes(rec, family):
-    out = {}
-    for rep in rec.getreports("pytest_runtest_logreport"):
-        if rep.when == "call" and f"::{family}[" in rep.nodeid:
-            out[rep.nodeid.rsplit("[", 1)[1][:-1]] = rep.outcome
-    return out
 
 
 def test_family_fails_the_folder_holding_the_misfiled_face_and_writes_csv(pytester):
@@ -210,7 +204,7 @@ def test_family_fails_the_folder_holding_the_misfiled_face_and_writes_csv(pytest
     rules.write_text("checks:\n  misfiled:\n    same_quantile: 0.05\n", encoding="utf-8")
     rec = pytester.inline_run(PKG, "-p", "no:cacheprovider", "--report-dir", "out", "--dataset", str(root),
                               "--threshold", "0.99", "--rules", str(rules))
-    outcomes = _outcomes(rec, "test_misfiled")
+    outcomes = family_outcomes(rec, "test_misfiled")
     assert {k for k, v in outcomes.items() if v == "failed"} == {moved[0][0]}
     assert outcomes == {moved[0][0]: "failed", "11 other identities": "passed"}
     with open(pytester.path / "out" / "misfiled.csv", encoding="utf-8", newline="") as fh:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import random
 import time
-import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from dataset_checks.checks.names import (MAX_NEAR_LENGTH, MAX_SUBSET_PARTS, allo
                                          name_matches, name_parts, near_pairs)
 from dataset_checks.findings import Finding
 from dataset_checks.merge import merge_candidates
-from helpers import write_face01
+from helpers import family_outcomes, write_face01
 
 PKG = str(Path(__file__).resolve().parents[1] / "dataset_checks")
 LFW = Path(__file__).resolve().parents[2] / "shared" / "lfw"
@@ -190,12 +189,6 @@ def data(pytester) -> Path:
     return root
 
 
-def _outcomes(rec, family):
-    out = {}
-    for rep in rec.getreports("pytest_runtest_logreport"):
-        if rep.when == "call" and f"::{family}[" in rep.nodeid:
-            out[rep.nodeid.rsplit("[", 1)[1][:-1]] = rep.outcome
-    return out
 
 
 def _run(pytester, data, *args):
@@ -205,7 +198,7 @@ def _run(pytester, data, *args):
 
 def test_family_fails_only_names_the_faces_confirm(pytester, data):
     rec = _run(pytester, data)
-    outcomes = _outcomes(rec, "test_names")
+    outcomes = family_outcomes(rec, "test_names")
     assert outcomes["Nan_Wang"] == outcomes["Wang_Nan"] == "failed"  # symmetric: both folders
     assert {k for k, v in outcomes.items() if v == "failed"} == {"Nan_Wang", "Wang_Nan"}
     # flagged folders get their own test (the info-only ones do not), the others one together
@@ -229,7 +222,7 @@ def test_rules_can_fail_name_only_matches(pytester, data):
     rules = pytester.path / "r.yaml"
     rules.write_text("checks:\n  names:\n    name_only: fail\n    max_edits: 0\n", encoding="utf-8")
     rec = _run(pytester, data, "--rules", str(rules))
-    failed = {k for k, v in _outcomes(rec, "test_names").items() if v == "failed"}
+    failed = {k for k, v in family_outcomes(rec, "test_names").items() if v == "failed"}
     assert failed == {"Nan_Wang", "Wang_Nan", "Li_Wei", "Wei_Li"}
     with open(pytester.path / "out" / "names.csv", encoding="utf-8", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 2  # no near spellings with max_edits 0

@@ -14,7 +14,7 @@ import pytest
 from dataset_checks import checks as registry
 from dataset_checks.checks import Check, Issue, Param
 from dataset_checks.rules import RulesError, load_rules
-from helpers import write_face01
+from helpers import family_outcomes, write_face01
 
 PKG = str(Path(__file__).resolve().parents[1] / "dataset_checks")
 
@@ -59,18 +59,12 @@ def _run(pytester, data, *args):
                                "--threshold", "0.99", *args)
 
 
-def _outcomes(rec, family):
-    out = {}
-    for rep in rec.getreports("pytest_runtest_logreport"):
-        if rep.when == "call" and f"::{family}[" in rep.nodeid:
-            out[rep.nodeid.rsplit("[", 1)[1][:-1]] = rep.outcome
-    return out
 
 
 def test_a_registered_check_gets_family_files_report_and_json(pytester, data, toy_check):
     rec = _run(pytester, data)
     # the identities a check flags get a test each; the others share one
-    assert _outcomes(rec, "test_small_folders") == {"1 other identities": "passed", "Bob": "failed", "Carol": "failed"}
+    assert family_outcomes(rec, "test_small_folders") == {"1 other identities": "passed", "Bob": "failed", "Carol": "failed"}
     out = pytester.path / "out"
     with open(out / "small_folders.csv", encoding="utf-8", newline="") as fh:
         rows = list(csv.reader(fh))
@@ -86,11 +80,11 @@ def test_rules_section_switches_and_tunes_it(pytester, data, toy_check):
     rules = pytester.path / "r.yaml"
     rules.write_text("checks:\n  small_folders:\n    min_faces: 2\n    severity: warn\n", encoding="utf-8")
     rec = _run(pytester, data, "--rules", str(rules))
-    assert _outcomes(rec, "test_small_folders") == {"2 other identities": "passed", "Carol": "passed"}  # warns
+    assert family_outcomes(rec, "test_small_folders") == {"2 other identities": "passed", "Carol": "passed"}  # warns
     rules.write_text("checks:\n  small_folders:\n    enabled: false\n", encoding="utf-8")
     rec = pytester.inline_run(PKG, "-p", "no:cacheprovider", "--report-dir", "off", "--dataset", str(data),
                               "--threshold", "0.99", "--rules", str(rules))
-    assert _outcomes(rec, "test_small_folders") == {}
+    assert family_outcomes(rec, "test_small_folders") == {}
     assert (pytester.path / "off" / "findings.csv").exists()
     assert not (pytester.path / "off" / "small_folders.csv").exists()
 
@@ -117,8 +111,8 @@ def test_baseline_ratchets_each_check_on_its_own_key(pytester, data, toy_check):
     assert rec.ret == pytest.ExitCode.OK
     write_face01(data, "Dave", np.ones((1, 16), np.float32))  # a NEW small folder fails
     rec = _run(pytester, data, "--baseline", str(base))
-    assert _outcomes(rec, "test_small_folders")["Dave"] == "failed"
-    assert _outcomes(rec, "test_small_folders")["Bob"] == "passed"
+    assert family_outcomes(rec, "test_small_folders")["Dave"] == "failed"
+    assert family_outcomes(rec, "test_small_folders")["Bob"] == "passed"
 
 
 def test_a_broken_check_fails_its_family_and_spares_the_others(pytester, data, toy_check, monkeypatch):
@@ -127,5 +121,5 @@ def test_a_broken_check_fails_its_family_and_spares_the_others(pytester, data, t
 
     monkeypatch.setattr(SmallFolders, "run", boom)
     rec = _run(pytester, data)
-    assert set(_outcomes(rec, "test_small_folders").values()) == {"failed"}
-    assert set(_outcomes(rec, "test_identity").values()) == {"passed"}
+    assert set(family_outcomes(rec, "test_small_folders").values()) == {"failed"}
+    assert set(family_outcomes(rec, "test_identity").values()) == {"passed"}
