@@ -366,6 +366,8 @@ def test_demo_run(pytester, run):
     # the other checks: the misfiled photos the demo planted fail their folders too
     misfiled = set(re.findall(r"^FAILED \S*::test_misfiled\[(.*?)\]", out, re.M))
     assert misfiled == {"Olivia_Brown", "Sofia_Russo"}
+    # and the two spellings of 高橋一生 are one name (itaiji) with agreeing faces
+    assert set(re.findall(r"^FAILED \S*::test_names\[(.*?)\]", out, re.M)) == {"高橋一生", "髙橋一生"}
     assert not re.search(r"^FAILED \S*::test_(consistency|exact_duplicates|near_duplicates|calibration)", out, re.M)
     assert list(got.values()).count("passed") == 22
     doc = json.loads((pytester.path / "out" / "findings.json").read_text(encoding="utf-8"))

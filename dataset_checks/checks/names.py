@@ -359,6 +359,9 @@ def crowding(means: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
     return _crowding(means, rows, k)
 
 
+LEVEL_TOP = 5  # the face level is never set by fewer than this many random folder pairs
+
+
 def between_folder_level(means: np.ndarray, quantile: float, k: int, exclude: Iterable[tuple[int, int]] = (),
                          seed: int = 0) -> tuple[float | None, int, np.ndarray, np.ndarray]:
     """The `quantile` of the CSLS score of two different folders, from all pairs among (a sample
@@ -383,6 +386,9 @@ def between_folder_level(means: np.ndarray, quantile: float, k: int, exclude: It
     csls = csls[~np.isnan(csls)]
     if csls.size < MIN_LEVEL_PAIRS:
         return None, int(csls.size), present, r
+    # With few folders a high quantile is the single highest pair: one pair of look-alikes (the
+    # demo's twins) would set the level for the whole dataset. Never above the 5th highest pair.
+    quantile = min(quantile, 1.0 - LEVEL_TOP / csls.size)
     return float(np.quantile(csls, quantile)), int(csls.size), present, r
 
 
