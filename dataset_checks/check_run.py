@@ -104,7 +104,7 @@ def run_checks(data: CheckData, waivers: dict[tuple, str] | None = None, accept:
         if wanted is not None and cls.name not in wanted:
             continue
         settings = rules.check_settings(cls.name)
-        if not settings.enabled or ("against" in cls.needs and not data.against):
+        if cls.builtin or not settings.enabled or ("against" in cls.needs and not data.against):
             continue  # off, or nothing to check against: no tests, no file
         result = CheckResult(cls, settings)
         t0 = time.perf_counter()

@@ -135,6 +135,12 @@ class Verdict:
         baseline; a new problem in it fails again."""
         if any(m.waived is None for m in self.matches):
             return "fail"
+        return self.input_status
+
+    @property
+    def input_status(self) -> str:
+        """The status from everything but the pairs: 'error' or 'pass' (checks.cross_identity
+        at warn or info, or off, still fails a folder that could not be checked)."""
         if self.error is not None:
             return "error"
         if self.failing_problems and (self.bad_input == "fail" or self.vectors == 0):

@@ -286,7 +286,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if metafunc.function.__name__ == "test_faces_detected":  # only folders whose images are embedded
         identities = session.image_identities() if session is not None else []
     check = _check_of_family(metafunc.function.__name__)
-    if check is not None and session is not None and not metafunc.config.option.collectonly:
+    if check is not None and not check.builtin and session is not None and not metafunc.config.option.collectonly:
         # A check's family holds the identities it has something to say about, plus one item
         # for all the others: a test per identity per check would cost pytest ~1 ms each, and
         # most checks flag a handful of folders among thousands (tests/test_checks_framework.py).
@@ -315,6 +315,10 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj) -> li
         return None
     if session is None:
         return []
+    if check is not None and check.builtin:
+        if name == "test_faces_detected" and not session.rules.check_settings(check.name).enabled:
+            return []
+        check = None  # test_identity stays for the input problems even with cross_identity off
     if check is not None:  # a registered check: no items when it is off, or per identity and none
         if not session.rules.check_settings(check.name).enabled:
             return []

@@ -74,7 +74,7 @@ class Rules:
     index: IndexRules = field(default_factory=IndexRules)
     identity_thresholds: dict[str, float] = field(default_factory=dict)
     allow: tuple[AllowedPair, ...] = ()
-    bad_input: str = "fail"  # fail | warn
+    bad_input: str = "fail"  # fail | warn | info (checks.bad_input)
     # From images to embeddings (dataset_checks.embed): used for folders with images.
     embedder: str = "dlib"  # built-in "dlib" or "package.module:callable"
     # threshold: auto (the default of a rules file and of no rules file, as in the shipped
@@ -319,6 +319,17 @@ def parse_rules(data: Any, file: Path | None = None) -> Rules:
         allow.append(AllowedPair(frozenset(names), reason.strip()))
 
     bad_input = c.choice("bad_input", data.get("bad_input", "fail"), ("fail", "warn"))
+    # the same setting twice: top-level `bad_input` (historic) and `checks.bad_input`; the check's
+    # section wins when it says something, else it mirrors the top-level key
+    section = (data.get("checks") or {}).get("bad_input") or {}
+    if "bad_input" in checks:
+        from dataclasses import replace as _replace
+
+        if "severity" in section or "enabled" in section:
+            s_ = checks["bad_input"]
+            bad_input = "info" if not s_.enabled else s_.severity
+        else:
+            checks["bad_input"] = _replace(checks["bad_input"], severity=bad_input)
     return Rules(
         source=file,
         dataset=dataset,

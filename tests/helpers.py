@@ -111,7 +111,8 @@ def cross_identity_only(folder: Path, extra: str = "", keep: tuple[str, ...] = (
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "cross-identity-only.yaml"
-    lines = ["checks:"] + [f"  {c.name}: {{enabled: false}}" for c in all_checks() if c.name not in keep]
+    lines = ["checks:"] + [f"  {c.name}: {{enabled: false}}" for c in all_checks()
+                           if c.name not in keep and not c.builtin]
     path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
     return path
 

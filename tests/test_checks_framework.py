@@ -123,3 +123,74 @@ def test_a_broken_check_fails_its_family_and_spares_the_others(pytester, data, t
     rec = _run(pytester, data)
     assert set(family_outcomes(rec, "test_small_folders").values()) == {"failed"}
     assert set(family_outcomes(rec, "test_identity").values()) == {"passed"}
+
+
+# -- the core's own checks, in the same form ---------------------------------------------------
+
+
+def test_core_checks_are_registered_first():
+    names = [c.name for c in registry.all_checks()]
+    assert names[:3] == ["cross_identity", "faces_detected", "bad_input"]
+    assert all(c.builtin for c in registry.all_checks()[:3]) and not any(c.builtin for c in registry.all_checks()[3:])
+    assert registry.get("cross_identity").test_name() == "test_identity"
+
+
+@pytest.fixture
+def pairs_and_bad(pytester) -> Path:
+    """Alice and Bob share a face; Zed's embeddings file is corrupt."""
+    root = pytester.path / "core"
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal((3, 16)).astype(np.float32), rng.standard_normal((3, 16)).astype(np.float32)
+    b[0] = a[0]
+    write_face01(root, "Alice", a)
+    write_face01(root, "Bob", b)
+    (root / "Zed").mkdir()
+    (root / "Zed" / "npKnown.npz").write_bytes(b"not a zip")
+    return root
+
+
+def _core(pytester, root, rules_text):
+    rules = pytester.path / "core.yaml"
+    rules.write_text(rules_text + "\n" + "\n".join(f"  {c.name}: {{enabled: false}}" for c in registry.all_checks()
+                                                   if not c.builtin), encoding="utf-8")
+    return pytester.inline_run(PKG, "-p", "no:cacheprovider", "--report-dir", "out", "--dataset", str(root),
+                               "--threshold", "0.99", "--rules", str(rules))
+
+
+def test_cross_identity_severity_and_switch(pytester, pairs_and_bad):
+    fail = family_outcomes(_core(pytester, pairs_and_bad, "checks:"), "test_identity")
+    assert fail == {"Alice": "failed", "Bob": "failed", "Zed": "failed"}
+    rec = _core(pytester, pairs_and_bad, "checks:\n  cross_identity: {severity: warn}")
+    assert family_outcomes(rec, "test_identity") == {"Alice": "passed", "Bob": "passed", "Zed": "failed"}
+    warned = [w for w in rec.getcalls("pytest_warning_recorded") if "match" in str(w.warning_message.message)]
+    assert warned  # the pair is still said, as a warning
+    rec = _core(pytester, pairs_and_bad, "checks:\n  cross_identity: {enabled: false}")
+    assert family_outcomes(rec, "test_identity")["Zed"] == "failed"  # an unusable folder still fails
+    assert family_outcomes(rec, "test_identity")["Alice"] == "passed"
+
+
+def test_bad_input_section_is_the_top_level_setting(pytester, pairs_and_bad, tmp_path):
+    via_check = _core(pytester, pairs_and_bad, "checks:\n  bad_input: {severity: warn}\n  cross_identity: {severity: info}")
+    assert family_outcomes(via_check, "test_identity")["Zed"] == "failed"  # nothing loaded: never a pass
+    path = tmp_path / "r.yaml"
+    path.write_text("bad_input: warn\n", encoding="utf-8")
+    assert load_rules(path).check_settings("bad_input").severity == "warn"
+    path.write_text("bad_input: warn\nchecks:\n  bad_input: {severity: fail}\n", encoding="utf-8")
+    assert load_rules(path).bad_input == "fail"
+    path.write_text("checks:\n  bad_input: {enabled: false}\n", encoding="utf-8")
+    assert load_rules(path).bad_input == "info"
+
+
+def test_faces_detected_off_collects_no_items(pytester):
+    root = pytester.path / "imgs"
+    from PIL import Image
+
+    for name in ("Ann", "Ben"):
+        (root / name).mkdir(parents=True)
+        Image.new("RGB", (64, 64), (120, 90, 60)).save(root / name / "a.jpg")
+    rules = pytester.path / "faces.yaml"
+    for text, expect in (("checks:\n  faces_detected: {enabled: false}\n", False), ("", True)):
+        rules.write_text(text, encoding="utf-8")
+        result = pytester.runpytest_inprocess(PKG, "-p", "no:cacheprovider", "--report-dir", "out", "--dataset",
+                                              str(root), "--rules", str(rules), "--collect-only", "-q")
+        assert ("test_faces_detected[Ann]" in result.stdout.str()) is expect

@@ -144,6 +144,9 @@ class Check:
     symmetric: ClassVar[bool] = False  # an issue counts against both identities it names
     params: ClassVar[dict[str, Param]] = {}
     family: ClassVar[str | None] = None  # pytest function name; None: test_<name>
+    # judged by the core pipeline (cross-identity pairs, faces, input problems): listed and
+    # configured like any check, but with their own test functions, files and report rows
+    builtin: ClassVar[bool] = False
     columns: ClassVar[dict[str, str]] = {"score": "score"}  # CSV header names for score (e.g. similarity)
 
     @classmethod
