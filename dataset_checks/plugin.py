@@ -244,6 +244,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         session.close()
         if session.lock is not None:
             session.lock.release()
+    if _HTML_CONFIG and _HTML_CONFIG[0] is config:
+        _HTML_CONFIG.clear()  # no run's config outlives it (in-process runs in one interpreter)
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
