@@ -1,7 +1,10 @@
-"""One check run, without pytest: rules -> identities -> vectors -> search -> findings -> files.
+"""The pytest plugin's run object: discovery, the demo dataset, the pipeline's result, the files.
 
-The pytest plugin holds one `CheckSession` and asks it for identities (at collection, cheap) and
-verdicts (at the first test, which runs the one search). Scripts and benchmarks use it directly.
+`CheckSession` wraps one `run.Pipeline` (rules -> vectors -> search -> findings -> checks, no
+pytest) with what a pytest run needs around it: identities at collection (cheap), the built-in
+demo dataset, the report folder's lock, the files (`files.write_files`), the terminal text
+(`report.summary_lines`) and report.html's pieces (`report`, `check_files`). The plugin only
+adapts: its hooks call these methods.
 """
 
 from __future__ import annotations
@@ -14,19 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__
 from .discover import Identity, discover_identities, display_name
 from .baseline import Baseline, BaselineError
-from .findings import Findings, Verdict, build_findings, write_csv, write_json
-from .merge import MergeCandidate, merge_candidates, write_merge_csv
+from .findings import Findings, Verdict
+from .merge import MergeCandidate, merge_candidates
 from .rules import Rules
-from .search import SearchTooBroad, find_pairs
-from .verify import verify_search
-from .vectors import load_table
-
-
-class DatasetError(RuntimeError):
-    """The dataset root itself cannot be used (missing, not a folder, unreadable)."""
+from .run import DatasetError, Pipeline, RunResult  # noqa: F401 - DatasetError: the plugin's import
 
 
 def stderr_is_terminal() -> bool:
@@ -70,7 +66,8 @@ class CheckSession:
         self.threshold_choice = None  # threshold.ThresholdChoice when `threshold: auto` was resolved
         self.run_error: str | None = None  # the pipeline itself broke: every verdict says so
         self.check_results: dict = {}  # check name -> check_run.CheckResult
-        self._centre_shift = None  # leakage: this dataset's mean when embeddings.centre is on
+        self.pipeline: Pipeline | None = None  # the run (dataset_checks.run), once findings() ran
+        self.result: RunResult | None = None  # its typed result (None when it failed)
         if rules.dataset is None:
             from dataclasses import replace
 
@@ -121,20 +118,28 @@ class CheckSession:
         An unexpected failure of the pipeline (a bug, the machine) is never a silent pass: every
         identity and the dataset-level test report it."""
         if self._findings is None:
+            self.identities()
+            self.pipeline = Pipeline(self.rules, self.root, self.identities(), self.cache_dir, self.baseline,
+                                     self.update_baseline, self.progress, self.is_demo, self.timings)
             try:
-                self._findings = self._run()
+                self.result = self.pipeline.execute()
+                self._findings = self.result.findings
             except Exception as exc:  # noqa: BLE001 - reported in every verdict, with its traceback
                 import traceback
 
                 self.run_error = f"{type(exc).__name__}: {exc}"
                 self.run_traceback = traceback.format_exc(limit=-6)
                 self._findings = self._failed(self.run_error)
+            p = self.pipeline  # what the run got to, also after a failure
+            self.rules, self.table, self.search = p.rules, p.table, p.search
+            self.threshold_choice, self.check_results = p.threshold_choice, p.check_results
+            self.faces, self.embedding, self.timings = p.faces, p.embedding, p.timings
         return self._findings
 
     def _failed(self, error: str) -> Findings:
         verdicts = {i.name: Verdict(identity=i, threshold=self.rules.threshold, vectors=0,
                                     error=f"the run failed: {error}") for i in self.identities()}
-        return Findings(pairs=[], verdicts=verdicts, metadata={**self.metadata(), "error": error})
+        return Findings(pairs=[], verdicts=verdicts, metadata={**self.pipeline.metadata(), "error": error})
 
     def dataset_problems(self) -> list[str]:
         """Why the dataset as a whole was not checked (test_dataset fails with these); [] when it was.
@@ -186,123 +191,15 @@ class CheckSession:
 
     def threshold_source(self) -> str:
         """Where the threshold in use came from, in words (header, summary, report, findings.json)."""
-        r = self.rules
-        if not r.threshold_auto:
-            return f"from {display_name(r.threshold_from)}"
-        if self.threshold_choice is not None:
-            return self.threshold_choice.source_text()
-        return "auto: the model's default"
+        if self._findings is not None:
+            return self.pipeline.threshold_source()
+        return Pipeline(self.rules, self.root, [], self.cache_dir).threshold_source()
 
     def threshold_text(self) -> str:
         """The threshold in use and where it came from."""
         if self.rules.threshold_auto and self._findings is None:
             return "auto (chosen once the vectors are loaded)"
         return f"{self.rules.threshold:g} ({self.threshold_source()})"
-
-    def _run(self) -> Findings:
-        progress = self._bar if self.progress else None
-        identities = self.identities()
-        t0 = time.perf_counter()
-        prepared = self._embed(identities, progress)
-        self.table = table = load_table(self.root, identities, self.rules.vector_key, progress=progress,
-                                        folders=prepared.folders)
-        prepared.folders.clear()  # the raw per-folder arrays: the table holds the vectors now
-        self._model_rules(table, prepared)
-        self.timings["load"] = time.perf_counter() - t0 - self.timings.get("embed", 0.0)
-        error = None
-        try:
-            self.search = find_pairs(
-                table.vectors, table.identity_of, self.rules.min_threshold, self.rules.index, progress=progress
-            )
-            for stage, seconds in self.search.info.get("timings", {}).items():
-                self.timings[stage] = seconds
-        except SearchTooBroad as exc:
-            error = str(exc)
-            self.search = None
-        verification = None
-        if self.search is not None:
-            t0 = time.perf_counter()
-            verification = verify_search(table.vectors, table.identity_of, self.rules.min_threshold,
-                                         self.search.i, self.search.j)
-            face = lambda r: f"{table.identities[table.identity_of[r]].display}/{table.files[r]}"  # noqa: E731
-            verification["missed"] = [[face(a), face(b)] for a, b in verification["missed"]]
-            self.timings["verify"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        meta = {**self.metadata(), "verification": verification}
-        waive = self.baseline.waivers() if self.baseline is not None else []
-        findings = build_findings(table, self.search, self.rules, meta, waive=waive, error=error)
-        if self.update_baseline and self.baseline is not None:
-            accept = Baseline.accept_all(findings, f"{self.baseline.reason} (accepted by --update-baseline)")
-            findings = build_findings(table, self.search, self.rules, meta, waive=accept, error=error)
-        self.timings["findings"] = time.perf_counter() - t0
-        self._checks(table, findings, dict(waive))
-        findings.metadata["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
-        findings.metadata["embedding"] = self.embedding
-        findings.metadata["faces"] = {
-            r.identity.display: [o.line() for o in r.problems] or ([r.error] if r.error else [])
-            for r in self.faces.values() if r.problems or r.error
-        }
-        return findings
-
-    # -- the registered checks (dataset_checks.checks) -----------------------------------
-    def _checks(self, table, findings: Findings, waivers: dict) -> None:
-        from .check_run import run_checks
-        from .checks import CheckData
-
-        data = CheckData(root=self.root, rules=self.rules, identities=self.identities(), table=table,
-                         pairs=self.search, threshold=self.rules.threshold, against=self._against_data(),
-                         threshold_choice=self.threshold_choice)  # calibview
-        accept = (f"{self.baseline.reason} (accepted by --update-baseline)"
-                  if self.update_baseline and self.baseline is not None else None)
-        self.check_results = run_checks(data, waivers, accept)
-        for name, result in self.check_results.items():
-            self.timings[f"check {name}"] = result.seconds
-        findings.issues = [i for r in self.check_results.values() for i in r.issues]
-        from .check_files import issues_json
-
-        findings.metadata["checks"] = issues_json(self.check_results)
-
-    # -- leakage: begin ---------------------------------------------------------------------
-    def _against_data(self) -> list:
-        """Other datasets (rules `against:`, --against) loaded for the leakage check; read only.
-
-        Image-only folders there are embedded like ours (same embedder, same cache, the cache never
-        inside the other dataset). Its vectors must be of this run's model (key) and dimension, and
-        when `embeddings.centre` is on they are centred on THIS dataset's mean, so that one
-        threshold means the same on both sides."""
-        if not self.rules.against:
-            return []
-        from .checks import AgainstData
-        from .embed import prepare
-        from .outputs import is_inside, user_cache_dir
-        from .vectors import normalise
-
-        if self.table is None or not len(self.table):  # nothing of ours to compare (test_dataset says why)
-            return []
-        key, dim = self.table.key, self.table.dim
-        out = []
-        for root in self.rules.against:
-            shown = display_name(str(root))
-            try:
-                identities = discover_identities(root)
-            except OSError as exc:
-                raise DatasetError(f"--against dataset {shown} cannot be read: {exc.strerror or exc}") from None
-            cache = self.cache_dir
-            if is_inside(cache, root):
-                cache = user_cache_dir() / "embeddings"
-            prepared = prepare(root, identities, key, self.rules.embedder, cache,
-                               workers=self.rules.embed_workers)
-            dims = {(k, int(a.shape[-1])) for f in prepared.folders for k, a in f.arrays.items()}
-            table = load_table(root, identities, key, folders=prepared.folders)
-            if not len(table) or table.dim != dim:
-                found = ", ".join(f"{k} {d}-d" for k, d in sorted(dims)) or "no usable vectors"
-                raise DatasetError(f"--against dataset {shown}: no vectors of this dataset's model ({key}, {dim}-d); "
-                                   f"it holds {found}. Both datasets must be embedded by the same model")
-            if self.rules.centre and self._centre_shift is not None and len(table):
-                table.vectors, _ = normalise(table.vectors, shift=self._centre_shift)
-            out.append(AgainstData(root=root, identities=identities, table=table))
-        return out
-    # -- leakage: end -----------------------------------------------------------------------
 
     def _table_key(self) -> str | None:
         return self.table.key if self.table is not None else self.rules.vector_key
@@ -341,74 +238,8 @@ class CheckSession:
         self.findings()
         return self.faces.get(name)
 
-    def _embed(self, identities, progress):
-        from .embed import prepare
-
-        prepared = prepare(self.root, identities, self.rules.vector_key, self.rules.embedder, self.cache_dir,
-                           workers=self.rules.embed_workers, progress=progress)
-        if prepared.stats is not None:
-            self.timings["embed"] = prepared.embed_seconds
-        self.faces = prepared.faces
-        if prepared.stats is not None:
-            self.embedding = {**prepared.embedder.as_dict(), "cache": str(self.cache_dir),
-                              **prepared.stats.as_dict()}
-        elif prepared.embedder is None and any(r.error for r in prepared.faces.values()):
-            self.embedding = {"embedder": self.rules.embedder, "error": next(r.error for r in prepared.faces.values() if r.error)}
-        return prepared
-
-    def _model_rules(self, table, prepared) -> None:
-        """Centre the vectors (embeddings.centre) and resolve `threshold: auto` for the model."""
-        from dataclasses import replace
-
-        from .embed import DEFAULT_THRESHOLDS
-        from .rules import DEFAULT_THRESHOLD
-        from .vectors import centre_vectors
-
-        if self.rules.centre:
-            if len(table.vectors) >= 2:  # leakage: --against data is centred on the same point
-                self._centre_shift = table.vectors.mean(axis=0, dtype="float64")
-            table.vectors = centre_vectors(table.vectors)
-        if self.rules.threshold_auto:
-            from .threshold import CEILING, CEILING_CENTRED, calibrate_threshold
-
-            which = "centred" if self.rules.centre else "raw"
-            emb = prepared.embedder
-            if table.key in DEFAULT_THRESHOLDS:
-                floor = DEFAULT_THRESHOLDS[table.key][which]
-            elif emb is not None and table.key == emb.name and emb.default_threshold is not None and not self.rules.centre:
-                floor = emb.default_threshold
-            else:
-                floor = DEFAULT_THRESHOLD
-            cal = self.rules.calibration
-            ceiling = cal.ceiling if cal.ceiling is not None else (CEILING_CENTRED if self.rules.centre else CEILING)
-            choice = calibrate_threshold(table.vectors, table.identity_of, floor, chance_pairs=cal.chance_pairs,
-                                         ceiling=ceiling, sample_pairs=cal.sample_pairs, seed=cal.seed)
-            self.threshold_choice = choice
-            self.timings["threshold"] = choice.seconds
-            self.rules = replace(self.rules, threshold=choice.value)
-
     def verdict(self, name: str) -> Verdict:
         return self.findings().verdicts[name]
-
-    def metadata(self) -> dict[str, Any]:
-        info = dict(self.search.info) if self.search is not None else {}
-        info.pop("timings", None)
-        table = self.table
-        return {
-            "tool": f"dataset_checks {__version__}",
-            "dataset": "built-in demo" if self.is_demo else str(self.root),
-            "rules": str(self.rules.source) if self.rules.source else None,
-            "threshold": self.rules.threshold,
-            "threshold_choice": self.threshold_source(),
-            "threshold_calibration": self.threshold_choice.as_dict() if self.threshold_choice is not None else None,
-            "identity_thresholds": self.rules.identity_thresholds,
-            "embedding_key": table.key if table is not None else None,
-            "dim": table.dim if table is not None else None,
-            "vectors": len(table) if table is not None else 0,
-            "index": info.pop("index", None),
-            "device": info.pop("device", None),
-            "search": info,
-        }
 
     def merge_candidates(self) -> list[MergeCandidate]:
         """Identity pairs that may be one person, best evidence first (see merge.py)."""
@@ -506,21 +337,11 @@ class CheckSession:
         write_errors (the summary says so and the run fails) and the others are still written."""
         if self._findings is None or self.report_dir is None:
             return []
-        jobs = [
-            (self.report_dir / "findings.csv", lambda p: write_csv(self._findings, p)),
-            (self.report_dir / "findings.json", lambda p: write_json(self._findings, p)),
-            (self.report_dir / "merge_candidates.csv", lambda p: write_merge_csv(self.merge_candidates(), p)),
-        ]
-        from .check_files import write_issues_csv
+        from .files import write_files
 
-        for name, result in self.check_results.items():
-            jobs.append((self.report_dir / f"{name}.csv", lambda p, r=result: write_issues_csv(r, p)))
-        self.written = []
-        for path, write in jobs:
-            try:
-                self.written.append(write(path))
-            except OSError as exc:
-                self.write_errors.append(f"{display_name(str(path))}: {exc.strerror or exc}")
+        written = write_files(self.report_dir, self._findings, self.merge_candidates(), self.check_results)
+        self.written = written.files
+        self.write_errors.extend(written.errors)
         if self.update_baseline and self.baseline is not None:  # baseline
             try:
                 self.written.append(self.baseline.write(self._findings))

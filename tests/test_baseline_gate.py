@@ -83,7 +83,7 @@ def test_failed_search_does_not_rewrite_the_baseline(pytester, dataset, monkeypa
     def too_broad(*args, **kwargs):
         raise SearchTooBroad("too many pairs: 10,000,000 cross-folder pairs >= 0.85")
 
-    monkeypatch.setattr("dataset_checks.session.find_pairs", too_broad)
+    monkeypatch.setattr("dataset_checks.run.find_pairs", too_broad)
     result = go(pytester, "--dataset", str(dataset), "--baseline", str(base), "--update-baseline")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     assert base.read_bytes() == before
@@ -126,7 +126,7 @@ def test_update_fails_fast_when_the_baseline_folder_is_not_writable(pytester, da
     def no_search(*args, **kwargs):
         raise AssertionError("the search ran before the baseline folder was checked")
 
-    monkeypatch.setattr("dataset_checks.session.find_pairs", no_search)
+    monkeypatch.setattr("dataset_checks.run.find_pairs", no_search)
     result = go(pytester, "--dataset", str(dataset), "--baseline", str(blocker / "baseline.csv"), "--update-baseline")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*baseline {blocker}/baseline.csv cannot be written: {blocker} is not a folder*"])

@@ -194,3 +194,28 @@ def test_faces_detected_off_collects_no_items(pytester):
         result = pytester.runpytest_inprocess(PKG, "-p", "no:cacheprovider", "--report-dir", "out", "--dataset",
                                               str(root), "--rules", str(rules), "--collect-only", "-q")
         assert ("test_faces_detected[Ann]" in result.stdout.str()) is expect
+
+
+def test_the_pipeline_runs_without_pytest(tmp_path, data):
+    """rules -> vectors -> search -> findings -> checks as one typed result, pytest never imported."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from dataset_checks.discover import discover_identities
+        from dataset_checks.rules import load_rules
+        from dataset_checks.run import Pipeline, RunResult
+        from dataclasses import replace
+        root = Path({str(data)!r})
+        rules = replace(load_rules(None), dataset=root)
+        result = Pipeline(rules, root, discover_identities(root), Path({str(tmp_path / 'cache')!r})).execute()
+        assert isinstance(result, RunResult) and set(result.findings.verdicts) == {{"Alice", "Bob", "Carol"}}
+        assert "misfiled" in result.check_results and result.rules.threshold_auto
+        assert "pytest" not in sys.modules, "the pipeline imported pytest"
+        print("ok", result.rules.threshold)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("ok"), done.stdout + done.stderr

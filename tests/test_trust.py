@@ -241,12 +241,12 @@ def test_write_failure_is_said_and_fails_the_run(pytester, monkeypatch, run):
     root = pytester.path / "ok"
     write_face01(root, "Alice", np.eye(2, 8, dtype=np.float32))
     write_face01(root, "Bob", np.eye(2, 8, k=4, dtype=np.float32))
-    import dataset_checks.session as session_mod
+    import dataset_checks.files as files_mod
 
     def full(*_a, **_k):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(session_mod, "write_json", full)
+    monkeypatch.setattr(files_mod, "write_json", full)
     rec = run("--dataset", str(root), "--threshold", "0.9")
     assert rec.ret == pytest.ExitCode.TESTS_FAILED  # every identity passed, but an output is missing
     out = pytester.path / "out"

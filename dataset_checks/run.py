@@ -1,0 +1,262 @@
+"""The pipeline without pytest: rules -> vectors -> search -> findings -> checks, one typed result.
+
+`Pipeline(...).execute()` runs everything once and returns a frozen `RunResult`. `CheckSession`
+(the pytest plugin's run object) adds the lifecycle around it: discovery, the demo dataset, the
+report folder's lock, writing the files; scripts and benchmarks can use either.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .baseline import Baseline
+from .discover import Identity, discover_identities, display_name
+from .findings import Findings, build_findings
+from .rules import Rules
+from .search import SearchTooBroad, find_pairs
+from .vectors import load_table
+from .verify import verify_search
+
+
+class DatasetError(RuntimeError):
+    """The dataset root itself cannot be used (missing, not a folder, unreadable)."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Everything one run produced, for the writers, the terminal, the report and the tests."""
+
+    rules: Rules  # resolved: `threshold: auto` holds the chosen value
+    findings: Findings  # pairs, per-identity verdicts, the checks' issues, metadata
+    check_results: dict = field(default_factory=dict)  # check name -> check_run.CheckResult
+    table: Any = None  # vectors.VectorTable (None when the run failed before loading)
+    search: Any = None  # search.SearchResult (None when the search failed)
+    threshold_choice: Any = None  # threshold.ThresholdChoice under `threshold: auto`
+    faces: dict = field(default_factory=dict)  # identity name -> embed.FaceReport
+    embedding: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+
+class Pipeline:
+    """One run's state while it executes. `execute()` returns the RunResult; after a failure the
+    partial state (`metadata()`) still says how far it got."""
+
+    def __init__(self, rules: Rules, root: Path, identities: list[Identity], cache_dir: Path,
+                 baseline: Baseline | None = None, update_baseline: bool = False, progress: bool = False,
+                 is_demo: bool = False, timings: dict | None = None):
+        self.rules = rules
+        self.root = Path(root)
+        self._identities = identities
+        self.cache_dir = cache_dir
+        self.baseline = baseline
+        self.update_baseline = update_baseline
+        self.progress = progress
+        self.is_demo = is_demo
+        self.timings: dict[str, float] = dict(timings or {})
+        self.faces: dict = {}
+        self.embedding: dict[str, Any] = {}
+        self.table = None
+        self.search = None
+        self.threshold_choice = None
+        self.check_results: dict = {}
+        self._centre_shift = None  # leakage: this dataset's mean when embeddings.centre is on
+
+    def identities(self) -> list[Identity]:
+        return self._identities
+
+    def _bar(self, iterable=None, **kw):
+        from tqdm import tqdm
+
+        return tqdm(iterable, file=sys.stderr, leave=False, dynamic_ncols=True, **kw)
+
+    def execute(self) -> RunResult:
+        findings = self._run()
+        return RunResult(rules=self.rules, findings=findings, check_results=self.check_results, table=self.table,
+                         search=self.search, threshold_choice=self.threshold_choice, faces=self.faces,
+                         embedding=self.embedding, timings=dict(self.timings))
+
+    def _run(self) -> Findings:
+        progress = self._bar if self.progress else None
+        identities = self.identities()
+        t0 = time.perf_counter()
+        prepared = self._embed(identities, progress)
+        self.table = table = load_table(self.root, identities, self.rules.vector_key, progress=progress,
+                                        folders=prepared.folders)
+        prepared.folders.clear()  # the raw per-folder arrays: the table holds the vectors now
+        self._model_rules(table, prepared)
+        self.timings["load"] = time.perf_counter() - t0 - self.timings.get("embed", 0.0)
+        error = None
+        try:
+            self.search = find_pairs(
+                table.vectors, table.identity_of, self.rules.min_threshold, self.rules.index, progress=progress
+            )
+            for stage, seconds in self.search.info.get("timings", {}).items():
+                self.timings[stage] = seconds
+        except SearchTooBroad as exc:
+            error = str(exc)
+            self.search = None
+        verification = None
+        if self.search is not None:
+            t0 = time.perf_counter()
+            verification = verify_search(table.vectors, table.identity_of, self.rules.min_threshold,
+                                         self.search.i, self.search.j)
+            face = lambda r: f"{table.identities[table.identity_of[r]].display}/{table.files[r]}"  # noqa: E731
+            verification["missed"] = [[face(a), face(b)] for a, b in verification["missed"]]
+            self.timings["verify"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        meta = {**self.metadata(), "verification": verification}
+        waive = self.baseline.waivers() if self.baseline is not None else []
+        findings = build_findings(table, self.search, self.rules, meta, waive=waive, error=error)
+        if self.update_baseline and self.baseline is not None:
+            accept = Baseline.accept_all(findings, f"{self.baseline.reason} (accepted by --update-baseline)")
+            findings = build_findings(table, self.search, self.rules, meta, waive=accept, error=error)
+        self.timings["findings"] = time.perf_counter() - t0
+        self._checks(table, findings, dict(waive))
+        findings.metadata["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
+        findings.metadata["embedding"] = self.embedding
+        findings.metadata["faces"] = {
+            r.identity.display: [o.line() for o in r.problems] or ([r.error] if r.error else [])
+            for r in self.faces.values() if r.problems or r.error
+        }
+        return findings
+
+    # -- the registered checks (dataset_checks.checks) -----------------------------------
+    def _checks(self, table, findings: Findings, waivers: dict) -> None:
+        from .check_run import run_checks
+        from .checks import CheckData
+
+        data = CheckData(root=self.root, rules=self.rules, identities=self.identities(), table=table,
+                         pairs=self.search, threshold=self.rules.threshold, against=self._against_data(),
+                         threshold_choice=self.threshold_choice)  # calibview
+        accept = (f"{self.baseline.reason} (accepted by --update-baseline)"
+                  if self.update_baseline and self.baseline is not None else None)
+        self.check_results = run_checks(data, waivers, accept)
+        for name, result in self.check_results.items():
+            self.timings[f"check {name}"] = result.seconds
+        findings.issues = [i for r in self.check_results.values() for i in r.issues]
+        from .check_files import issues_json
+
+        findings.metadata["checks"] = issues_json(self.check_results)
+
+    # -- leakage: begin ---------------------------------------------------------------------
+    def _against_data(self) -> list:
+        """Other datasets (rules `against:`, --against) loaded for the leakage check; read only.
+
+        Image-only folders there are embedded like ours (same embedder, same cache, the cache never
+        inside the other dataset). Its vectors must be of this run's model (key) and dimension, and
+        when `embeddings.centre` is on they are centred on THIS dataset's mean, so that one
+        threshold means the same on both sides."""
+        if not self.rules.against:
+            return []
+        from .checks import AgainstData
+        from .embed import prepare
+        from .outputs import is_inside, user_cache_dir
+        from .vectors import normalise
+
+        if self.table is None or not len(self.table):  # nothing of ours to compare (test_dataset says why)
+            return []
+        key, dim = self.table.key, self.table.dim
+        out = []
+        for root in self.rules.against:
+            shown = display_name(str(root))
+            try:
+                identities = discover_identities(root)
+            except OSError as exc:
+                raise DatasetError(f"--against dataset {shown} cannot be read: {exc.strerror or exc}") from None
+            cache = self.cache_dir
+            if is_inside(cache, root):
+                cache = user_cache_dir() / "embeddings"
+            prepared = prepare(root, identities, key, self.rules.embedder, cache,
+                               workers=self.rules.embed_workers)
+            dims = {(k, int(a.shape[-1])) for f in prepared.folders for k, a in f.arrays.items()}
+            table = load_table(root, identities, key, folders=prepared.folders)
+            if not len(table) or table.dim != dim:
+                found = ", ".join(f"{k} {d}-d" for k, d in sorted(dims)) or "no usable vectors"
+                raise DatasetError(f"--against dataset {shown}: no vectors of this dataset's model ({key}, {dim}-d); "
+                                   f"it holds {found}. Both datasets must be embedded by the same model")
+            if self.rules.centre and self._centre_shift is not None and len(table):
+                table.vectors, _ = normalise(table.vectors, shift=self._centre_shift)
+            out.append(AgainstData(root=root, identities=identities, table=table))
+        return out
+    # -- leakage: end -----------------------------------------------------------------------
+
+    def _embed(self, identities, progress):
+        from .embed import prepare
+
+        prepared = prepare(self.root, identities, self.rules.vector_key, self.rules.embedder, self.cache_dir,
+                           workers=self.rules.embed_workers, progress=progress)
+        if prepared.stats is not None:
+            self.timings["embed"] = prepared.embed_seconds
+        self.faces = prepared.faces
+        if prepared.stats is not None:
+            self.embedding = {**prepared.embedder.as_dict(), "cache": str(self.cache_dir),
+                              **prepared.stats.as_dict()}
+        elif prepared.embedder is None and any(r.error for r in prepared.faces.values()):
+            self.embedding = {"embedder": self.rules.embedder, "error": next(r.error for r in prepared.faces.values() if r.error)}
+        return prepared
+
+    def _model_rules(self, table, prepared) -> None:
+        """Centre the vectors (embeddings.centre) and resolve `threshold: auto` for the model."""
+        from dataclasses import replace
+
+        from .embed import DEFAULT_THRESHOLDS
+        from .rules import DEFAULT_THRESHOLD
+        from .vectors import centre_vectors
+
+        if self.rules.centre:
+            if len(table.vectors) >= 2:  # leakage: --against data is centred on the same point
+                self._centre_shift = table.vectors.mean(axis=0, dtype="float64")
+            table.vectors = centre_vectors(table.vectors)
+        if self.rules.threshold_auto:
+            from .threshold import CEILING, CEILING_CENTRED, calibrate_threshold
+
+            which = "centred" if self.rules.centre else "raw"
+            emb = prepared.embedder
+            if table.key in DEFAULT_THRESHOLDS:
+                floor = DEFAULT_THRESHOLDS[table.key][which]
+            elif emb is not None and table.key == emb.name and emb.default_threshold is not None and not self.rules.centre:
+                floor = emb.default_threshold
+            else:
+                floor = DEFAULT_THRESHOLD
+            cal = self.rules.calibration
+            ceiling = cal.ceiling if cal.ceiling is not None else (CEILING_CENTRED if self.rules.centre else CEILING)
+            choice = calibrate_threshold(table.vectors, table.identity_of, floor, chance_pairs=cal.chance_pairs,
+                                         ceiling=ceiling, sample_pairs=cal.sample_pairs, seed=cal.seed)
+            self.threshold_choice = choice
+            self.timings["threshold"] = choice.seconds
+            self.rules = replace(self.rules, threshold=choice.value)
+
+    def threshold_source(self) -> str:
+        """Where the threshold in use came from, in words (header, summary, report, findings.json)."""
+        r = self.rules
+        if not r.threshold_auto:
+            return f"from {display_name(r.threshold_from)}"
+        if self.threshold_choice is not None:
+            return self.threshold_choice.source_text()
+        return "auto: the model's default"
+
+    def metadata(self) -> dict[str, Any]:
+        info = dict(self.search.info) if self.search is not None else {}
+        info.pop("timings", None)
+        table = self.table
+        return {
+            "tool": f"dataset_checks {__version__}",
+            "dataset": "built-in demo" if self.is_demo else str(self.root),
+            "rules": str(self.rules.source) if self.rules.source else None,
+            "threshold": self.rules.threshold,
+            "threshold_choice": self.threshold_source(),
+            "threshold_calibration": self.threshold_choice.as_dict() if self.threshold_choice is not None else None,
+            "identity_thresholds": self.rules.identity_thresholds,
+            "embedding_key": table.key if table is not None else None,
+            "dim": table.dim if table is not None else None,
+            "vectors": len(table) if table is not None else 0,
+            "index": info.pop("index", None),
+            "device": info.pop("device", None),
+            "search": info,
+        }
+
