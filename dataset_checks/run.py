@@ -105,6 +105,7 @@ class Pipeline:
             t0 = time.perf_counter()
             verification = verify_search(table.vectors, table.identity_of, self.rules.min_threshold,
                                          self.search.i, self.search.j)
+            self._add_missed(table, verification.pop("_missed_rows", ((), ())), verification)
             face = lambda r: f"{table.identities[table.identity_of[r]].display}/{table.files[r]}"  # noqa: E731
             verification["missed"] = [[face(a), face(b)] for a, b in verification["missed"]]
             self.timings["verify"] = time.perf_counter() - t0
@@ -124,6 +125,24 @@ class Pipeline:
             for r in self.faces.values() if r.problems or r.error
         }
         return findings
+
+    def _add_missed(self, table, rows, verification: dict) -> None:
+        """Pairs the exact check found and the search did not: into the result. The sampled
+        recall still reports the miss (the index needs a larger nprobe), but the gate never
+        passes a pair it has seen."""
+        import numpy as np
+
+        from .search import SearchResult, pair_similarity
+
+        mi, mj = (np.asarray(a, dtype=np.int64) for a in rows)
+        if not mi.size:
+            return
+        s = self.search
+        sim = pair_similarity(table.vectors, mi, mj)
+        i, j, sims = np.concatenate([s.i, mi]), np.concatenate([s.j, mj]), np.concatenate([s.sim, sim])
+        order = np.lexsort((j, i, -sims))
+        self.search = SearchResult(i[order], j[order], sims[order], s.info)
+        verification["added_to_findings"] = int(mi.size)
 
     # -- the registered checks (dataset_checks.checks) -----------------------------------
     def _checks(self, table, findings: Findings, waivers: dict) -> None:

@@ -60,8 +60,10 @@ def test_dataset(dataset_checks_session):
 
 def _judge(session, name: str, identity: str | None) -> None:
     result = session.check_result(name)
-    if result is None:  # pragma: no cover - the plugin collects no item for a check that is off
-        pytest.skip(f"check {name} is off in the rules")
+    if result is None:
+        if session.run_error:  # the run broke before the checks: never a skip that reads as a pass
+            pytest.fail(f"check {name} did not run: the run failed: {session.run_error}", pytrace=False)
+        pytest.skip(f"check {name} did not run (off in the rules, or nothing to check)")
     if identity is None and result.check.level == "identity":  # every identity the check did not flag
         if result.error:
             pytest.fail(result.outcome(None).message(), pytrace=False)

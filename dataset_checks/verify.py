@@ -82,7 +82,8 @@ def verify_search(
     touch = qset[found_i] | qset[found_j] if found_i.size else np.zeros(0, dtype=bool)
     found = np.unique(found_i[touch] * n + found_j[touch])
     hit = np.isin(truth, found)
-    missed = truth[~hit][:10]
+    missed_all = truth[~hit]
+    missed = missed_all[:10]
     extra = int((~np.isin(found, truth)).sum())
     n_hit = int(hit.sum())
     return {
@@ -94,5 +95,9 @@ def verify_search(
         "found_pairs": n_hit,
         "recall": (n_hit / truth.size) if truth.size else None,
         "missed": [[int(k // n), int(k % n)] for k in missed],
+        "missed_count": int(missed_all.size),
         "extra": extra,
+        # every missed pair as row arrays (i < j): exact pairs the search did not return, which
+        # the run adds to its findings (a pair above the threshold is never dropped once seen)
+        "_missed_rows": (missed_all // max(n, 1), missed_all % max(n, 1)),
     }

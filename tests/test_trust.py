@@ -13,7 +13,7 @@ import pytest
 
 from dataset_checks.demo import write_demo
 from dataset_checks.outputs import FolderLock, is_inside, writable_dir_problem
-from helpers import tree_state, write_face01
+from helpers import cross_identity_only, tree_state, write_face01
 
 PKG = str(Path(__file__).resolve().parents[1] / "dataset_checks")
 
@@ -279,3 +279,30 @@ def test_writable_dir_problem(tmp_path):
     (tmp_path / "f").write_text("x")
     assert "not a folder" in writable_dir_problem(tmp_path / "f")
     assert writable_dir_problem(tmp_path / "f" / "sub") is not None
+
+
+def test_a_pair_the_exact_check_finds_is_never_dropped(pytester, monkeypatch, run):
+    """If the index misses a pair and the exact sample sees it, the gate still fails on it."""
+    root = pytester.path / "data"
+    rng = np.random.default_rng(11)
+    a, b, c = (rng.standard_normal((4, 16)).astype(np.float32) for _ in range(3))
+    b[2] = a[1]  # one copy across folders
+    for name, v in (("Alice", a), ("Bob", b), ("Carol", c)):
+        write_face01(root, name, v)
+    import dataset_checks.run as run_mod
+
+    real = run_mod.find_pairs
+
+    def lossy(*args, **kwargs):  # an index that lost every pair
+        result = real(*args, **kwargs)
+        return type(result)(result.i[:0], result.j[:0], result.sim[:0], result.info)
+
+    monkeypatch.setattr(run_mod, "find_pairs", lossy)
+    rec = run("--dataset", str(root), "--threshold", "0.99", "--rules", str(cross_identity_only(pytester.path)))
+    from helpers import family_outcomes
+
+    assert family_outcomes(rec, "test_identity") == {"Alice": "failed", "Bob": "failed", "Carol": "passed"}
+    import json
+
+    doc = json.loads((pytester.path / "out" / "findings.json").read_text(encoding="utf-8"))
+    assert doc["verification"]["added_to_findings"] == 1 and doc["verification"]["recall"] == 0.0
