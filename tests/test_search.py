@@ -346,6 +346,5 @@ def test_list_scan_splits_a_crowded_list(monkeypatch):
     data = build_clusters(seed=5, dim=16, sizes=[30] * 12, intra=0.7, crowd_sizes=[120], plants=[(0, 5, 0.1)])
     rules = IndexRules(type="ivf", nlist=4, nprobe=2, gpu=False)
     whole = find_pairs(data.vectors, data.labels, 0.8, rules)
-    monkeypatch.setattr(search, "SCAN_CELLS", 7)
-    split = find_pairs(data.vectors, data.labels, 0.8, rules)
+    split = find_pairs(data.vectors, data.labels, 0.8, rules, tuning=search.SearchTuning(scan_cells=7))
     assert pair_set(whole) == pair_set(split) and len(whole) > 0

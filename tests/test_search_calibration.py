@@ -51,12 +51,12 @@ def actual_recall(index, x: np.ndarray, nprobe: int) -> float:
 
 
 def calibrate(index, x, labels, probes_kept: bool, monkeypatch, same_kept: int | None = None, seed: int = 0):
-    monkeypatch.setattr(search, "CALIBRATION_QUERIES", len(x))  # the sample is every row
     list_of = search._list_of(faiss, index, len(x))
     probes = search._nearest_lists(index.quantizer, x, min(search.PROBES_KEPT, index.nlist)) if probes_kept else None
     rules = IndexRules(type="ivf", recall_target=1.1)  # never reached: every nprobe up to nlist is tried
     _, calib = search._choose_nprobe(faiss, index, None, x, labels, RADIUS, rules, seed, list_of=list_of,
-                                     probes=probes, same_kept=same_kept or 10**9)
+                                     probes=probes, same_kept=same_kept or 10**9,
+                                     tuning=search.SearchTuning(calibration_queries=len(x)))  # the sample is every row
     return calib["recall_by_nprobe"]
 
 

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 import faiss
+import dataset_checks.backends.ivf as ivf
 import dataset_checks.search as search
 import dataset_checks.verify as verify
 from dataset_checks.rules import IndexRules
-from dataset_checks.search import SearchTooBroad, exact_pairs, find_pairs
+from dataset_checks.search import SearchTooBroad, SearchTuning, exact_pairs, find_pairs
 from dataset_checks.verify import verify_search
 from helpers import brute_force, pair_set
 from strategies import build_clusters
@@ -71,10 +72,9 @@ def test_crowd_of_identical_vectors_equals_brute_force(kind):
 
 
 def search_peak(kind: str, crowd: int, monkeypatch) -> int:
-    monkeypatch.setattr(search, "SCAN_CELLS", 1 << 14)
-    monkeypatch.setattr(search, "RANGE_BATCH_PROBED", 1 << 14)
+    tuning = SearchTuning(scan_cells=1 << 14, range_batch_probed=1 << 14)
     x, labels = crowd_dataset(crowd)
-    result, peak = peak_of(find_pairs, x, labels, 0.9, RULES[kind])
+    result, peak = peak_of(find_pairs, x, labels, 0.9, RULES[kind], tuning=tuning)
     assert len(result) == 2 * crowd + 1
     return peak
 
@@ -90,19 +90,18 @@ def test_search_memory_does_not_grow_with_the_crowd(kind, monkeypatch):
 
 
 def calibration_peak(crowd: int, probes_path: bool, monkeypatch) -> tuple[int, dict]:
-    monkeypatch.setattr(search, "CALIBRATION_CELLS", 1 << 16)
     x, labels = crowd_dataset(crowd)
     peaks = []
-    inner = search._choose_nprobe
+    inner = ivf._choose_nprobe
 
     def measured(*args, **kwargs):
         out, peak = peak_of(inner, *args, **kwargs)
         peaks.append(peak)
         return out
 
-    monkeypatch.setattr(search, "_choose_nprobe", measured)
+    monkeypatch.setattr(ivf, "_choose_nprobe", measured)
     rules = IndexRules(type="ivf", nlist=8, gpu=False, scan="lists" if probes_path else "faiss")
-    result = find_pairs(x, labels, 0.9, rules)
+    result = find_pairs(x, labels, 0.9, rules, tuning=SearchTuning(calibration_cells=1 << 16))
     assert len(result) == 2 * crowd + 1
     assert len(peaks) == 1
     return peaks[0], result.info["calibration"]
@@ -137,15 +136,13 @@ def test_too_broad_fires_before_memory_explodes(kind, monkeypatch):
     # threshold -1: every cross-folder pair (3000 x 240 + ...) matches; the limit stops it
     # with the collector holding about 2 x max_pairs keys, not all the pairs (and calibration,
     # where every sampled cell is a cross-folder hit, holds one block of them).
-    monkeypatch.setattr(search, "SCAN_CELLS", 1 << 14)
-    monkeypatch.setattr(search, "CALIBRATION_CELLS", 1 << 14)
-    monkeypatch.setattr(search, "RANGE_BATCH_PROBED", 1 << 14)
+    tuning = SearchTuning(scan_cells=1 << 14, calibration_cells=1 << 14, range_batch_probed=1 << 14)
     x, labels = crowd_dataset(3000)
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
         with pytest.raises(SearchTooBroad, match="threshold -1"):
-            find_pairs(x, labels, -1.0, RULES[kind], max_pairs=5000)
+            find_pairs(x, labels, -1.0, RULES[kind], max_pairs=5000, tuning=tuning)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -157,8 +154,7 @@ def test_list_split_skips_the_crowd_for_its_own_queries(monkeypatch):
     x, labels = crowd_dataset(3000)
     rules = RULES["ivf-lists"]
     split = find_pairs(x, labels, 0.9, rules)
-    monkeypatch.setattr(search, "SPLIT_SHARE", 2.0)  # never split
-    whole = find_pairs(x, labels, 0.9, rules)
+    whole = find_pairs(x, labels, 0.9, rules, tuning=SearchTuning(split_share=2.0))  # never split
     np.testing.assert_array_equal(split.i, whole.i)
     np.testing.assert_array_equal(split.j, whole.j)
     np.testing.assert_array_equal(split.sim, whole.sim)
@@ -170,8 +166,7 @@ def test_faiss_range_batches_cut_to_one_query_give_the_same_pairs(monkeypatch):
     x, labels = crowd_dataset(1500)
     rules = RULES["ivf-faiss"]
     default = find_pairs(x, labels, 0.9, rules)
-    monkeypatch.setattr(search, "RANGE_BATCH_PROBED", 1)
-    cut = find_pairs(x, labels, 0.9, rules)
+    cut = find_pairs(x, labels, 0.9, rules, tuning=SearchTuning(range_batch_probed=1))
     assert pair_set(default) == pair_set(cut) == brute_force(x, labels, 0.9)
 
 
@@ -180,9 +175,8 @@ def test_flat_scan_with_tiny_blocks_and_unsorted_labels(monkeypatch):
     data = build_clusters(seed=4, dim=16, sizes=[7, 3, 9, 5], intra=0.6, crowd_sizes=[40], plants=[(0, 1, 0.1)])
     perm = np.random.default_rng(0).permutation(len(data.vectors))
     x, labels = np.ascontiguousarray(data.vectors[perm]), data.labels[perm]
-    monkeypatch.setattr(search, "SCAN_CELLS", 5)
     for threshold in (0.3, 0.8, 0.95):
-        result = find_pairs(x, labels, threshold, FLAT)
+        result = find_pairs(x, labels, threshold, FLAT, tuning=SearchTuning(scan_cells=5))
         assert pair_set(result) == brute_force(x, labels, threshold)
 
 
@@ -191,9 +185,7 @@ def test_gpu_widening_logic_on_a_cpu_index(kind, monkeypatch):
     # _gpu_scan only needs k-NN `search` and `ntotal`, so a CPU index stands in for the GPU one
     # (there may be no GPU): a crowd wider than the largest k must reach the bounded fallback,
     # and the pairs must still be exactly brute force's.
-    monkeypatch.setattr(search, "GPU_K_START", 4)
-    monkeypatch.setattr(search, "GPU_K_MAX", 64)
-    monkeypatch.setattr(search, "SCAN_CELLS", 1 << 10)
+    tuning = SearchTuning(gpu_k_start=4, gpu_k_max=64, scan_cells=1 << 10)
     x, labels = crowd_dataset(300)
     radius = 0.9 - search.RADIUS_MARGIN
     if kind == "flat":
@@ -201,7 +193,7 @@ def test_gpu_widening_logic_on_a_cpu_index(kind, monkeypatch):
         index.add(x)
 
         def fallback(rows):
-            search._exact_rows(x, labels, rows, radius, collector.add)
+            search._exact_rows(x, labels, rows, radius, collector.add, cells=tuning.scan_cells)
     else:
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(x.shape[1]), x.shape[1], 4, faiss.METRIC_INNER_PRODUCT)
         index.train(x)
@@ -209,9 +201,44 @@ def test_gpu_widening_logic_on_a_cpu_index(kind, monkeypatch):
         index.nprobe = 4
 
         def fallback(rows):
-            search._ivf_range(index, x, labels, radius, collector.add, rows=rows)
+            search._ivf_range(index, x, labels, radius, collector.add, rows=rows, tuning=tuning)
     collector = search._Collector(x, labels, 0.9, 10**6)
     stats: dict = {}
-    search._gpu_scan(index, x, labels, radius, collector.add, stats, fallback)
+    search._gpu_scan(index, x, labels, radius, collector.add, stats, fallback, tuning=tuning)
     assert stats["cpu_fallback_queries"] >= 300
     assert pair_set(collector.result()) == brute_force(x, labels, 0.9)
+
+
+@pytest.mark.parametrize("scan", ["lists", "faiss"])
+def test_ivf_backend_over_two_halves_of_its_range_equals_the_whole(scan):
+    # sharding is a parameter: candidates over [0, mid) and [mid, units) are the whole range's,
+    # and collected they are exactly find_pairs' result
+    from dataset_checks.backends.ivf import IVFBackend
+
+    x, labels = crowd_dataset(1500)
+    threshold = 0.5  # cross-folder pairs in most lists, not only the crowd's
+    rules = IndexRules(type="ivf", nlist=16, gpu=False, scan=scan)
+    built = IVFBackend(rules, 16, scan=scan).build(x, labels, threshold - search.RADIUS_MARGIN)
+    built.calibrate()
+    assert built.unit == ("list" if scan == "lists" else "vec")
+
+    def collect(*spans):
+        got = []
+        for start, end in spans:
+            built.candidates(lambda q, nb, d: got.append((q, nb, d)), start, end)
+        return [np.concatenate([g[k] for g in got]) for k in range(3)] if got else [np.zeros(0, np.int64)] * 3
+
+    def pairs(q, nb, d):
+        return set(zip(np.minimum(q, nb).tolist(), np.maximum(q, nb).tolist()))
+
+    mid = built.units // 2
+    low, high, whole = collect((0, mid)), collect((mid, built.units)), collect((0, built.units))
+    assert pairs(*low) and pairs(*high)
+    assert pairs(*low) | pairs(*high) == pairs(*whole)
+    collector = search._Collector(x, labels, threshold, 10**6)
+    collector.add(*collect((0, mid), (mid, built.units)))
+    sharded, result = collector.result(), find_pairs(x, labels, threshold, rules)
+    assert result.info["nprobe"] == built.info["nprobe"]
+    np.testing.assert_array_equal(sharded.i, result.i)
+    np.testing.assert_array_equal(sharded.j, result.j)
+    np.testing.assert_array_equal(sharded.sim, result.sim)
