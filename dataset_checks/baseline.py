@@ -253,11 +253,7 @@ def _parse(path: Path, reader: Iterable[list[str]]) -> list[Entry]:
         raise BaselineError(f"baseline {path}: expected the header {','.join(HEADER)} "
                             f"(or the old {','.join(CSV_HEADER)}), found {','.join(header) or 'an empty file'}")
     out = []
-    for line, row in enumerate(reader, start=2):
-        if not row:
-            continue
-        if len(row) != len(HEADER):
-            raise BaselineError(f"baseline {path}: line {line}: expected {len(HEADER)} fields, found {len(row)}")
+    for line, row in _rows(path, reader, len(HEADER)):
         cells = dict(zip(HEADER, row))
         check = cells["check"]
         columns = key_columns(check)
@@ -280,13 +276,19 @@ def _parse_old(path: Path, reader: Iterable[list[str]]) -> list[Entry]:
     # Old baselines hold shown names; a findings.csv copied as a baseline holds name_cell()s.
     # cell_name reads both, except an old name that itself began with ' (shown keeps it).
     out = []
+    for line, row in _rows(path, reader, len(CSV_HEADER)):
+        out.append(pair_entry(*(cell_name(c) for c in row[:4]), similarity=_number(path, line, row[4])))
+    return out
+
+
+def _rows(path: Path, reader: Iterable[list[str]], width: int):
+    """(line number, row) of the data rows; blank lines skipped, a row of another width refused."""
     for line, row in enumerate(reader, start=2):
         if not row:
             continue
-        if len(row) != len(CSV_HEADER):
-            raise BaselineError(f"baseline {path}: line {line}: expected {len(CSV_HEADER)} fields, found {len(row)}")
-        out.append(pair_entry(*(cell_name(c) for c in row[:4]), similarity=_number(path, line, row[4])))
-    return out
+        if len(row) != width:
+            raise BaselineError(f"baseline {path}: line {line}: expected {width} fields, found {len(row)}")
+        yield line, row
 
 
 def _number(path: Path, line: int, cell: str) -> float:

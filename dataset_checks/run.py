@@ -42,6 +42,15 @@ class RunResult:
     timings: dict = field(default_factory=dict)
 
 
+def threshold_source(rules: Rules, choice: Any = None) -> str:
+    """Where the threshold in use came from, in words (header, summary, report, findings.json)."""
+    if not rules.threshold_auto:
+        return f"from {display_name(rules.threshold_from)}"
+    if choice is not None:
+        return choice.source_text()
+    return "auto: the model's default"
+
+
 class Pipeline:
     """One run's state while it executes. `execute()` returns the RunResult; after a failure the
     partial state (`metadata()`) still says how far it got."""
@@ -251,13 +260,7 @@ class Pipeline:
             self.rules = replace(self.rules, threshold=choice.value)
 
     def threshold_source(self) -> str:
-        """Where the threshold in use came from, in words (header, summary, report, findings.json)."""
-        r = self.rules
-        if not r.threshold_auto:
-            return f"from {display_name(r.threshold_from)}"
-        if self.threshold_choice is not None:
-            return self.threshold_choice.source_text()
-        return "auto: the model's default"
+        return threshold_source(self.rules, self.threshold_choice)
 
     def metadata(self) -> dict[str, Any]:
         info = dict(self.search.info) if self.search is not None else {}

@@ -22,7 +22,7 @@ from .baseline import Baseline, BaselineError
 from .findings import Findings, Verdict
 from .merge import MergeCandidate, merge_candidates
 from .rules import Rules
-from .run import DatasetError, Pipeline, RunResult  # noqa: F401 - DatasetError: the plugin's import
+from .run import DatasetError, Pipeline, RunResult, threshold_source  # noqa: F401 - DatasetError: the plugin's import
 
 
 def stderr_is_terminal() -> bool:
@@ -118,7 +118,6 @@ class CheckSession:
         An unexpected failure of the pipeline (a bug, the machine) is never a silent pass: every
         identity and the dataset-level test report it."""
         if self._findings is None:
-            self.identities()
             self.pipeline = Pipeline(self.rules, self.root, self.identities(), self.cache_dir, self.baseline,
                                      self.update_baseline, self.progress, self.is_demo, self.timings)
             try:
@@ -171,7 +170,7 @@ class CheckSession:
         return out
 
     def _why_no_identities(self) -> str:
-        from .embed.images import IMAGE_EXTENSIONS
+        from .folderscan import is_image_name
         from .vectors import FACE01_FILE, PLAIN_FILE
 
         root = self.root
@@ -180,7 +179,7 @@ class CheckSession:
             entries = sorted(os.listdir(root))
         except OSError as exc:
             return f"{shown} cannot be listed: {exc.strerror or exc}"
-        own = [e for e in entries if e in (FACE01_FILE, PLAIN_FILE) or os.path.splitext(e)[1].lower() in IMAGE_EXTENSIONS]
+        own = [e for e in entries if e in (FACE01_FILE, PLAIN_FILE) or is_image_name(e)]
         if own:
             return (f"{shown} holds {display_name(own[0])} itself: it looks like ONE identity folder. --dataset must be "
                     f"the folder that holds one folder per identity (its parent, {display_name(str(root.parent))}?)")
@@ -191,18 +190,13 @@ class CheckSession:
 
     def threshold_source(self) -> str:
         """Where the threshold in use came from, in words (header, summary, report, findings.json)."""
-        if self._findings is not None:
-            return self.pipeline.threshold_source()
-        return Pipeline(self.rules, self.root, [], self.cache_dir).threshold_source()
+        return threshold_source(self.rules, self.threshold_choice)
 
     def threshold_text(self) -> str:
         """The threshold in use and where it came from."""
         if self.rules.threshold_auto and self._findings is None:
             return "auto (chosen once the vectors are loaded)"
         return f"{self.rules.threshold:g} ({self.threshold_source()})"
-
-    def _table_key(self) -> str | None:
-        return self.table.key if self.table is not None else self.rules.vector_key
 
     def check_result(self, name: str):
         """The CheckResult of an enabled check (None when it is off)."""

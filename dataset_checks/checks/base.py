@@ -162,5 +162,6 @@ class Check:
         return ""
 
     def summary(self) -> dict[str, Any]:
-        """Extra JSON-ready facts for findings.json (thresholds chosen from the data, counts)."""
-        return {}
+        """Extra JSON-ready facts for findings.json (thresholds chosen from the data, counts):
+        by default what `run` kept in `self.facts`."""
+        return dict(getattr(self, "facts", {}))

@@ -17,7 +17,6 @@ face twice when their `same` thresholds agree.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from . import register
 from .base import Check, CheckData, CheckSettings, Issue, Param
@@ -90,9 +89,6 @@ class Consistency(Check):
                         f"(typical {typical:.3f}, below {folder:.3f}): not one person?")))
         self.facts["folders"] = len(bad)
         return issues
-
-    def summary(self) -> dict[str, Any]:
-        return dict(getattr(self, "facts", {}))
 
     def report_html(self) -> str:
         f = getattr(self, "facts", None)

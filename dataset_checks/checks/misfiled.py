@@ -226,9 +226,6 @@ class Misfiled(Check):
         self.facts["misfiled"] = len(issues)
         return issues
 
-    def summary(self) -> dict[str, Any]:
-        return dict(getattr(self, "facts", {}))
-
     def report_html(self) -> str:
         f = getattr(self, "facts", None)
         if not f or math.isnan(f["far"]):
