@@ -30,10 +30,13 @@ class FolderScan:
     images: list[Path] = field(default_factory=list)  # sorted by name
     problems: list[Problem] = field(default_factory=list)
     unreadable: bool = False  # the folder itself could not be listed: nothing else is known
+    # (name, size, mtime_ns, inode) of the files read, when asked: what a dataset version is made of
+    stamps: list[tuple] = field(default_factory=list)
 
 
-def scan_folder(folder: Path, where: str) -> FolderScan:
-    """List `folder` once; `where` is its shown path relative to the dataset root (no slash)."""
+def scan_folder(folder: Path, where: str, stamps: bool = False) -> FolderScan:
+    """List `folder` once; `where` is its shown path relative to the dataset root (no slash).
+    `stamps`: also stat every file that will be read (one syscall each)."""
     out = FolderScan()
     try:
         with os.scandir(folder) as it:
@@ -75,6 +78,12 @@ def scan_folder(folder: Path, where: str) -> FolderScan:
         except OSError as exc:
             out.problems.append(Problem(file, f"cannot be read: {why(exc)}", code="unreadable"))
             continue
+        if stamps:
+            try:
+                st = entry.stat()
+                out.stamps.append((name, st.st_size, st.st_mtime_ns, st.st_ino))
+            except OSError as exc:
+                out.stamps.append((name, why(exc)))
         if wanted:
             files.add(name)
         else:
@@ -84,5 +93,6 @@ def scan_folder(folder: Path, where: str) -> FolderScan:
             out.embeddings = folder / name
             break
     out.images.sort(key=lambda p: p.name)
+    out.stamps.sort()
     out.problems.sort(key=lambda p: p.file)
     return out

@@ -44,6 +44,15 @@ def _existing_dir(text: str) -> Path:
     return path.resolve()
 
 
+def _memory(text: str) -> int:
+    from .memory import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected {exc}") from None
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("dataset_checks", "face dataset checks (pytest dataset_checks)")
     group.addoption("--dataset", type=_existing_dir, metavar="PATH",
@@ -59,6 +68,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="accepted findings and input problems: they are waived, only new ones fail")
     group.addoption("--update-baseline", action="store_true", default=False,
                     help="accept every current finding and input problem and write them to the --baseline file")
+    group.addoption("--memory", type=_memory, metavar="SIZE", default=None,
+                    help="the most memory the run keeps to, e.g. 4GB (overrides rules.yaml memory:; "
+                         "default: half the machine)")
+    group.addoption("--engine", choices=("local", "ray"), default=None,
+                    help="where the search runs: local, or ray (needs dataset-checks[ray]; overrides rules.yaml)")
     # -- leakage: begin --
     group.addoption("--against", type=_existing_dir, metavar="PATH", action="append", default=None,
                     help="another dataset root (a benchmark, a val/test split) checked for leakage: faces and "
@@ -117,6 +131,12 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("threshold") is not None:
         rules = replace(rules, threshold=config.getoption("threshold"), threshold_auto=False,
                         threshold_from="--threshold")
+    if config.getoption("memory") is not None:
+        rules = replace(rules, memory=config.getoption("memory"))
+    if config.getoption("engine") is not None:
+        rules = replace(rules, engine=replace(rules.engine, type=config.getoption("engine"),
+                                              address=rules.engine.address if config.getoption("engine") == "ray"
+                                              else None))
     if config.getoption("update_baseline") and not config.getoption("baseline"):
         raise pytest.UsageError("--update-baseline needs --baseline FILE (the file to write)")
     # -- leakage: begin --

@@ -65,6 +65,18 @@ class CalibrationRules:
     seed: int = 0
 
 
+ENGINES = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class EngineRules:
+    """Where the search runs (rules `engine:`, --engine): in this process, or on a Ray cluster."""
+
+    type: str = "local"
+    address: str | None = None  # ray: None starts a local cluster; "auto" or "ray://host:port" joins one
+    ranges: int | None = None  # ray: inverted-list ranges (tasks); None: 4 per worker CPU
+
+
 @dataclass(frozen=True)
 class Rules:
     source: Path | None = None
@@ -98,6 +110,8 @@ class Rules:
     centre: bool = False  # subtract the dataset mean before normalising (embeddings.centre)
     cache_dir: Path | None = None  # None: .dataset_checks_cache/ in the rootdir (or cwd)
     embed_workers: int | None = None  # None: one process per core
+    memory: int | None = None  # bytes the run keeps to (rules `memory:`, --memory); None: half the machine
+    engine: "EngineRules" = field(default_factory=lambda: EngineRules())
 
     def threshold_for(self, identity: str) -> float:
         return self.identity_thresholds.get(identity, self.threshold)
@@ -157,7 +171,7 @@ class _Checker:
 
 
 _TOP_KEYS = {"dataset", "embeddings", "embedder", "threshold", "calibration", "index", "identity_thresholds", "allow",
-             "bad_input", "checks", "against"}
+             "bad_input", "checks", "against", "memory", "engine"}
 
 
 def default_settings(check):
@@ -330,7 +344,18 @@ def parse_rules(data: Any, file: Path | None = None) -> Rules:
             bad_input = "info" if not s_.enabled else s_.severity
         else:
             checks["bad_input"] = _replace(checks["bad_input"], severity=bad_input)
+    memory = data.get("memory", "auto")
+    if memory != "auto":
+        from .memory import parse_size
+
+        try:
+            memory = parse_size(memory)
+        except ValueError as exc:
+            raise c.fail("memory", f"'auto' or {exc}", memory) from None
+    engine = _engine(c, data.get("engine", "local"))
     return Rules(
+        memory=None if memory == "auto" else memory,
+        engine=engine,
         source=file,
         dataset=dataset,
         vector_key=vector_key,
@@ -349,6 +374,20 @@ def parse_rules(data: Any, file: Path | None = None) -> Rules:
         cache_dir=cache_dir,
         embed_workers=embed_workers,
     )
+
+
+def _engine(c: _Checker, value: Any) -> EngineRules:
+    if isinstance(value, str):
+        value = {"type": value}
+    spec = c.mapping("engine", value, {"type", "address", "ranges"})
+    kind = c.choice("engine.type", spec.get("type", "local"), ENGINES)
+    address = spec.get("address")
+    if address is not None and (not isinstance(address, str) or not address.strip()):
+        raise c.fail("engine.address", "'auto' or a Ray address such as ray://head:10001", address)
+    if address is not None and kind != "ray":
+        raise c.fail("engine.address", "only with engine.type: ray", address)
+    ranges = c.optional_int("engine.ranges", spec.get("ranges"), 1)
+    return EngineRules(kind, address, ranges)
 
 
 def _is_callable_spec(text: str) -> bool:

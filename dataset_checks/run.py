@@ -74,6 +74,9 @@ class Pipeline:
         self.threshold_choice = None
         self.check_results: dict = {}
         self._centre_shift = None  # leakage: this dataset's mean when embeddings.centre is on
+        self.table_source = None  # "stored" (mapped from the cache as it was) or "loaded"
+        self.budget = None  # memory.Budget while the run executes
+        self.notes: list[str] = []  # for the header: what the run did not do as asked, and why
 
     def identities(self) -> list[Identity]:
         return self._identities
@@ -90,13 +93,21 @@ class Pipeline:
                          embedding=self.embedding, timings=dict(self.timings))
 
     def _run(self) -> Findings:
+        from .memory import Budget, default_budget
+
+        self.budget = Budget(self.rules.memory or default_budget())
+        try:
+            return self._run_within_budget()
+        finally:
+            self.budget.close()
+
+    def _run_within_budget(self) -> Findings:
         progress = self._bar if self.progress else None
         identities = self.identities()
         t0 = time.perf_counter()
         prepared = self._embed(identities, progress)
-        self.table = table = load_table(self.root, identities, self.rules.vector_key, progress=progress,
-                                        folders=prepared.folders)
-        prepared.folders.clear()  # the raw per-folder arrays: the table holds the vectors now
+        self.table = table = self._table(identities, prepared, progress)
+        self.budget.watch(table.vectors)
         self._model_rules(table, prepared)
         self.timings["load"] = time.perf_counter() - t0 - self.timings.get("embed", 0.0)
         error = None
@@ -201,10 +212,16 @@ class Pipeline:
                 cache = user_cache_dir() / "embeddings"
             prepared = prepare(root, identities, key, self.rules.embedder, cache,
                                workers=self.rules.embed_workers)
-            dims = {(k, int(a.shape[-1])) for f in prepared.folders for k, a in f.arrays.items()}
-            table = load_table(root, identities, key, folders=prepared.folders)
+            seen: set = set()
+
+            def noted(folders):  # what each folder holds, for the message below
+                for f in folders:
+                    seen.update((k, int(a.shape[-1])) for k, a in f.arrays.items())
+                    yield f
+
+            table = load_table(root, identities, key, folders=noted(prepared.folders))
             if not len(table) or table.dim != dim:
-                found = ", ".join(f"{k} {d}-d" for k, d in sorted(dims)) or "no usable vectors"
+                found = ", ".join(f"{k} {d}-d" for k, d in sorted(seen)) or "no usable vectors"
                 raise DatasetError(f"--against dataset {shown}: no vectors of this dataset's model ({key}, {dim}-d); "
                                    f"it holds {found}. Both datasets must be embedded by the same model")
             if self.rules.centre and self._centre_shift is not None and len(table):
@@ -228,6 +245,28 @@ class Pipeline:
             self.embedding = {"embedder": self.rules.embedder, "error": next(r.error for r in prepared.faces.values() if r.error)}
         return prepared
 
+    def _table(self, identities, prepared, progress):
+        """The vector table: mapped from the cache when this dataset version was loaded before,
+        else loaded folder by folder into the cache (in memory when there is no cache)."""
+        from .table_store import TableStore
+        from .vectors import stored_table
+
+        store = TableStore(self.cache_dir, self.root) if self.cache_dir is not None else None
+        if store is not None:
+            stored = store.open(prepared.version)
+            if stored is not None and [i.name for i in identities] == stored.get("identities"):
+                self.table_source = "stored"
+                return stored_table(self.root, identities, stored)
+        folders = prepared.folders
+        if progress is not None:
+            folders = progress(folders, total=len(identities), desc="loading", unit="folder")
+        table = load_table(self.root, identities, self.rules.vector_key, folders=folders, store=store,
+                           version=prepared.version)
+        self.table_source = "loaded"
+        if store is not None and store.note:
+            self.notes.append(store.note)
+        return table
+
     def _model_rules(self, table, prepared) -> None:
         """Centre the vectors (embeddings.centre) and resolve `threshold: auto` for the model."""
         from dataclasses import replace
@@ -237,9 +276,16 @@ class Pipeline:
         from .vectors import centre_vectors
 
         if self.rules.centre:
-            if len(table.vectors) >= 2:  # leakage: --against data is centred on the same point
-                self._centre_shift = table.vectors.mean(axis=0, dtype="float64")
-            table.vectors = centre_vectors(table.vectors)
+            folder = getattr(table.vectors, "filename", None)
+            if folder is not None and len(table.vectors) >= 2:  # a mapped table: the centred one is a file too
+                from .table_store import centred
+
+                table.vectors, self._centre_shift = centred(Path(folder).parent, table.vectors)
+                self.budget.watch(table.vectors)
+            else:
+                if len(table.vectors) >= 2:  # leakage: --against data is centred on the same point
+                    self._centre_shift = table.vectors.mean(axis=0, dtype="float64")
+                table.vectors = centre_vectors(table.vectors)
         if self.rules.threshold_auto:
             from .threshold import CEILING, CEILING_CENTRED, calibrate_threshold
 
@@ -277,6 +323,8 @@ class Pipeline:
             "embedding_key": table.key if table is not None else None,
             "dim": table.dim if table is not None else None,
             "vectors": len(table) if table is not None else 0,
+            "memory": {**(self.budget.as_dict() if self.budget is not None else {}),
+                       "table": self.table_source, "table_bytes": int(table.vectors.nbytes) if table is not None else 0},
             "index": info.pop("index", None),
             "device": info.pop("device", None),
             "search": info,

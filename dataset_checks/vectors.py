@@ -154,7 +154,7 @@ class _Refused(Exception):
         self.problem = problem
 
 
-def _member(zf: zipfile.ZipFile, key: str, rel: str) -> tuple[tuple[int, ...], np.dtype, int]:
+def _member(zf: zipfile.ZipFile, key: str, rel: str) -> tuple[tuple[int, ...], np.dtype, int, bool, int]:
     """Shape, dtype and bytes the .npy member `key` declares, checked against what the archive holds.
 
     Only the header is decompressed: a header may declare any shape, and numpy allocates the
@@ -165,11 +165,11 @@ def _member(zf: zipfile.ZipFile, key: str, rel: str) -> tuple[tuple[int, ...], n
     with zf.open(info) as fp:
         version = npy_format.read_magic(fp)
         if version == (1, 0):
-            shape, _, dtype = npy_format.read_array_header_1_0(fp)
+            shape, fortran, dtype = npy_format.read_array_header_1_0(fp)
         elif version == (2, 0):
-            shape, _, dtype = npy_format.read_array_header_2_0(fp)
+            shape, fortran, dtype = npy_format.read_array_header_2_0(fp)
         elif version == (3, 0) and _read_header_3 is not None:  # utf-8 field names: no public reader
-            shape, _, dtype = _read_header_3(fp, version)
+            shape, fortran, dtype = _read_header_3(fp, version)
         else:
             raise _Refused(Problem(rel, f"corrupt or truncated archive: '{key}' has .npy format version {version}",
                                    code="corrupt"))
@@ -182,7 +182,30 @@ def _member(zf: zipfile.ZipFile, key: str, rel: str) -> tuple[tuple[int, ...], n
     if declared != held:
         raise _Refused(Problem(rel, f"corrupt or truncated archive: '{key}' declares shape {shape} {dtype} "
                                     f"({size_text(declared)}) but holds {size_text(max(held, 0))}", code="corrupt"))
-    return shape, dtype, declared
+    return shape, dtype, declared, fortran, header
+
+
+def _stored_array(data: bytes, zf: zipfile.ZipFile, key: str, shape, dtype: np.dtype, fortran: bool,
+                  header: int) -> np.ndarray | None:
+    """A zero-copy view of an uncompressed member's array inside the archive bytes, or None
+    (compressed member, or a local header that does not match): then numpy reads it.
+
+    np.load copies every array through zipfile in 8 KiB reads and checks its CRC: 70% of the
+    time of loading a million vectors. The member's size was checked against its header."""
+    names = zf.namelist()
+    info = zf.getinfo(key + ".npy" if key + ".npy" in names else key)
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    local = info.header_offset
+    if data[local : local + 4] != b"PK\x03\x04":
+        return None
+    start = local + 30 + int.from_bytes(data[local + 26 : local + 28], "little") \
+        + int.from_bytes(data[local + 28 : local + 30], "little") + header
+    count = math.prod(shape)
+    if start + count * dtype.itemsize > len(data):
+        return None
+    arr = np.frombuffer(data, dtype=dtype, count=count, offset=start)
+    return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
 
 
 def _load_arrays(data: bytes, rel: str, names_key: str, wanted: list[str], limit: int, out: "FolderVectors"):
@@ -199,15 +222,18 @@ def _load_arrays(data: bytes, rel: str, names_key: str, wanted: list[str], limit
             out.problems.append(Problem(rel, f"missing vector array {expected} {there}", code="missing-array"))
             return None
         total = 0
+        read = {}
         for k in (names_key, *present):
-            shape, dtype, size = _member(npz.zip, k, rel)
+            shape, dtype, size, fortran, header = _member(npz.zip, k, rel)
             total += size
             if total > limit:
                 raise _Refused(Problem(rel, f"'{k}' declares shape {shape} {dtype} ({size_text(size)}); this "
                                             f"folder's arrays exceed the memory bound of {size_text(limit)}; not read",
                                        code="too-large"))
-        names = npz[names_key]
-        arrays = {k: npz[k] for k in present}
+            arr = _stored_array(data, npz.zip, k, shape, dtype, fortran, header)
+            read[k] = arr if arr is not None else npz[k]
+        names = read[names_key]
+        arrays = {k: read[k] for k in present}
     return names, arrays
 
 
@@ -336,17 +362,6 @@ def read_folders(identities: list[Identity], root: Path, vector_key: str | None,
         yield read_folder(identity, root, vector_key, (scan.embeddings, data), scan=scan, max_bytes=max_bytes)
 
 
-def choose_key(folders: Iterable[FolderVectors], vector_key: str | None) -> str | None:
-    """The dataset's vector array: as set in rules, else the known key present in most folders."""
-    if vector_key:
-        return vector_key
-    seen = Counter(k for f in folders for k in f.arrays)
-    if not seen:
-        return None
-    order = {k: i for i, k in enumerate((*KNOWN_VECTOR_KEYS, PLAIN_VECTORS))}
-    return max(seen, key=lambda k: (seen[k], -order.get(k, 99)))
-
-
 def identity_problems(identity: Identity, root: Path) -> list[Problem]:
     """What discovery found about the folder itself, as problems (old string notes included)."""
     where = _rel(root, identity.path) + "/"
@@ -367,94 +382,135 @@ def load_table(
     vector_key: str | None = None,
     progress: Callable[..., Iterable] | None = None,
     workers: int | None = None,
-    folders: list[FolderVectors] | None = None,
+    folders: Iterable[FolderVectors] | None = None,
     max_bytes: int | None = None,
+    store=None,
+    version: str | None = None,
 ) -> VectorTable:
     """Load all identity folders into one `VectorTable`.
 
-    `folders`: already-read folders, one per identity in order (images embedded by
-    `dataset_checks.embed.prepare`); then no file is read here. `max_bytes`: memory bound for
-    one folder's arrays (default MEMORY_LIMIT).
+    `folders`: the folders' vectors, one per identity in order, read or embedded by
+    `dataset_checks.embed.prepare` (any iterable: each folder is normalised into the table and
+    dropped before the next is read, so memory holds one folder, not the dataset); None: read
+    here. `max_bytes`: memory bound for one folder's arrays (default MEMORY_LIMIT).
+    `store` (`table_store.TableStore`) with its dataset `version`: the rows go to a file in the
+    cache, which the table maps read-only; without one they are held in memory.
     """
+    from .table_store import Rows, problems_json
+
     root = Path(root)
     if folders is None:
-        results: Iterable[FolderVectors] = read_folders(identities, root, vector_key, workers=workers,
-                                                        max_bytes=max_bytes)
+        folders = read_folders(identities, root, vector_key, workers=workers, max_bytes=max_bytes)
         if progress is not None:
-            results = progress(results, total=len(identities), desc="loading", unit="folder")
-        folders = list(results)
+            folders = progress(folders, total=len(identities), desc="loading", unit="folder")
+    staging = store.staging() if store is not None else None
 
-    # A folder discovery could not read contributes nothing, whatever a caller passed for it.
-    folders = [FolderVectors(f.identity) if f.identity.fatal else f for f in folders]
-    key = choose_key(folders, vector_key)
-    # The dataset's dimension is the most common one under the chosen key, so one stray folder
-    # cannot make every other folder "wrong".
-    dims = Counter(int(f.arrays[key].shape[1]) for f in folders if key in f.arrays)
-    dim = dims.most_common(1)[0][0] if dims else 0
-
+    # Rows are written per (key, dimension) as they come; which group is the dataset's is
+    # decided at the end (the key in most folders, its most common dimension), so one stray
+    # folder cannot make every other folder "wrong", and nothing is read twice.
+    groups: dict[tuple[str, int], Rows] = {}
+    bad_rows: dict[tuple[str, int], dict[int, list[Problem]]] = {}
+    shapes: list[dict[str, tuple[int, int]]] = []  # per identity: key -> (rows, dim)
+    folder_fatal: list[bool] = []
     problems: dict[int, list[Problem]] = {}
-    counts, sources = np.zeros(len(identities), dtype=np.int64), {}
-    usable: list[tuple[int, str, FolderVectors, np.ndarray]] = []
-    for idx, f in enumerate(folders):
-        probs = problems.setdefault(idx, identity_problems(f.identity, root) + list(f.problems))
-        if f.source is not None:
-            sources[idx] = f.source
-        arr = f.arrays.get(key) if key else None
-        if f.source is not None and arr is None and not any(p.fatal for p in f.problems):
-            others = ", ".join(f.arrays) or "none"
-            probs.append(Problem(_rel(root, f.source), f"no '{key}' vectors (this folder has: {others}); the dataset "
-                                                      f"uses '{key}' (vectors of two models are never compared)",
-                                 code="other-model"))
-        if arr is not None:
-            rel = _rel(root, f.source)
-            if arr.shape[1] != dim:
-                probs.append(Problem(rel, f"vectors have dimension {arr.shape[1]}, the rest of the dataset has {dim}",
+    sources: dict[int, Path] = {}
+    try:
+        for idx, f in enumerate(folders):
+            if f.identity.fatal:  # a folder discovery could not read contributes nothing
+                f = FolderVectors(f.identity)
+            problems[idx] = identity_problems(f.identity, root) + list(f.problems)
+            if f.source is not None:
+                sources[idx] = f.source
+            shapes.append({k: (int(a.shape[0]), int(a.shape[1])) for k, a in f.arrays.items()})
+            folder_fatal.append(any(p.fatal for p in f.problems))
+            if vector_key is not None and vector_key not in f.arrays:
+                continue
+            rel = _rel(root, f.source) if f.source is not None else ""
+            for k, arr in f.arrays.items():
+                if (vector_key is not None and k != vector_key) or not arr.shape[0]:
+                    continue
+                group = (k, int(arr.shape[1]))
+                if group not in groups:
+                    groups[group] = Rows(group[1], staging)
+                vec, bad = normalise(arr)
+                names = f.names
+                if bad.any():
+                    rows = np.flatnonzero(bad)
+                    finite = np.isfinite(arr[rows]).all(axis=1)
+                    found = bad_rows.setdefault(group, {}).setdefault(idx, [])
+                    if (~finite).any():
+                        found.append(_bad_rows(rel, f.names, rows[~finite], "NaN or infinite values", "nan"))
+                    if finite.any():
+                        found.append(_bad_rows(rel, f.names, rows[finite], "an all-zero vector", "zero"))
+                    vec = vec[~bad]
+                    names = [f.names[r] for r in np.flatnonzero(~bad)]
+                groups[group].add(idx, list(names), vec)
+            f.arrays = {}  # the raw arrays (views of the archive's bytes) are done with
+
+        key = vector_key
+        if key is None:
+            seen = Counter(k for s in shapes for k in s)
+            if seen:
+                order = {k: i for i, k in enumerate((*KNOWN_VECTOR_KEYS, PLAIN_VECTORS))}
+                key = max(seen, key=lambda k: (seen[k], -order.get(k, 99)))
+        dims = Counter(s[key][1] for s in shapes if key in s)
+        dim = dims.most_common(1)[0][0] if dims else 0
+        chosen = groups.pop((key, dim), None) or Rows(dim, None)
+        counts = np.zeros(len(identities), dtype=np.int64)
+        for idx, s in enumerate(shapes):
+            probs = problems[idx]
+            source = sources.get(idx)
+            if source is None:
+                continue
+            rel = _rel(root, source)
+            if key not in s:
+                if not folder_fatal[idx]:
+                    others = ", ".join(s) or "none"
+                    probs.append(Problem(rel, f"no '{key}' vectors (this folder has: {others}); the dataset uses "
+                                              f"'{key}' (vectors of two models are never compared)", code="other-model"))
+                continue
+            n_rows, d = s[key]
+            if d != dim:
+                probs.append(Problem(rel, f"vectors have dimension {d}, the rest of the dataset has {dim}",
                                      code="dimension"))
-            elif arr.shape[0] == 0:
+            elif n_rows == 0:
                 probs.append(Problem(rel, "holds no vectors (empty folder)", code="empty"))
             else:
-                usable.append((idx, rel, f, arr))
-
-    # Each folder is normalised straight into its rows of one preallocated table: no
-    # concatenated raw copy (first-touch memory is slow on VMs, and it doubled peak memory).
-    total = sum(arr.shape[0] for *_, arr in usable)
-    vectors = np.empty((total, dim), dtype=np.float32)
-    identity_of = np.empty(total, dtype=np.int32)
-    files: list[str] = []
-    start = 0
-    for idx, rel, f, arr in usable:
-        probs = problems[idx]
-        vec, bad = normalise(arr)
-        if bad.any():
-            rows = np.flatnonzero(bad)
-            finite = np.isfinite(arr[rows]).all(axis=1)
-            if (~finite).any():
-                probs.append(_bad_rows(rel, f.names, rows[~finite], "NaN or infinite values", "nan"))
-            if finite.any():
-                probs.append(_bad_rows(rel, f.names, rows[finite], "an all-zero vector", "zero"))
-            vec = vec[~bad]
-            files.extend(f.names[r] for r in np.flatnonzero(~bad))
+                found = bad_rows.get((key, dim), {}).get(idx, [])
+                probs.extend(found)
+                counts[idx] = chosen.counts.get(idx, 0)
+                if counts[idx] == 0 and not found:
+                    probs.append(Problem(rel, "no usable vectors", code="empty"))
+        problems = {k: capped(v, _rel(root, identities[k].path) + "/") for k, v in problems.items() if v}
+        files = chosen.files
+        if staging is not None and chosen.path is not None:
+            vectors = store.publish(staging, chosen, version or "", {
+                "key": key, "problems": problems_json(problems), "counts": counts.tolist(),
+                "sources": {str(k): str(v) for k, v in sources.items()},
+                "identities": [i.name for i in identities]})
+            identity_of = np.concatenate(chosen.identity_of) if chosen.identity_of else np.zeros(0, np.int32)
         else:
-            files.extend(f.names)
-        if not len(vec) and not probs:
-            probs.append(Problem(rel, "no usable vectors", code="empty"))
-        vectors[start : start + len(vec)] = vec
-        identity_of[start : start + len(vec)] = idx
-        counts[idx] = len(vec)
-        start += len(vec)
-    problems = {k: capped(v, _rel(root, identities[k].path) + "/") for k, v in problems.items() if v}
-    vectors, identity_of = vectors[:start], identity_of[:start]  # skipped rows leave a tail
-    return VectorTable(
-        root=root,
-        identities=identities,
-        identity_of=identity_of,
-        files=files,
-        vectors=np.ascontiguousarray(vectors, dtype=np.float32),
-        key=key,
-        problems=problems,
-        counts=counts,
-        sources=sources,
-    )
+            vectors, identity_of = chosen.finish()
+    finally:
+        for rows in groups.values():
+            rows.discard()
+        if staging is not None:
+            import shutil
+
+            shutil.rmtree(staging, ignore_errors=True)
+    return VectorTable(root=root, identities=identities, identity_of=identity_of, files=files, vectors=vectors,
+                       key=key, problems=problems,
+                       counts=counts, sources=sources)
+
+
+def stored_table(root: Path, identities: list[Identity], meta: dict) -> VectorTable:
+    """The VectorTable of a table the store opened (`TableStore.open`)."""
+    from .table_store import problems_from_json
+
+    return VectorTable(root=Path(root), identities=identities, identity_of=meta["identity_of"], files=meta["files"],
+                       vectors=meta["vectors"], key=meta["key"], problems=problems_from_json(meta["problems"]),
+                       counts=np.asarray(meta["counts"], dtype=np.int64),
+                       sources={int(k): Path(v) for k, v in meta["sources"].items()})
 
 
 def centre_vectors(vectors: np.ndarray) -> np.ndarray:

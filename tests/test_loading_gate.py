@@ -18,6 +18,7 @@ from dataset_checks.discover import discover_identities
 from dataset_checks.problems import MAX_PROBLEMS
 from dataset_checks.rules import parse_rules
 from dataset_checks.session import CheckSession
+from dataset_checks import vectors as vectors_mod
 from dataset_checks.vectors import load_table
 from helpers import ARC, write_face01, write_plain
 from test_embed import _png, fake  # noqa: F401 - fixture
@@ -131,6 +132,15 @@ def test_memory_error_while_reading_one_folder_is_that_folders_problem(tmp_path,
         return arr
 
     monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", getitem)
+    # uncompressed members are viewed in place, without NpzFile: the allocation can fail there too
+    real_view = vectors_mod._stored_array
+
+    def view(data, zf, key, shape, *a):
+        if len(shape) == 2 and shape[1] == 32:
+            raise MemoryError("simulated")
+        return real_view(data, zf, key, shape, *a)
+
+    monkeypatch.setattr(vectors_mod, "_stored_array", view)
     table = load(tmp_path)
     (p,) = problems_of(table, "B")
     assert p.file == "B/npKnown.npz" and p.fatal and p.code == "too-large" and "memory" in p.message

@@ -75,6 +75,26 @@ def _ivf_lists(faiss, index) -> list[tuple[np.ndarray, np.ndarray]]:
     return lists
 
 
+class _TableLists:
+    """The inverted lists as rows of the table: `lists[l]` is (vectors, ids) of list l, the
+    vectors gathered from the table when asked (one list at a time is in memory)."""
+
+    def __init__(self, x: np.ndarray, assign: np.ndarray, nlist: int):
+        self.x = x
+        self.order = np.argsort(assign, kind="stable").astype(np.int64)
+        self.bounds = np.concatenate([[0], np.cumsum(np.bincount(assign, minlength=nlist))])
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def size(self, lst: int) -> int:
+        return int(self.bounds[lst + 1] - self.bounds[lst])
+
+    def __getitem__(self, lst: int) -> tuple[np.ndarray, np.ndarray]:
+        ids = self.order[self.bounds[lst] : self.bounds[lst + 1]]
+        return self.x[ids], ids
+
+
 def _list_of(faiss, index, n: int) -> np.ndarray:
     """The inverted list holding each vector (int32), read from the lists themselves."""
     out = np.full(n, -1, dtype=np.int32)
@@ -332,7 +352,7 @@ class IVFIndex:
         self.faiss_index = faiss_index  # the device copy (GPU), or None
         self.rules, self.seed, self.tuning, self.list_scan, self.probes = rules, seed, tuning, list_scan, probes
         self.info, self.stats = info, {}
-        self.lists = _ivf_lists(faiss, cpu_index) if list_scan else None
+        self.lists = _TableLists(x, probes[:, 0], cpu_index.nlist) if list_scan else None
         # the list scan shards by list (each list read once); faiss's range_search by query
         self.units, self.unit = (cpu_index.nlist, "list") if list_scan else (len(x), "vec")
 
@@ -385,11 +405,11 @@ class IVFBackend:
             rows = _training_rows(labels, self.nlist, cpu_index.cp.max_points_per_centroid, self.seed)
             (gpu_index or cpu_index).train(x if rows is None else np.ascontiguousarray(x[rows]))
             if list_scan:
-                # One quantizer search serves both the add (nearest list) and the list scan (the
-                # nearest nprobe lists of every vector), instead of one each.
+                # One quantizer search serves both the assignment (nearest list) and the list scan
+                # (the nearest nprobe lists of every vector). The vectors are not added to the
+                # index: the scan gathers each list's rows from the table, so the table is held
+                # once (faiss's copy doubled peak memory) and may stay a file mapping.
                 probes = _nearest_lists(cpu_index.quantizer, x, min(tuning.probes_kept, cpu_index.nlist))
-                assign = np.ascontiguousarray(probes[:, 0], dtype=np.int64)
-                cpu_index.add_core(n, faiss.swig_ptr(x), None, faiss.swig_ptr(assign))
             else:
                 (gpu_index or cpu_index).add(x)
         if gpu_index is not None:

@@ -16,14 +16,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from ..discover import Identity, display_name
 from ..problems import MAX_PROBLEMS, Problem, few
 from ..readahead import ordered_map
-from ..vectors import FolderVectors, fetch_folder, read_folder
+from ..folderscan import FolderScan, scan_folder
+from ..table_store import Version
+from ..vectors import MEMORY_LIMIT, FolderVectors, read_bytes, read_folder
 from .cache import Entry
 from .models import EmbedderInfo, EmbedderUnavailable, get_embedder
 from .pool import EmbedStats, embed_images
@@ -85,20 +87,30 @@ class FaceReport:
 
 @dataclass
 class Prepared:
-    folders: list[FolderVectors]
+    folders: Iterable[FolderVectors]  # one per identity, in order; read lazily, one pass
     faces: dict[str, FaceReport]
     embedder: EmbedderInfo | None
     stats: EmbedStats | None
     embed_seconds: float = 0.0  # images embedded (cache included), not the reading of files
+    version: str = ""  # digest of every folder's listing and the settings: the table's dataset version
 
 
-def _stale_plan(fv: FolderVectors, images: list[Path]) -> tuple[list[str], list[Path]]:
+def _stale_plan(names: list[str], images: list[Path]) -> tuple[list[str], list[Path]]:
     """(listed files with no image in the folder, images the file does not list)."""
     present = {p.name for p in images}
-    listed = set(fv.names)
-    absent = [n for n in fv.names if n not in present]
+    listed = set(names)
+    absent = [n for n in names if n not in present]
     added = [p for p in images if p.name not in listed]
     return absent, added
+
+
+@dataclass
+class _Plan:
+    ident: Identity
+    scan: FolderScan | None  # None: discovery found the folder unusable
+    removed: list[str] = field(default_factory=list)  # listed in the file, no image
+    added: list[Path] = field(default_factory=list)  # images to embed (all of an image-only folder's)
+    image_only: bool = False
 
 
 def prepare(
@@ -112,39 +124,40 @@ def prepare(
     max_bytes: int | None = None,
 ) -> Prepared:
     """Every identity's vectors, read or embedded (see the module doc). `max_bytes`: memory bound
-    for one folder's arrays (vectors.MEMORY_LIMIT by default)."""
+    for one folder's arrays (vectors.MEMORY_LIMIT by default).
+
+    Two passes, so that memory holds one folder's arrays at a time, never the dataset's: the
+    first lists the folders (and reads the name lists of those that hold images as well, to find
+    stale ones) and embeds what needs it; `Prepared.folders` is the second, read lazily as the
+    table consumes it."""
     root = Path(root)
+    version = Version(vector_key, embedder_spec, MEMORY_LIMIT if max_bytes is None else max_bytes)
 
-    def fetch(ident: Identity):  # on a reader thread: listings and raw bytes only
-        return ident, *fetch_folder(ident, root, max_bytes)
+    def scan(ident: Identity):  # on a reader thread: listings, and raw bytes where names are needed
+        if ident.fatal:
+            return ident, None, None
+        sc = scan_folder(ident.path, display_name(ident.name), stamps=True)
+        data = read_bytes(sc.embeddings, max_bytes) if sc.embeddings is not None and sc.images else None
+        return ident, sc, data
 
-    scanned = []
-    fetched = ordered_map(fetch, identities)
-    if progress is not None:
-        fetched = progress(fetched, total=len(identities), desc="loading", unit="folder")
-    for ident, scan, data in fetched:
-        if scan is None or scan.unreadable:  # load_table reports the identity's own problems
-            scanned.append((ident, [], FolderVectors(ident, problems=list(scan.problems) if scan else [])))
-            continue
-        images = scan.images
-        fv = None
-        if scan.embeddings is not None or not images:
-            fv = read_folder(ident, root, vector_key, (scan.embeddings, data), scan=scan, max_bytes=max_bytes)
-        scanned.append((ident, images, fv if fv is not None else scan))
-
-    # What needs embedding: image-only folders, and images a stale embeddings file does not list.
+    plans: list[_Plan] = []
     wanted: list[Path] = []
-    plans = []
-    for ident, images, fv in scanned:
-        if not isinstance(fv, FolderVectors):  # image-only: the listing's problems go with it
-            plans.append((ident, fv, images, [], images))
-            wanted += images
-        elif images and fv.names is not None and fv.arrays:
-            removed, added = _stale_plan(fv, images)
-            plans.append((ident, fv, images, removed, added))
-            wanted += added
-        else:
-            plans.append((ident, fv, images, [], []))
+    scanned = ordered_map(scan, identities)
+    if progress is not None:
+        scanned = progress(scanned, total=len(identities), desc="listing", unit="folder")
+    for ident, sc, data in scanned:
+        version.add(ident.name, ident.fatal, sc.stamps if sc is not None else None)
+        plan = _Plan(ident, sc)
+        plans.append(plan)
+        if sc is None or sc.unreadable:
+            continue
+        if sc.embeddings is None and sc.images:
+            plan.image_only, plan.added = True, list(sc.images)
+        elif data is not None:
+            fv = read_folder(ident, root, vector_key, (sc.embeddings, data), scan=sc, max_bytes=max_bytes)
+            if fv.arrays:
+                plan.removed, plan.added = _stale_plan(fv.names, sc.images)
+        wanted += plan.added
 
     embedder, unavailable, entries, stats, embed_seconds = None, None, {}, None, 0.0
     if wanted:
@@ -157,37 +170,52 @@ def prepare(
             entries, stats = embed_images(wanted, embedder, cache_dir, workers=workers, progress=progress)
             embed_seconds = time.perf_counter() - t0
 
-    folders, faces = [], {}
-    for ident, fv, images, removed, added in plans:
-        rel = display_name(ident.name)
-        if not isinstance(fv, FolderVectors):  # image-only folder
-            report = FaceReport(ident, error=unavailable)
-            out = FolderVectors(ident, source=ident.path, problems=list(fv.problems))
-            if unavailable:
-                out.problems.append(Problem(rel + "/", f"{len(images)} image(s) and no embeddings file; "
-                                                       f"not embedded: {unavailable}", code="not-embedded"))
+    faces = {}
+    for plan in plans:
+        if plan.image_only:
+            report = FaceReport(plan.ident, error=unavailable)
+            if not unavailable:
+                report.outcomes = [ImageOutcome(p.name, entries[p]) for p in plan.added]
+            faces[plan.ident.name] = report
+
+    def folders() -> Iterator[FolderVectors]:
+        def fetch(plan: _Plan):
+            sc = plan.scan
+            readable = sc is not None and not sc.unreadable and not plan.image_only
+            return plan, read_bytes(sc.embeddings, max_bytes) if readable and sc.embeddings is not None else None
+
+        for plan, data in ordered_map(fetch, plans):
+            ident, sc = plan.ident, plan.scan
+            if sc is None or sc.unreadable:  # load_table reports the identity's own problems
+                yield FolderVectors(ident, problems=list(sc.problems) if sc else [])
+            elif plan.image_only:
+                yield _embedded(ident, sc, faces[ident.name], embedder, unavailable)
             else:
-                names, vecs = [], []
-                for p in images:
-                    e = entries[p]
-                    report.outcomes.append(ImageOutcome(p.name, e))
-                    if e.vector is not None:
-                        names.append(p.name)
-                        vecs.append(e.vector)
-                out.names = names
-                if vecs:
-                    out.arrays[embedder.name] = np.stack(vecs)
-                else:
-                    out.problems.append(Problem(rel + "/", f"none of its {len(images)} image(s) gave a face "
-                                                           "(see test_faces_detected)", code="no-face"))
-            faces[ident.name] = report
-            folders.append(out)
-            continue
-        if not (removed or added):
-            folders.append(fv)
-            continue
-        folders.append(_refresh(fv, root, removed, added, entries, embedder, unavailable))
-    return Prepared(folders, faces, embedder, stats, embed_seconds)
+                fv = read_folder(ident, root, vector_key, (sc.embeddings, data), scan=sc, max_bytes=max_bytes)
+                if plan.removed or plan.added:
+                    fv = _refresh(fv, root, plan.removed, plan.added, entries, embedder, unavailable)
+                yield fv
+
+    return Prepared(folders(), faces, embedder, stats, embed_seconds, version.hexdigest())
+
+
+def _embedded(ident: Identity, sc: FolderScan, report: FaceReport, embedder: EmbedderInfo | None,
+              unavailable: str | None) -> FolderVectors:
+    """An image-only folder's vectors, from its embedded images."""
+    rel = display_name(ident.name)
+    out = FolderVectors(ident, source=ident.path, problems=list(sc.problems))
+    if unavailable:
+        out.problems.append(Problem(rel + "/", f"{len(sc.images)} image(s) and no embeddings file; "
+                                               f"not embedded: {unavailable}", code="not-embedded"))
+        return out
+    used = [o for o in report.outcomes if o.entry.vector is not None]
+    out.names = [o.file for o in used]
+    if used:
+        out.arrays[embedder.name] = np.stack([o.entry.vector for o in used])
+    else:
+        out.problems.append(Problem(rel + "/", f"none of its {len(sc.images)} image(s) gave a face "
+                                               "(see test_faces_detected)", code="no-face"))
+    return out
 
 
 def _refresh(fv: FolderVectors, root: Path, absent: list[str], added: list[Path],

@@ -1,0 +1,126 @@
+"""The memory budget a run keeps to (rules `memory:`, `--memory`; default: half the machine).
+
+Two kinds of memory grow with the dataset. The vector table is a read-only file mapping
+(`table_store`): its pages belong to the page cache, so when this process's resident size nears
+the budget a watcher drops them from the process (`madvise(MADV_DONTNEED)`) and later reads fault
+them back from the file, at memory speed while the page cache holds them. Everything else
+(labels, the lists' assignment, candidate pairs) is sized by the stages themselves: blocks of
+bounded cells, one inverted list at a time. So a budget below the table's size costs page
+faults, not a MemoryError.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import threading
+
+import numpy as np
+
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20,
+          "g": 1e9, "gb": 1e9, "gib": 2**30, "t": 1e12, "tb": 1e12, "tib": 2**40}
+MINIMUM = 64 * 2**20  # below this the interpreter and faiss alone do not fit
+DEFAULT_SHARE = 0.5
+POLL_SECONDS = 0.005
+HEADROOM = 0.85  # trim when resident memory passes this share of the budget
+
+
+def parse_size(value) -> int:
+    """Bytes from 4GB, 1.5 GiB, 512M, or a plain number of bytes; ValueError says what is wrong."""
+    if isinstance(value, bool):
+        raise ValueError("a size such as 4GB or 512MB")
+    if isinstance(value, (int, float)):
+        size = float(value)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
+        if not m or m.group(2).lower() not in _UNITS:
+            raise ValueError("a size such as 4GB or 512MB")
+        size = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if not size >= MINIMUM:
+        raise ValueError(f"at least {MINIMUM // 2**20} MiB")
+    return int(size)
+
+
+def machine_memory() -> int:
+    """Physical memory, or the cgroup's limit when that is lower (containers, CI runners)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as fp:
+                text = fp.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+def default_budget() -> int:
+    return max(MINIMUM, int(machine_memory() * DEFAULT_SHARE))
+
+
+def size_text(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError  # pragma: no cover
+
+
+def resident_bytes() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as fp:
+            return int(fp.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class Budget:
+    """Keeps the mapped table's resident pages under `limit` while `watch`ed (a context manager
+    around the run). `trims`: how often pages were dropped; `peak`: the largest resident size seen."""
+
+    def __init__(self, limit: int):
+        self.limit = int(limit)
+        self.trims = 0
+        self.peak = 0
+        self._maps: list[mmap.mmap] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, array: np.ndarray) -> None:
+        """Add a file mapping (np.memmap) whose pages may be dropped; a no-op for other arrays."""
+        mm = getattr(array, "_mmap", None)
+        if mm is None or not hasattr(mm, "madvise") or array.nbytes == 0:
+            return
+        self._maps.append(mm)
+        if self._thread is None and array.nbytes > self.limit * (1 - HEADROOM):
+            self._thread = threading.Thread(target=self._run, name="dataset_checks memory budget", daemon=True)
+            self._thread.start()
+
+    def trim(self) -> None:
+        for mm in self._maps:
+            try:
+                mm.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError):  # closed, or a platform without it: nothing to drop
+                pass
+        self.trims += 1
+
+    def _run(self) -> None:
+        high = self.limit * HEADROOM
+        while not self._stop.wait(POLL_SECONDS):
+            rss = resident_bytes()
+            self.peak = max(self.peak, rss)
+            if rss > high:
+                self.trim()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self._maps.clear()
+
+    def as_dict(self) -> dict:
+        return {"budget": self.limit, "budget_text": size_text(self.limit), "trims": self.trims,
+                "peak_seen": self.peak}
