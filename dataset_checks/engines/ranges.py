@@ -330,7 +330,7 @@ class Checkpoints:
         return self.folder / f"{start}-{end}.npz"
 
     def saved_plan(self, ranges: int | None) -> list[tuple[int, int]] | None:
-        """The cut a run of this digest chose before (when `ranges` is unset or the same)."""
+        """The cut a run of this digest chose before (when `ranges` is unset or asked the same)."""
         try:
             plan = json.loads((self.folder / "plan.json").read_text())
             if plan.get("digest") != self.digest:
@@ -338,11 +338,12 @@ class Checkpoints:
             bounds = [(int(a), int(b)) for a, b in plan["bounds"]]
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        return bounds if ranges is None or ranges == len(bounds) else None
+        return bounds if ranges is None or ranges == plan.get("requested") else None
 
-    def save_plan(self, bounds: list[tuple[int, int]]) -> None:
+    def save_plan(self, bounds: list[tuple[int, int]], requested: int | None) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"format": FORMAT, "digest": self.digest, "bounds": bounds}).encode()
+        text = json.dumps({"format": FORMAT, "digest": self.digest, "requested": requested,
+                           "bounds": bounds}).encode()
         _write_atomic(self.folder / "plan.json", lambda fp: fp.write(text))
         self._prune()
 
@@ -513,9 +514,10 @@ class RangeEngine:
                 executor = self.executor(run)
                 info["startup_seconds"] = round(time.perf_counter() - t1, 4)
                 if bounds is None:
-                    bounds = partition(unit_costs(built), self.ranges or executor.default_ranges(units))
+                    requested = self.ranges or executor.default_ranges(units)
+                    bounds = partition(unit_costs(built), requested)
                     if store is not None:
-                        store.save_plan(bounds)
+                        store.save_plan(bounds, requested)
             for (start, end), got in sorted(done.items()):
                 self._merge(built, collector, got)
                 per_range.append(self._row(start, end, got, resumed=True))

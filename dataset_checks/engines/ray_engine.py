@@ -1,9 +1,10 @@
 """`engine: ray`: the ranges of engines/ranges.py as Ray tasks (pip install "dataset-checks[ray]").
 
-`ray.init()` starts a local cluster (one CPU per core, a small object store, no dashboard)
-unless Ray is already initialised in this process or `engine.address` names a cluster to join
-(`auto`: the one `ray start --head` runs on this machine; `ray://head:10001`: Ray Client). A
-cluster this engine started is shut down when the search ends, however it ends.
+A new local cluster is started (one CPU per core, a small object store, no dashboard) unless
+Ray is already initialised in this process, `engine.address` names a cluster to join (`auto`:
+the one `ray start --head` runs on this machine; `head:6379`; `ray://head:10001`: Ray Client)
+or RAY_ADDRESS is set (as in a Ray job). A cluster this engine started is shut down when the
+search ends, however it ends.
 
 Each task takes one range of units and needs: the shipped index (one `ray.put`, its arrays read
 in place from each node's object store) and the table. When the table is a file (the table
@@ -46,18 +47,21 @@ class RayExecutor(Executor):
 
     def __init__(self, engine: "RayEngine", run: RangeRun):
         self.owned = not ray.is_initialized()
+        # no address: RAY_ADDRESS when set (a Ray job), else a new local cluster ("local": never
+        # a cluster someone started on this machine with `ray start`)
+        target = engine.address or os.environ.get("RAY_ADDRESS") or None
         if self.owned:
-            kw: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
-            if engine.address and engine.address.startswith("ray://"):
-                ray.init(address=engine.address, **kw, **engine.init_kwargs)
-            elif engine.address:
-                ray.init(address=engine.address, include_dashboard=False, **kw, **engine.init_kwargs)
+            kw: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING, **engine.init_kwargs}
+            if target and target.startswith("ray://"):
+                ray.init(address=target, **kw)
+            elif target:
+                ray.init(address=target, include_dashboard=False, **kw)
             else:
                 store = engine.object_store_memory or max(
                     MIN_STORE, 2 * run.shipped.nbytes + (0 if isinstance(run.table, TableFile) else run.x.nbytes))
-                ray.init(num_cpus=engine.num_cpus or _local_cpus(), object_store_memory=int(store),
-                         include_dashboard=False, **kw, **engine.init_kwargs)
-        self.where = engine.address or ("local cluster" if self.owned else "the Ray already initialised here")
+                ray.init(address="local", num_cpus=engine.num_cpus or _local_cpus(), object_store_memory=int(store),
+                         include_dashboard=False, **kw)
+        self.where = target or ("local cluster" if self.owned else "the Ray already initialised here")
         self.cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
         self.pending: dict = {}
