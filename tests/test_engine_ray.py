@@ -24,8 +24,9 @@ from dataset_checks.engines import ranges as rg  # noqa: E402
 from dataset_checks.engines.ray_engine import RayEngine  # noqa: E402
 from dataset_checks.rules import IndexRules  # noqa: E402
 from dataset_checks.search import find_pairs  # noqa: E402
+from helpers import assert_same_result as assert_same  # noqa: E402
+from helpers import engine_dataset as dataset  # noqa: E402
 from helpers import write_face01  # noqa: E402
-from strategies import build_clusters  # noqa: E402
 
 IVF = IndexRules(type="ivf", nlist=16, gpu=False)
 PKG = str(Path(dataset_checks.__file__).resolve().parent)
@@ -45,15 +46,6 @@ def cluster():
         ray.shutdown()
 
 
-def dataset(seed: int, dim: int = 24):
-    data = build_clusters(seed, dim, [20] * 30, 0.6, [150, 80], [(0, 3, 0.1), (1, 7, 0.2), (5, 11, 0.4)])
-    return data.vectors, data.labels
-
-
-def assert_same(a, b):
-    np.testing.assert_array_equal(a.i, b.i)
-    np.testing.assert_array_equal(a.j, b.j)
-    np.testing.assert_array_equal(a.sim, b.sim)
 
 
 @pytest.mark.parametrize("seed, threshold, rules", [
