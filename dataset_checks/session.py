@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .discover import Identity, discover_identities, display_name
 from .baseline import Baseline, BaselineError
 from .findings import Findings, Verdict
@@ -354,7 +356,20 @@ class CheckSession:
             f"index {r.index.type}; report folder {display_name(str(self.report_dir))}",
             f"dataset_checks: cosine threshold {self.threshold_text()}{overrides}",
         ]
-        return lines + [f"dataset_checks: note: {n}" for n in self.notes]
+        p = self.pipeline
+        if p is not None and p.table is not None and len(p.table):
+            from .memory import size_text
+
+            table = p.table
+            where = {"stored": "mapped from the cache (dataset unchanged since it was written)",
+                     "loaded": "loaded into the cache" if isinstance(table.vectors, np.memmap) else "held in memory"}
+            budget = p.budget.limit if p.budget is not None else None
+            source = "--memory or rules.yaml" if r.memory else "auto: half the machine"
+            lines.append(f"dataset_checks: {len(table):,} vectors x {table.dim} ({size_text(table.vectors.nbytes)}) "
+                         f"{where.get(p.table_source, '')}; memory budget "
+                         f"{size_text(budget) if budget else '?'} ({source}); engine {r.engine.type}")
+        notes = [*self.notes, *(p.notes if p is not None else [])]
+        return lines + [f"dataset_checks: note: {n}" for n in notes]
 
     def close(self) -> None:
         """Remove the demo dataset and drop the results (the run is over: pytest's final garbage
