@@ -8,7 +8,8 @@ vectors, so that loading and the search are cheap and pytest dominates: one with
 cross-folder copies (about 20% of the identities fail), one with none (all pass). Each case runs
 `pytest dataset_checks` in a child process with a fixed threshold and prints:
 
-* wall: the whole child process, interpreter start included;
+* wall: the whole child process, interpreter start included; cpu: its user + system time (on a
+  shared machine the steadier of the two; BLAS threads make it exceed wall in the search);
 * stages: the pipeline's stages (findings.json metadata `timings`: discover, load, search, ...);
 * pytest share: wall - stages (collection, running the tests, terminal output, report.html,
   our hooks, the findings files, startup), and the same per identity in ms;
@@ -25,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pstats
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -62,9 +65,16 @@ def generate(root: Path, identities: int, planted: bool) -> None:
           flush=True)
 
 
-def run_case(work: Path, name: str, profile: bool = False) -> dict:
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_case(work: Path, name: str, profile: bool = False, src: Path | None = None) -> dict:
+    """One child run; `src`: a folder holding another `dataset_checks` package to run instead
+    (put first on PYTHONPATH: `git archive <commit> dataset_checks | tar -x -C DIR` for a before/after)."""
     data, extra = CASES[name]
-    out = work / f"out-{name}{'-prof' if profile else ''}"
+    out = work / f"out-{name}{'-prof' if profile else ''}{'-' + src.name if src else ''}"
     rules = work / "rules.yaml"
     rules.write_text(f"threshold: {THRESHOLD}\n")
     pre = [sys.executable]
@@ -73,14 +83,16 @@ def run_case(work: Path, name: str, profile: bool = False) -> dict:
         out.mkdir(parents=True, exist_ok=True)
     cmd = [*pre, "-m", "pytest", "dataset_checks", "-p", "no:randomly", "-p", "no:cacheprovider",
            "--dataset", str(work / data), "--rules", str(rules), "--report-dir", str(out), *extra]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work)
-    wall = time.perf_counter() - t0
+    t0, cpu0 = time.perf_counter(), _children_cpu()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))} \
+        if src else None
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work, env=env)
+    wall, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
     meta = json.loads((out / "findings.json").read_text())
     stages = sum(meta.get("timings", {}).values())
     n = meta["counts"]["identities"]
     html = out / "report.html"
-    row = {"case": name, "rc": proc.returncode, "wall": wall, "stages": stages, "share": wall - stages,
+    row = {"case": name, "rc": proc.returncode, "wall": wall, "cpu": cpu, "stages": stages, "share": wall - stages,
            "ms_per_identity": (wall - stages) / n * 1000, "identities": n,
            "stdout_lines": proc.stdout.count("\n"), "stdout_kb": len(proc.stdout) / 1e3}
     if html.is_file():
@@ -107,6 +119,9 @@ def main() -> int:
     ap.add_argument("--identities", type=int, default=20_000)
     ap.add_argument("--cases", default="default,line,passing,nohtml")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--src", type=Path, action="append", default=[],
+                    help="also run each case with the dataset_checks package in this folder (repeatable), "
+                         "alternating with this checkout's")
     ap.add_argument("--profile", default=None, help="a case to run under cProfile as well")
     ap.add_argument("--browser", action="store_true", help="time headless Chromium loading the default report")
     args = ap.parse_args()
@@ -117,13 +132,15 @@ def main() -> int:
         generate(work / "planted", args.identities, True)
     if any(CASES[c][0] == "clean" for c in cases):
         generate(work / "clean", args.identities, False)
-    print(f"{'case':8} {'rc':>2} {'wall s':>7} {'stages s':>8} {'pytest s':>8} {'ms/id':>6} "
+    print(f"{'case':20} {'rc':>2} {'wall s':>7} {'cpu s':>6} {'stages s':>8} {'pytest s':>8} {'ms/id':>6} "
           f"{'html MB':>7} {'stdout':>14}")
+    runs = [(name, src) for name in cases for src in [None, *args.src]]
     for _ in range(args.repeat):
-        for name in cases:
-            r = run_case(work, name)
+        for name, src in runs:
+            r = run_case(work, name, src=src)
             html = f"{r['html_mb']:7.2f}" if "html_mb" in r else f"{'-':>7}"
-            print(f"{name:8} {r['rc']:>2} {r['wall']:7.1f} {r['stages']:8.1f} {r['share']:8.1f} "
+            label = name if src is None else f"{name}@{src.name}"
+            print(f"{label:20} {r['rc']:>2} {r['wall']:7.1f} {r['cpu']:6.1f} {r['stages']:8.1f} {r['share']:8.1f} "
                   f"{r['ms_per_identity']:6.2f} {html} {r['stdout_lines']:>6} lines", flush=True)
     if args.browser:
         html = work / "out-default" / "report.html"
