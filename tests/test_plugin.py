@@ -97,9 +97,10 @@ def summary_outcomes(text: str) -> dict[str, str]:
 
 
 def failure_text(rec, ident: str) -> str:
+    """The whole failure message of an identity's test (the terminal shows a brief of it)."""
     for rep in rec.getreports("pytest_runtest_logreport"):
         if rep.when == "call" and rep.nodeid.endswith(f"::test_identity[{ident}]"):
-            return rep.longreprtext
+            return str(rep.longrepr)
     raise AssertionError(f"no report for {ident}")
 
 
