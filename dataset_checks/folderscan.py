@@ -30,6 +30,7 @@ class FolderScan:
     images: list[Path] = field(default_factory=list)  # sorted by name
     problems: list[Problem] = field(default_factory=list)
     unreadable: bool = False  # the folder itself could not be listed: nothing else is known
+    names: frozenset[str] = frozenset()  # every entry of the folder, whatever it is
 
 
 def scan_folder(folder: Path, where: str) -> FolderScan:
@@ -42,6 +43,7 @@ def scan_folder(folder: Path, where: str) -> FolderScan:
         out.problems.append(Problem(where + "/", f"cannot be read: {why(exc)}", code="unreadable"))
         out.unreadable = True
         return out
+    out.names = frozenset(entry.name for entry in entries)
     real_folder: Path | None = None
     files = set()
     for entry in entries:
