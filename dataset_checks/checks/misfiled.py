@@ -10,9 +10,12 @@ centring every folder looks alike). With S_f the sum of folder f's centred faces
 
 Both are means over faces of a folder, so they are on one scale and compare directly, and each is
 one dot product per face per folder (no face pairs). The best other folder of a face comes from
-an exact faiss inner-product search of the face against the folder mean vectors S_g / n_g, and
-only for the faces that are already far from their own folder (a few percent): the cost is
-O(n d) for everyone plus O(suspects x identities x d).
+an exact search of the face against the folder mean vectors S_g / n_g (blocked float32 GEMM, the
+best ones re-scored in float64), and only for the faces that are already far from their own
+folder (a few percent): the cost is O(n d) for everyone plus O(suspects x identities x d). When
+only a folder at or above a floor can matter (misfiled: same-person level), most folders are ruled
+out on the first 64-128 dimensions: their partial score plus |rest of the face| |rest of the
+mean| (Cauchy-Schwarz) stays below the floor.
 
 What "same person" and "far" mean differs by model (dlib, ArcFace) and by dataset, so the
 thresholds are quantiles of own(i) over the dataset's faces (folders of at least 3 faces), with
@@ -31,8 +34,7 @@ from .base import Check, CheckData, CheckSettings, Issue, Param
 if TYPE_CHECKING:
     import numpy as np
 
-BLOCK = 4096  # rows centred at a time: bounded memory at any dataset size
-SEARCH_BLOCK = 8192  # suspect rows per faiss query batch
+BLOCK_BYTES = 16 << 20  # float64 rows centred at a time (4096 at d=512): bounded memory at any size
 
 
 @dataclass(frozen=True)
@@ -57,9 +59,9 @@ class FolderFit:
     folder_mean: "np.ndarray"  # float64 (n_ids,): mean pairwise similarity in the folder; nan below 2 faces
     sums: "np.ndarray"  # float64 (n_ids, d): sums of centred faces
     centre: "np.ndarray"  # float64 (d,)
-    _order: "np.ndarray" = None
-    _starts: "np.ndarray" = None
-    _best: dict = field(default_factory=dict)  # min_other -> [other, other_sim, known, index, ids]
+    _order: "np.ndarray" = None  # rows in folder order (None: the table is in folder order already)
+    _starts: "np.ndarray" = None  # folder k's rows: _order[_starts[k]:_starts[k + 1]]
+    _best: dict = field(default_factory=dict)  # min_other -> _BestOther
     extra: dict = field(default_factory=dict)
 
     def distribution(self, min_faces: int = 3) -> "np.ndarray":
@@ -81,55 +83,42 @@ class FolderFit:
         dist = self.distribution(min_faces)
         return float(np.quantile(dist, quantile)) if dist.size else math.nan
 
-    def centred(self, vectors: "np.ndarray", rows: "np.ndarray") -> "np.ndarray":
+    def centred(self, vectors: "np.ndarray", rows) -> "np.ndarray":
+        """Rows (an index array or a slice) centred and re-normalised, float64: a new array, the
+        table is only read."""
         import numpy as np
 
         x = vectors[rows].astype(np.float64) - self.centre
         norms = np.sqrt(np.einsum("ij,ij->i", x, x))
         return x / np.where(norms > 0, norms, 1.0)[:, None]
 
-    def best_other(self, data: CheckData, rows: "np.ndarray", min_other: int = 2
+    def members(self, folder: int):
+        """The rows of `folder`: a slice when the table is in folder order, else an index array."""
+        lo, hi = int(self._starts[folder]), int(self._starts[folder + 1])
+        return slice(lo, hi) if self._order is None else self._order[lo:hi]
+
+    def best_other(self, data: CheckData, rows: "np.ndarray", min_other: int = 2, floor=None
                    ) -> tuple["np.ndarray", "np.ndarray"]:
         """The best other folder of each face in `rows` (-1 if none) and the face's mean similarity
-        to it, among folders of at least `min_other` faces. Exact: a flat inner-product search
-        of each face against the folder mean vectors, the top two (one may be its own)."""
+        to it (float64), among folders of at least `min_other` faces. Exact: every folder's mean
+        vector is scored (blocked float32 GEMM), and the folders within float32 error of the best
+        are re-scored in float64.
+
+        `floor` (a number or one per row): only a best folder at or above it is wanted; a row
+        whose best folder scores below its floor gets (-1, nan). Cheaper: a folder is ruled out
+        on the first dimensions, by their partial score plus a bound on the rest."""
         import numpy as np
 
         rows = np.asarray(rows, dtype=np.int64)
         if min_other not in self._best:
-            import faiss
-
-            n = len(self.own)
-            ids = np.flatnonzero(self.counts >= max(min_other, 1))
-            index = faiss.IndexFlatIP(self.sums.shape[1])
-            if len(ids):
-                index.add(np.ascontiguousarray((self.sums[ids] / self.counts[ids, None]).astype(np.float32)))
-            self._best[min_other] = [np.full(n, -1, np.int64), np.full(n, np.nan), np.zeros(n, bool), index, ids]
-        other, other_sim, known, index, ids = self._best[min_other]
-        todo = rows[~known[rows]]
-        owner = self._owner
-        for s in range(0, todo.size if index.ntotal else 0, SEARCH_BLOCK):
-            part = todo[s : s + SEARCH_BLOCK]
-            qd = self.centred(data.table.vectors, part)
-            _, idx = index.search(np.ascontiguousarray(qd.astype(np.float32)), 2)
-            cand = np.where(idx >= 0, ids[np.maximum(idx, 0)], -1)
-            pick = np.where(cand[:, 0] == owner[part], cand[:, 1], cand[:, 0])
-            # the similarity again in float64: the float32 search only chose the folder
-            ok = pick >= 0
-            sim = np.full(part.size, np.nan)
-            sim[ok] = np.einsum("ij,ij->i", qd[ok], self.sums[pick[ok]]) / self.counts[pick[ok]]
-            other[part], other_sim[part] = pick, sim
-        known[todo] = True
-        return other[rows], other_sim[rows]
+            self._best[min_other] = _BestOther(self, min_other)
+        return self._best[min_other].get(data.table.vectors, rows, floor)
 
     def best_face(self, data: CheckData, row: int, folder: int) -> tuple[int, float]:
         """The face of `folder` most similar to face `row` (centred cosine)."""
         import numpy as np
 
-        if self._order is None:
-            self._order = np.argsort(self._owner, kind="stable")
-            self._starts = np.concatenate([[0], np.cumsum(self.counts)])
-        members = self._order[self._starts[folder] : self._starts[folder + 1]]
+        members = np.arange(len(self.own))[self.members(folder)]
         sims = self.centred(data.table.vectors, members) @ self.centred(data.table.vectors, np.array([row]))[0]
         k = int(np.argmax(sims))
         return int(members[k]), float(sims[k])
@@ -139,8 +128,177 @@ class FolderFit:
         return self.extra["owner"]
 
 
+# float32 error of a face-to-mean score in the rotated basis (|x|, |mean| <= 1): the rotation adds
+# at most d u sqrt(d) (7e-4 at d = 512, u = 2^-24), the product d u; rows within twice this of the
+# best are re-scored in float64, and a bound must miss a floor by this much to rule a folder out
+SCORE_TOL = 2e-3
+STAGES = (1 / 8, 1 / 4, 1 / 2)  # fractions of the dimensions after which a floor search bounds the rest
+KEPT = 0.5  # a stage's bound is dropped once it keeps more than this share of the scores on average
+GROUPS = 16  # folders bounded together (by the largest rest of a mean among them)
+QUERY_CELLS = 1 << 22  # face-to-folder scores held at once (16 MiB of float32)
+
+
+class _BestOther:
+    """best_other's state for one `min_other`: the candidate folders' means and what is known.
+
+    The means and the faces are scored in the basis of the means' principal axes (an exact
+    rotation): most of a mean's length then lies in the first dimensions, so that the bound on
+    the rest is small early (on LFW's dlib descriptors 1% of the folders remain after 32 of 128
+    dimensions; 57% in the original basis)."""
+
+    def __init__(self, fit: FolderFit, min_other: int):
+        import numpy as np
+
+        n = len(fit.own)
+        self.fit = fit
+        ids = np.flatnonzero(fit.counts >= max(min_other, 1))
+        means = fit.sums[ids] / fit.counts[ids, None]
+        d = means.shape[1]
+        _, axes = np.linalg.eigh(means.T @ means) if len(ids) else (None, np.eye(d))
+        self.axes = np.ascontiguousarray(axes[:, ::-1]).astype(np.float32)  # largest first
+        means = means @ axes[:, ::-1]
+        # longest means first: a group of folders bounded by its longest rest is then tight
+        order = np.argsort(-np.einsum("ij,ij->i", means, means), kind="stable")
+        self.ids, means = ids[order], means[order]
+        self.means = means.astype(np.float32)
+        self.edges = sorted({e for e in (int(f * d) for f in STAGES) if 0 < e < d}) + [d]
+        # the norm of each mean over the dimensions after each stage: the most they can add to
+        # the score of a unit face (times the norm of the face over those dimensions)
+        self.tails = [np.sqrt(np.einsum("ij,ij->i", means[:, e:], means[:, e:])).astype(np.float32)
+                      for e in self.edges[:-1]]
+        self.position = np.full(len(fit.counts), -1, np.int64)  # folder -> column among the candidates
+        self.position[self.ids] = np.arange(len(self.ids))
+        self.other = np.full(n, -1, np.int64)
+        self.sim = np.full(n, np.nan)
+        self.exact = np.zeros(n, bool)  # the best folder is known: (other, sim)
+        self.below = np.full(n, np.inf)  # the best folder is known to score below this
+        self._kept: dict[int, list] = {}  # stage -> [sum of the share of scores kept, blocks]
+
+    def get(self, vectors, rows, floor):
+        import numpy as np
+
+        want = np.full(rows.size, -np.inf) if floor is None else np.broadcast_to(
+            np.asarray(floor, dtype=np.float64), rows.shape).astype(np.float64)
+        todo = ~self.exact[rows] & ~(self.below[rows] <= want)
+        if todo.any():
+            # rows in table order (a gather reads the table forwards); a row asked twice: its lowest floor
+            r, w = rows[todo], want[todo]
+            order = np.lexsort((w, r))
+            r, w = r[order], w[order]
+            first = np.r_[True, r[1:] != r[:-1]]
+            self._compute(vectors, r[first], w[first])
+        other, sim = self.other[rows].copy(), self.sim[rows].copy()
+        low = ~self.exact[rows] | ~(sim >= want)
+        other[low], sim[low] = -1, np.nan
+        return other, sim
+
+    def _compute(self, vectors, rows, floor):
+        import numpy as np
+
+        if not len(self.ids):
+            self.exact[rows] = True
+            return
+        block = max(1, QUERY_CELLS // len(self.ids))
+        bounded = np.isfinite(floor)
+        for part in (np.flatnonzero(~bounded), np.flatnonzero(bounded)):
+            for s in range(0, part.size, block):
+                self._block(vectors, rows[part[s : s + block]], floor[part[s : s + block]])
+
+    def _block(self, vectors, rows, floor):
+        """Score the rows against the folder means, stage by stage of dimensions. With a floor,
+        after each stage a folder stays only where its partial score plus |rest of the face|
+        |rest of the mean| reaches the floor of some row, and a row stays only while some folder
+        does: the next stages score only those."""
+        import numpy as np
+
+        fit = self.fit
+        qd = fit.centred(vectors, rows)
+        q = qd.astype(np.float32) @ self.axes
+        d = q.shape[1]
+        with_floor = bool(np.isfinite(floor).all())
+        # the stages whose bound has paid off so far (a bound that rules out little costs more
+        # than the dimensions it saves), then all dimensions
+        edges = [e for e in self.edges[:-1] if with_floor and self.useful(e)] + [d]
+        live = np.arange(rows.size)  # positions in `rows` still open
+        cols = np.arange(len(self.ids))  # candidate folders still open (columns of self.means)
+        scores = None
+        start = 0
+        for end in edges:
+            means = self.means[:, start:end] if cols.size == len(self.ids) else self.means[cols, start:end]
+            part = (q[:, start:end] if live.size == rows.size else q[live, start:end]) @ means.T
+            if scores is None:
+                scores = part
+                own = self.position[fit._owner[rows]]
+                mine = np.flatnonzero(own >= 0)
+                scores[mine, own[mine]] = -np.inf  # never its own folder
+            else:
+                scores += part
+            start = end
+            if end == d:
+                break
+            left = self._reach(scores, q[live, end:], floor[live], self.tails[self.edges.index(end)][cols])
+            open_rows = left.any(axis=1)
+            open_cols = left[open_rows].any(axis=0)
+            self.record(end, open_rows.mean() * open_cols.mean())
+            low = live[~open_rows]  # no folder can reach the floor
+            self.below[rows[low]] = np.minimum(self.below[rows[low]], floor[low])
+            if not open_rows.any():
+                return
+            live, cols = live[open_rows], cols[open_cols]
+            scores = scores[np.ix_(open_rows, open_cols)]
+        # every dimension scored: the folders within float32 error of each row's best, in float64
+        top = scores.max(axis=1)
+        r, c = np.nonzero((scores >= (top - 2 * SCORE_TOL)[:, None]) & (scores > -np.inf))
+        at, g = live[r], self.ids[cols[c]]
+        sim = np.einsum("ij,ij->i", qd[at], fit.sums[g]) / fit.counts[g]
+        # per row: the highest score, then the lowest folder index
+        order = np.lexsort((g, -sim, at))
+        at, g, sim = at[order], g[order], sim[order]
+        first = np.r_[True, at[1:] != at[:-1]] if at.size else np.zeros(0, bool)
+        at, g, sim = at[first], g[first], sim[first]
+        # without a floor: the best folder. With one: the best of the folders that can reach the
+        # floor, so the best folder where it does reach it, and "below the floor" elsewhere
+        ok = sim >= floor[at]
+        self.other[rows[at[ok]]], self.sim[rows[at[ok]]] = g[ok], sim[ok]
+        self.exact[rows[at[ok]]] = True
+        if with_floor:
+            low = np.setdiff1d(live, at[ok])
+            self.below[rows[low]] = np.minimum(self.below[rows[low]], floor[low])
+        else:
+            self.exact[rows[live]] = True  # a row with no candidate has no other folder
+
+    def useful(self, edge: int) -> bool:
+        kept = self._kept.get(edge)
+        return kept is None or kept[1] < 2 or kept[0] / kept[1] <= KEPT
+
+    def record(self, edge: int, kept: float) -> None:
+        total = self._kept.setdefault(edge, [0.0, 0])
+        total[0] += kept
+        total[1] += 1
+
+    @staticmethod
+    def _reach(scores, rest_q, floor, tails):
+        """Which (row, folder) can still reach the row's floor: partial score + |rest of the face|
+        x the largest |rest of a mean| in the folder's group (folders are sorted by length)."""
+        import numpy as np
+
+        rest = np.sqrt(np.einsum("ij,ij->i", rest_q, rest_q, dtype=np.float64)) * (1 + SCORE_TOL)
+        need = (floor - SCORE_TOL).astype(np.float32)
+        rest = rest.astype(np.float32)
+        left = np.empty(scores.shape, bool)
+        step = -(-scores.shape[1] // GROUPS)
+        for a in range(0, scores.shape[1], step):
+            b = min(a + step, scores.shape[1])
+            np.greater_equal(scores[:, a:b], (need - rest * tails[a:b].max())[:, None], out=left[:, a:b])
+        return left
+
+
 def folder_fit(data: CheckData) -> FolderFit:
-    """own(i) for every face and each folder's mean pairwise similarity, shared by the checks."""
+    """own(i) for every face and each folder's mean pairwise similarity, shared by the checks.
+
+    One pass over the table in folder order, in blocks of whole folders (a folder larger than a
+    block is read twice: its sum first): each block is centred once, its folders' sums are
+    added up and its faces scored against them. The table is only read."""
     if "folder_fit" in data.cache:
         return data.cache["folder_fit"]
     import numpy as np
@@ -154,22 +312,54 @@ def folder_fit(data: CheckData) -> FolderFit:
     centre = x.mean(axis=0, dtype=np.float64) if len(x) else np.zeros(d)
     fit = FolderFit(counts=counts, own=np.full(len(x), np.nan), folder_mean=np.full(n_ids, np.nan),
                     sums=np.zeros((n_ids, d)), centre=centre, extra={"owner": owner})
-    for s in range(0, len(x), BLOCK):
-        rows = np.arange(s, min(s + BLOCK, len(x)))
-        np.add.at(fit.sums, owner[rows], fit.centred(x, rows))
-    for s in range(0, len(x), BLOCK):
-        rows = np.arange(s, min(s + BLOCK, len(x)))
-        xc = fit.centred(x, rows)
-        dot = np.einsum("ij,ij->i", xc, fit.sums[owner[rows]])
-        n = counts[owner[rows]]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            fit.own[rows] = np.where(n > 1, (dot - 1.0) / (n - 1), np.nan)
+    fit._starts = np.concatenate([[0], np.cumsum(counts)])
+    if len(owner) and (owner[1:] < owner[:-1]).any():
+        fit._order = np.argsort(owner, kind="stable")
+    rows_per_block = max(1, BLOCK_BYTES // (8 * max(d, 1)))
+    first = 0
+    while first < n_ids:
+        # the folders [first, last) fill one block; one folder larger than a block is alone
+        last = int(np.searchsorted(fit._starts, fit._starts[first] + rows_per_block, side="right")) - 1
+        last = min(max(last, first + 1), n_ids)
+        lo, hi = int(fit._starts[first]), int(fit._starts[last])
+        if hi - lo > rows_per_block:
+            _big_folder(fit, x, first, rows_per_block)
+        elif hi > lo:
+            rows = slice(lo, hi) if fit._order is None else fit._order[lo:hi]
+            xc = fit.centred(x, rows)
+            sizes = counts[first:last]
+            for k in np.flatnonzero(sizes).tolist():  # a sum down the rows: faster than reduceat
+                a = int(fit._starts[first + k]) - lo
+                fit.sums[first + k] = xc[a : a + int(sizes[k])].sum(axis=0)
+            _score_own(fit, xc, rows, np.repeat(fit.sums[first:last], sizes, axis=0), np.repeat(sizes, sizes))
+        first = last
     # mean of the n(n-1) ordered pairs: (|S|^2 - n) / (n (n - 1))
     sq = np.einsum("ij,ij->i", fit.sums, fit.sums)
     with np.errstate(invalid="ignore", divide="ignore"):
         fit.folder_mean = np.where(counts > 1, (sq - counts) / (counts * (counts - 1.0)), np.nan)
     data.cache["folder_fit"] = fit
     return fit
+
+
+def _score_own(fit: FolderFit, xc, rows, sums, n) -> None:
+    """own(i) of the centred faces `xc` (table rows `rows`), with their folders' sums and sizes."""
+    import numpy as np
+
+    dot = np.einsum("ij,ij->i", xc, sums)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fit.own[rows] = np.where(n > 1, (dot - 1.0) / (n - 1), np.nan)
+
+
+def _big_folder(fit: FolderFit, x, folder: int, rows_per_block: int) -> None:
+    import numpy as np
+
+    members = np.arange(len(fit.own))[fit.members(folder)]
+    for s in range(0, members.size, rows_per_block):
+        fit.sums[folder] += fit.centred(x, members[s : s + rows_per_block]).sum(axis=0)
+    n = int(fit.counts[folder])
+    for s in range(0, members.size, rows_per_block):
+        rows = members[s : s + rows_per_block]
+        _score_own(fit, fit.centred(x, rows), rows, fit.sums[folder][None, :], np.full(rows.size, n))
 
 
 @register
@@ -210,7 +400,9 @@ class Misfiled(Check):
         owner = fit._owner
         suspects = np.flatnonzero((fit.counts[owner] >= settings["min_faces"]) & (fit.own < far))
         self.facts["faces_far"] = int(suspects.size)
-        other, other_sim = fit.best_other(data, suspects, settings["min_other_faces"])
+        # only a folder that can make it misfiled is wanted: same-person level and the margin
+        floor = np.maximum(same, fit.own[suspects] + settings["margin"]) - 1e-9
+        other, other_sim = fit.best_other(data, suspects, settings["min_other_faces"], floor=floor)
         hit = (other >= 0) & (other_sim >= same) & (other_sim - fit.own[suspects] >= settings["margin"])
         names = [i.name for i in data.table.identities]
         issues = []
