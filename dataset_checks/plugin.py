@@ -137,6 +137,11 @@ def pytest_configure(config: pytest.Config) -> None:
         rules = replace(rules, engine=replace(rules.engine, type=config.getoption("engine"),
                                               address=rules.engine.address if config.getoption("engine") == "ray"
                                               else None))
+    if rules.engine.type == "ray":  # engines: Ray is an optional extra, said before anything runs
+        from .engines import ray_missing
+
+        if ray_missing():
+            raise pytest.UsageError(ray_missing())
     if config.getoption("update_baseline") and not config.getoption("baseline"):
         raise pytest.UsageError("--update-baseline needs --baseline FILE (the file to write)")
     # -- leakage: begin --

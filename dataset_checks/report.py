@@ -80,6 +80,10 @@ def search_description(meta: dict[str, Any]) -> str:
                       f"(recall {max(by.values()) if by else 1:.4f})")
     if search.get("scan") == "lists":
         params.append("scanned list by list")
+    from .engines.ranges import describe  # engines
+
+    if describe(search.get("engine")):
+        params.append(describe(search.get("engine")))
     index = meta.get("index") or "none"
     return index + (f" ({', '.join(params)})" if params else "")
 

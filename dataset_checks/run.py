@@ -116,7 +116,8 @@ class Pipeline:
         error = None
         try:
             self.search = find_pairs(
-                table.vectors, table.identity_of, self.rules.min_threshold, self.rules.index, progress=progress
+                table.vectors, table.identity_of, self.rules.min_threshold, self.rules.index, progress=progress,
+                engine=self._engine(),
             )
             for stage, seconds in self.search.info.get("timings", {}).items():
                 self.timings[stage] = seconds
@@ -148,6 +149,13 @@ class Pipeline:
             for r in self.faces.values() if r.problems or r.error
         }
         return findings
+
+    def _engine(self):
+        """Where the candidates stage runs (rules `engine:`): None in this process, else an engine
+        of dataset_checks.engines (Ray), checkpointing its ranges in the cache folder."""
+        from .engines import make_engine
+
+        return make_engine(self.rules.engine, self.cache_dir)
 
     def _add_missed(self, table, rows, verification: dict) -> None:
         """Pairs the exact check found and the search did not: into the result. The sampled

@@ -131,13 +131,15 @@ def _list_scan_chunks(faiss, index, radius: float, xq: np.ndarray, labels: np.nd
         near = np.ascontiguousarray(probes[:, :nprobe])
     else:
         near = _nearest_lists(index.quantizer, xq, nprobe)
-    flat = near.ravel()
-    valid = flat >= 0
-    order = np.argsort(np.where(valid, flat, index.nlist), kind="stable")
-    query_of = (order // nprobe)[: int(valid.sum())]
-    del order
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(flat[valid], minlength=index.nlist))])
     first, last = _span(index.nlist, start_list, end_list)
+    # ranges: only the probes of lists in [first, last) are inverted (a range of 1/8 of the lists
+    # sorted 1M x 8 probes in 0.08 s instead of 1.3 s); same queries, same order per list
+    flat = near.ravel()
+    where = np.flatnonzero((flat >= first) & (flat < last))
+    inside = flat[where]
+    query_of = where[np.argsort(inside, kind="stable")] // nprobe
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(inside, minlength=index.nlist))])
+    del where, inside
     bar = _bar(progress, last - first, "searching", "list")
     for lst in range(first, last):
         vecs, ids = lists[lst]
