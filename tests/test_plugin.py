@@ -241,6 +241,7 @@ def test_findings_json_metadata(pytester, dataset, run):
     assert doc["vectors"] == 24
     assert doc["index"] == "IndexFlatIP" and doc["device"] == "cpu"
     assert doc["search"]["threshold"] == 0.85 and doc["search"]["vectors"] == 24
+    assert doc["search"]["certified"]["exact"] is True  # flat: every pair scored (IVF: backends/bounds.py)
     assert set(doc["timings"]) >= {"discover", "load", "search", "findings"}
     ref = reference_rows(dataset, 0.85)
     failing = {r[0] for r in ref} | {r[2] for r in ref}
