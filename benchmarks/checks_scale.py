@@ -5,7 +5,8 @@ search once (as a run does before its checks; `--no-search` skips it: no check r
 today), then runs every enabled check in registry order on one shared `CheckData`, as the
 pipeline does (misfiled computes the folder fit that consistency reuses), and reports per check:
 
-* seconds (a pass without tracemalloc);
+* seconds, wall and CPU (a pass without tracemalloc; CPU time counts every BLAS thread, and on a
+  shared machine it is the steadier of the two);
 * peak traced memory above the start of the check (a second pass under tracemalloc: numpy's
   buffers are traced) and peak RSS above the RSS at its start (/proc/self/clear_refs resets the
   high-water mark before each check; with `--memmap` the pages of the mapped table count in RSS
@@ -117,10 +118,10 @@ def run(args) -> dict:
             _reset_peak()
             if traced:
                 tracemalloc.start()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             result = run_checks(data, only=[name]).get(name)
-            seconds = time.perf_counter() - t0
-            row = {"seconds": round(seconds, 3)}
+            seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+            row = {"seconds": round(seconds, 3), "cpu_s": round(cpu, 3)}
             if traced:
                 _, peak = tracemalloc.get_traced_memory()
                 tracemalloc.stop()
@@ -140,7 +141,7 @@ def run(args) -> dict:
                                  for k, v in traced.get(name, {}).items()}}
         out["checks"][name] = row
         mem = (f"  traced peak {row['traced_peak_mb']:7.1f} MB" if "traced_peak_mb" in row else "")
-        print(f"{name:18s} {row['seconds']:7.3f} s  rss peak +{row['rss_peak_mb']:7.1f} MB{mem}"
+        print(f"{name:18s} {row['seconds']:7.3f} s (cpu {row['cpu_s']:7.3f} s)  rss peak +{row['rss_peak_mb']:7.1f} MB{mem}"
               f"  issues {row.get('issues', '-')}  {row.get('digest', '')}"
               f"{'  ERROR ' + row['error'] if row.get('error') else ''}", flush=True)
     total = sum(r["seconds"] for r in out["checks"].values())

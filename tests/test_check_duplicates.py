@@ -96,10 +96,14 @@ def _check_pairs(x, threshold, keep, result):
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), sizes=st.lists(st.integers(0, 20), min_size=1, max_size=8),
        dim=st.sampled_from([4, 16, 64]), threshold=st.floats(0.0, 0.999), copies=st.integers(0, 30),
-       keep=st.integers(1, 30))
-def test_batch_pairs_equal_brute_force(seed, sizes, dim, threshold, copies, keep):
-    """Many folders in one zero-padded stack: each folder's pairs as if it were alone (padding,
-    empty and one-face folders included)."""
+       keep=st.integers(1, 30), dense=st.sampled_from([0, 5, 256]))
+def test_batch_pairs_equal_brute_force(seed, sizes, dim, threshold, copies, keep, dense):
+    """Many folders in one padded stack: each folder's pairs as if it were alone (padding, empty
+    and one-face folders included; folders with many candidate pairs handed to folder_pairs)."""
+    from unittest import mock
+
+    from dataset_checks.checks import near_duplicates
+
     rng = np.random.default_rng(seed)
     n = sum(sizes)
     x = rng.standard_normal((n, dim))
@@ -114,7 +118,8 @@ def test_batch_pairs_equal_brute_force(seed, sizes, dim, threshold, copies, keep
     table = np.empty_like(x)
     table[order] = x
     folders = [order[starts[f] : starts[f + 1]] for f in range(len(sizes))]
-    results = batch_pairs(table, folders, threshold, keep)
+    with mock.patch.object(near_duplicates, "DENSE", dense):
+        results = batch_pairs(table, folders, threshold, keep)
     assert len(results) == len(sizes)
     for f, result in enumerate(results):
         _check_pairs(x[starts[f] : starts[f + 1]], threshold, keep, result)

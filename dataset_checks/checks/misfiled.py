@@ -128,13 +128,16 @@ class FolderFit:
         return self.extra["owner"]
 
 
-# float32 error of a face-to-mean score in the rotated basis (|x|, |mean| <= 1): the rotation adds
-# at most d u sqrt(d) (7e-4 at d = 512, u = 2^-24), the product d u; rows within twice this of the
-# best are re-scored in float64, and a bound must miss a floor by this much to rule a folder out
-SCORE_TOL = 2e-3
+# Error bound of a face-to-mean score computed in float32 in the rotated basis (|x|, |mean| <= 1,
+# d <= 1024): rotating a vector in float32 moves it by at most d u sqrt(d) (7e-4 at d = 512, u =
+# 2^-24), which moves a score, and the product of the norms of two rests, by at most twice that;
+# the product itself adds d u. A folder is ruled out only when its bound misses the floor by more
+# than this, and every folder within twice this of a face's best float32 score is re-scored in
+# float64.
+SCORE_TOL = 5e-3
 STAGES = (1 / 8, 1 / 4, 1 / 2)  # fractions of the dimensions after which a floor search bounds the rest
-KEPT = 0.5  # a stage's bound is dropped once it keeps more than this share of the scores on average
-GROUPS = 16  # folders bounded together (by the largest rest of a mean among them)
+KEPT = 0.5  # a stage's bound is skipped while it keeps more than this share of the scores on average
+RETRY = 8  # ... and tried again after this many blocks
 QUERY_CELLS = 1 << 22  # face-to-folder scores held at once (16 MiB of float32)
 
 
@@ -152,27 +155,29 @@ class _BestOther:
         n = len(fit.own)
         self.fit = fit
         ids = np.flatnonzero(fit.counts >= max(min_other, 1))
-        means = fit.sums[ids] / fit.counts[ids, None]
+        means = (fit.sums[ids] / fit.counts[ids, None]).astype(np.float32)
         d = means.shape[1]
-        _, axes = np.linalg.eigh(means.T @ means) if len(ids) else (None, np.eye(d))
-        self.axes = np.ascontiguousarray(axes[:, ::-1]).astype(np.float32)  # largest first
-        means = means @ axes[:, ::-1]
-        # longest means first: a group of folders bounded by its longest rest is then tight
-        order = np.argsort(-np.einsum("ij,ij->i", means, means), kind="stable")
-        self.ids, means = ids[order], means[order]
-        self.means = means.astype(np.float32)
+        # the principal axes, largest first (any orthonormal basis would be exact; these make
+        # the bounds tight early)
+        _, axes = np.linalg.eigh((means.T @ means).astype(np.float64)) if len(ids) else (None, np.eye(d))
+        self.axes = np.ascontiguousarray(axes[:, ::-1], dtype=np.float32)
+        self.ids = ids
+        self.means = means @ self.axes
         self.edges = sorted({e for e in (int(f * d) for f in STAGES) if 0 < e < d}) + [d]
         # the norm of each mean over the dimensions after each stage: the most they can add to
         # the score of a unit face (times the norm of the face over those dimensions)
-        self.tails = [np.sqrt(np.einsum("ij,ij->i", means[:, e:], means[:, e:])).astype(np.float32)
-                      for e in self.edges[:-1]]
+        self.tails = [np.sqrt(np.einsum("ij,ij->i", self.means[:, e:], self.means[:, e:], dtype=np.float64))
+                      .astype(np.float32) for e in self.edges[:-1]]
+        # per stage, the means' first dimensions and their rest's norm: a face's first dimensions
+        # and its rest's norm times these give the bound in one product
+        self.bounding = [np.hstack([self.means[:, :e], t[:, None]]) for e, t in zip(self.edges, self.tails)]
         self.position = np.full(len(fit.counts), -1, np.int64)  # folder -> column among the candidates
         self.position[self.ids] = np.arange(len(self.ids))
         self.other = np.full(n, -1, np.int64)
         self.sim = np.full(n, np.nan)
         self.exact = np.zeros(n, bool)  # the best folder is known: (other, sim)
         self.below = np.full(n, np.inf)  # the best folder is known to score below this
-        self._kept: dict[int, list] = {}  # stage -> [sum of the share of scores kept, blocks]
+        self._kept: dict[int, tuple] = {}  # stage -> (share of scores kept by recent bounds, [blocks skipped])
 
     def get(self, vectors, rows, floor):
         import numpy as np
@@ -221,31 +226,43 @@ class _BestOther:
         edges = [e for e in self.edges[:-1] if with_floor and self.useful(e)] + [d]
         live = np.arange(rows.size)  # positions in `rows` still open
         cols = np.arange(len(self.ids))  # candidate folders still open (columns of self.means)
+        own = self.position[fit._owner[rows]]
+        mine = np.flatnonzero(own >= 0)
         scores = None
         start = 0
         for end in edges:
-            means = self.means[:, start:end] if cols.size == len(self.ids) else self.means[cols, start:end]
-            part = (q[:, start:end] if live.size == rows.size else q[live, start:end]) @ means.T
-            if scores is None:
-                scores = part
-                own = self.position[fit._owner[rows]]
-                mine = np.flatnonzero(own >= 0)
-                scores[mine, own[mine]] = -np.inf  # never its own folder
+            if scores is None and end < d:
+                # the first bound, over every folder: |rest of the face| |rest of the mean| is one
+                # more dimension of the product, so the GEMM gives the bound itself
+                stage = self.edges.index(end)
+                rest = self._rest(q[:, end:])
+                bound = np.hstack([q[:, :end], rest[:, None]]) @ self.bounding[stage].T
+                bound[mine, own[mine]] = -np.inf  # never its own folder
+                left = bound >= self._need(floor)[:, None]
+                open_rows = left.any(axis=1)
+                open_cols = left[open_rows].any(axis=0)
+                # the partial scores of what stays open
+                scores = bound[np.ix_(open_rows, open_cols)]
+                scores -= np.multiply.outer(rest[open_rows], self.tails[stage][open_cols])
             else:
-                scores += part
+                means = self.means[:, start:end] if cols.size == len(self.ids) else self.means[cols, start:end]
+                part = (q[:, start:end] if live.size == rows.size else q[live, start:end]) @ means.T
+                if scores is None:
+                    scores = part
+                    scores[mine, own[mine]] = -np.inf  # never its own folder
+                else:
+                    scores += part
+                if end == d:
+                    break
+                open_rows, open_cols = self._reach(scores, q[live, end:], floor[live], self.tails[self.edges.index(end)][cols])
+                scores = scores[np.ix_(open_rows, open_cols)]
             start = end
-            if end == d:
-                break
-            left = self._reach(scores, q[live, end:], floor[live], self.tails[self.edges.index(end)][cols])
-            open_rows = left.any(axis=1)
-            open_cols = left[open_rows].any(axis=0)
             self.record(end, open_rows.mean() * open_cols.mean())
             low = live[~open_rows]  # no folder can reach the floor
             self.below[rows[low]] = np.minimum(self.below[rows[low]], floor[low])
             if not open_rows.any():
                 return
             live, cols = live[open_rows], cols[open_cols]
-            scores = scores[np.ix_(open_rows, open_cols)]
         # every dimension scored: the folders within float32 error of each row's best, in float64
         top = scores.max(axis=1)
         r, c = np.nonzero((scores >= (top - 2 * SCORE_TOL)[:, None]) & (scores > -np.inf))
@@ -268,37 +285,55 @@ class _BestOther:
             self.exact[rows[live]] = True  # a row with no candidate has no other folder
 
     def useful(self, edge: int) -> bool:
-        kept = self._kept.get(edge)
-        return kept is None or kept[1] < 2 or kept[0] / kept[1] <= KEPT
+        """Whether to bound after `edge` dimensions in the next block: unless the last bounds
+        there kept more than KEPT of the scores on average; such a stage is still tried every
+        RETRY blocks (the rows of other folders may be pruned better)."""
+        kept, skipped = self._kept.setdefault(edge, ([], [0]))
+        if not kept or sum(kept) / len(kept) <= KEPT or skipped[0] >= RETRY:
+            skipped[0] = 0
+            return True
+        skipped[0] += 1
+        return False
 
     def record(self, edge: int, kept: float) -> None:
-        total = self._kept.setdefault(edge, [0.0, 0])
-        total[0] += kept
-        total[1] += 1
+        recent = self._kept.setdefault(edge, ([], [0]))[0]
+        recent.append(kept)
+        del recent[:-RETRY]
 
     @staticmethod
-    def _reach(scores, rest_q, floor, tails):
-        """Which (row, folder) can still reach the row's floor: partial score + |rest of the face|
-        x the largest |rest of a mean| in the folder's group (folders are sorted by length)."""
+    def _rest(rest_q) -> "np.ndarray":
+        """|rest of each face| (float32, rounded up)."""
         import numpy as np
 
-        rest = np.sqrt(np.einsum("ij,ij->i", rest_q, rest_q, dtype=np.float64)) * (1 + SCORE_TOL)
-        need = (floor - SCORE_TOL).astype(np.float32)
-        rest = rest.astype(np.float32)
-        left = np.empty(scores.shape, bool)
-        step = -(-scores.shape[1] // GROUPS)
-        for a in range(0, scores.shape[1], step):
-            b = min(a + step, scores.shape[1])
-            np.greater_equal(scores[:, a:b], (need - rest * tails[a:b].max())[:, None], out=left[:, a:b])
-        return left
+        return (np.sqrt(np.einsum("ij,ij->i", rest_q, rest_q, dtype=np.float64)) * (1 + SCORE_TOL)).astype(np.float32)
+
+    @staticmethod
+    def _need(floor) -> "np.ndarray":
+        """The least bound that can still reach each floor (float32, rounded down)."""
+        import numpy as np
+
+        return (floor - SCORE_TOL).astype(np.float32)
+
+    def _reach(self, scores, rest_q, floor, tails):
+        """The rows and the folders (columns) of `scores` for which some (row, folder) can still
+        reach the row's floor: partial score + |rest of the face| |rest of the mean| >= floor."""
+        import numpy as np
+
+        reach = np.multiply.outer(self._rest(rest_q), tails)
+        reach += scores
+        left = reach >= self._need(floor)[:, None]
+        open_rows = left.any(axis=1)
+        return open_rows, left[open_rows].any(axis=0)
 
 
 def folder_fit(data: CheckData) -> FolderFit:
     """own(i) for every face and each folder's mean pairwise similarity, shared by the checks.
 
     One pass over the table in folder order, in blocks of whole folders (a folder larger than a
-    block is read twice: its sum first): each block is centred once, its folders' sums are
-    added up and its faces scored against them. The table is only read."""
+    block is read twice: its sum first). With c the dataset mean and w_i = 1 / |x_i - c|, a
+    centred face is w_i (x_i - c), so a folder's sum is S = sum w_i x_i - (sum w_i) c and a
+    face's dot product with it w_i (x_i . S - c . S): two matrix-vector products per folder on
+    the block's float64 rows, no centred copy of them. The table is only read."""
     if "folder_fit" in data.cache:
         return data.cache["folder_fit"]
     import numpy as np
@@ -326,12 +361,13 @@ def folder_fit(data: CheckData) -> FolderFit:
             _big_folder(fit, x, first, rows_per_block)
         elif hi > lo:
             rows = slice(lo, hi) if fit._order is None else fit._order[lo:hi]
-            xc = fit.centred(x, rows)
-            sizes = counts[first:last]
-            for k in np.flatnonzero(sizes).tolist():  # a sum down the rows: faster than reduceat
-                a = int(fit._starts[first + k]) - lo
-                fit.sums[first + k] = xc[a : a + int(sizes[k])].sum(axis=0)
-            _score_own(fit, xc, rows, np.repeat(fit.sums[first:last], sizes, axis=0), np.repeat(sizes, sizes))
+            xb, w = _weighted(fit, x, rows)
+            dot = np.empty(hi - lo)
+            for k in np.flatnonzero(counts[first:last]).tolist():
+                a, b = int(fit._starts[first + k]) - lo, int(fit._starts[first + k + 1]) - lo
+                fit.sums[first + k] = w[a:b] @ xb[a:b] - w[a:b].sum() * centre
+                dot[a:b] = _dots(fit, xb[a:b], w[a:b], fit.sums[first + k])
+            _score_own(fit, rows, dot, np.repeat(counts[first:last], counts[first:last]))
         first = last
     # mean of the n(n-1) ordered pairs: (|S|^2 - n) / (n (n - 1))
     sq = np.einsum("ij,ij->i", fit.sums, fit.sums)
@@ -341,11 +377,25 @@ def folder_fit(data: CheckData) -> FolderFit:
     return fit
 
 
-def _score_own(fit: FolderFit, xc, rows, sums, n) -> None:
-    """own(i) of the centred faces `xc` (table rows `rows`), with their folders' sums and sizes."""
+def _weighted(fit: FolderFit, x, rows) -> tuple["np.ndarray", "np.ndarray"]:
+    """The rows in float64 and w = 1 / |row - centre| (1 where that is 0, as `centred` does)."""
     import numpy as np
 
-    dot = np.einsum("ij,ij->i", xc, sums)
+    xb = x[rows].astype(np.float64)
+    c = fit.centre
+    norms = np.sqrt(np.maximum(np.einsum("ij,ij->i", xb, xb) - 2 * (xb @ c) + c @ c, 0.0))
+    return xb, 1.0 / np.where(norms > 0, norms, 1.0)
+
+
+def _dots(fit: FolderFit, xb, w, folder_sum) -> "np.ndarray":
+    """Each centred face's dot product with its folder's sum."""
+    return w * (xb @ folder_sum - fit.centre @ folder_sum)
+
+
+def _score_own(fit: FolderFit, rows, dot, n) -> None:
+    """own(i) from each face's dot product with its folder's sum (itself included) and the sizes."""
+    import numpy as np
+
     with np.errstate(invalid="ignore", divide="ignore"):
         fit.own[rows] = np.where(n > 1, (dot - 1.0) / (n - 1), np.nan)
 
@@ -354,12 +404,16 @@ def _big_folder(fit: FolderFit, x, folder: int, rows_per_block: int) -> None:
     import numpy as np
 
     members = np.arange(len(fit.own))[fit.members(folder)]
+    total = np.zeros_like(fit.centre)
     for s in range(0, members.size, rows_per_block):
-        fit.sums[folder] += fit.centred(x, members[s : s + rows_per_block]).sum(axis=0)
+        xb, w = _weighted(fit, x, members[s : s + rows_per_block])
+        total += w @ xb - w.sum() * fit.centre
+    fit.sums[folder] = total
     n = int(fit.counts[folder])
     for s in range(0, members.size, rows_per_block):
         rows = members[s : s + rows_per_block]
-        _score_own(fit, fit.centred(x, rows), rows, fit.sums[folder][None, :], np.full(rows.size, n))
+        xb, w = _weighted(fit, x, rows)
+        _score_own(fit, rows, _dots(fit, xb, w, total), np.full(rows.size, n))
 
 
 @register

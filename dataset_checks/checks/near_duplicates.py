@@ -24,6 +24,7 @@ from ..discover import display_name
 BLOCK_CELLS = 1 << 22  # similarities held at once (16 MiB of float32)
 SMALL = 128  # folders up to this size are compared many at a time (batch_pairs)
 BATCH_BYTES = 16 << 20  # padded rows and their similarities per stack
+DENSE = 256  # a folder with more candidate pairs than this in a stack is settled by folder_pairs
 MARGIN = 1e-5  # float32 GEMM error on unit vectors is ~1e-6: pairs this close are recomputed in float64
 # `threshold: 0` (auto), measured on LFW's dlib descriptors: raw, pairs >= 0.993 are bursts and
 # re-crops of one photo while 0.985-0.99 is mostly different photos of one person (dlib packs
@@ -121,6 +122,12 @@ def batch_pairs(x, folders: list, threshold: float, keep: int) -> list:
     del sims
     ok = a < b
     f, a, b = f[ok], a[ok], b[ok]
+    # a folder with many candidates (a burst of frames) goes to folder_pairs, which settles in
+    # float64 only what float32 cannot
+    dense = np.flatnonzero(np.bincount(f, minlength=len(folders)) > DENSE)
+    if dense.size:
+        ok = ~np.isin(f, dense)
+        f, a, b = f[ok], a[ok], b[ok]
     sim = np.einsum("ij,ij->i", stack[f, a].astype(np.float64), stack[f, b].astype(np.float64))
     ok = sim >= threshold
     f, a, b, sim = f[ok], a[ok], b[ok], sim[ok]
@@ -134,6 +141,8 @@ def batch_pairs(x, folders: list, threshold: float, keep: int) -> list:
     for k, n in enumerate(sizes.tolist()):
         lo, hi = int(first[k]), min(int(first[k + 1]), int(first[k]) + keep)
         out.append((a[lo:hi], b[lo:hi], sim[lo:hi], int(totals[k]), degree[k, :n].astype(np.int64)))
+    for k in dense.tolist():
+        out[k] = folder_pairs(stack[k, : sizes[k]], threshold, keep)
     return out
 
 
