@@ -404,7 +404,7 @@ class IVFIndex:
     def _bounds_setup(self) -> None:
         tuning = self.tuning
         norms = _bounds.NormRange.of(self.x)
-        lists = None
+        lists, self.certificate = None, None
         if self.list_scan and tuning.list_bounds and self.probes is not None and self.probe_scores is not None:
             centroids = self.cpu_index.quantizer.reconstruct_n(0, self.cpu_index.nlist)
             lists = _bounds.ListBounds(centroids, self.probes, self.probe_scores, self.radius, norms)
