@@ -558,16 +558,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             report.extras = [*getattr(report, "extras", []), {"name": "pairs", "format_type": "html",
                              "content": html, "mime_type": None, "extension": None}]
     return report
-    identity = spec.params["identity"]
-    if report.failed:
-        _brief_failure(item, call, report, check, identity)
-    # a test_identity row shows its pairs; a check's row only when it fails (passing rows: one line)
-    if identity is not None and (report.failed or item.originalname == "test_identity"):
-        html = check.identity_html(identity)
-        if html:
-            report.extras = [*getattr(report, "extras", []), {"name": "pairs", "format_type": "html",
-                             "content": html, "mime_type": None, "extension": None}]
-    return report
 
 
 @pytest.hookimpl(optionalhook=True)
