@@ -7,6 +7,7 @@ plugin imports neither faiss nor numpy-heavy code, so unrelated pytest runs pay 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
 from dataclasses import dataclass, replace
@@ -539,17 +540,32 @@ class BriefCrash:
         return self.message
 
 
-def _brief_failure(item: pytest.Item, call: pytest.CallInfo, report: pytest.TestReport,
-                   check: CheckSession, identity: str | None) -> None:
-    exc = call.excinfo.value if call.excinfo is not None else None
+def _brief_failure(item: pytest.Item, call: pytest.CallInfo, check: CheckSession) -> BriefFailure | None:
+    """The brief of a domain failure of a test of one identity, else None (pytest's report)."""
+    exc = call.excinfo.value if call.when == "call" and call.excinfo is not None else None
     if not isinstance(exc, pytest.fail.Exception) or exc.pytrace:
-        return  # a bug in a test or a check keeps pytest's own traceback
-    brief = check.brief(identity, exc.msg, cross_identity=item.originalname == "test_identity")
+        return None  # a bug in a test or a check keeps pytest's own traceback
+    spec = getattr(item, "callspec", None)
+    if spec is None or "identity" not in spec.params:
+        return None  # test_dataset and dataset-level checks: one test each, said in full
+    brief = check.brief(spec.params["identity"], exc.msg, cross_identity=item.originalname == "test_identity")
     style = item.config.option.tbstyle
     lines = tuple(exc.msg.split("\n")) if style == "long" else () if style == "line" else brief.lines
-    crash = getattr(report.longrepr, "reprcrash", None)
-    report.longrepr = BriefFailure(lines, exc.msg, BriefCrash(str(getattr(crash, "path", item.path)),
-                                                             getattr(crash, "lineno", 0), brief.line))
+    path, lineno, _ = item.location
+    return BriefFailure(lines, exc.msg, BriefCrash(path, (lineno or 0) + 1, brief.line))
+
+
+@pytest.hookimpl(tryfirst=True, specname="pytest_runtest_makereport")
+def pytest_runtest_makereport_brief(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport | None:
+    # The report of a domain failure is made here, with its brief as the longrepr: pytest's own
+    # would first format a traceback that is never shown (1-2 ms per failing identity).
+    check = item.config.stash.get(SESSION, None)
+    brief = _brief_failure(item, call, check) if check is not None else None
+    if brief is None:
+        return None
+    call = copy.copy(call)  # the original, with its exception, stays for --pdb and the other hooks
+    call.excinfo = brief  # not an ExceptionInfo: pytest takes it as the report's longrepr
+    return pytest.TestReport.from_item_and_call(item, call)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -560,8 +576,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if check is None or report.when != "call" or spec is None or "identity" not in spec.params:
         return report
     identity = spec.params["identity"]
-    if report.failed:
-        _brief_failure(item, call, report, check, identity)
     # a test_identity row shows its pairs; a check's row only when it fails (passing rows: one line)
     if identity is not None and (report.failed or item.originalname == "test_identity"):
         html = check.identity_html(identity)

@@ -250,8 +250,12 @@ class CheckSession:
             if t is None:  # the run failed before loading
                 self._candidates = []
                 return self._candidates
+            t0 = time.perf_counter()
             self._candidates = merge_candidates(t.vectors, t.identity_of, [i.name for i in t.identities], f.pairs,
                                                 name_matches=matches_of(self.check_results.values()))
+            self.timings["merge"] = seconds = time.perf_counter() - t0
+            if isinstance(f.metadata.get("timings"), dict):  # a stage of the run like the others (findings.json)
+                f.metadata["timings"]["merge"] = round(seconds, 4)
         return self._candidates
 
     # -- baseline (dataset_checks.baseline) ------------------------------------------------
