@@ -454,6 +454,14 @@ class Misfiled(Check):
         owner = fit._owner
         suspects = np.flatnonzero((fit.counts[owner] >= settings["min_faces"]) & (fit.own < far))
         self.facts["faces_far"] = int(suspects.size)
+        if data.rules is not None:
+            # consistency (when on) needs its outliers' best folder exactly, and they are among
+            # these faces: searched in full now, they are not searched twice
+            from .consistency import outlier_rows
+
+            wanted = data.rules.check_settings("consistency")
+            if wanted.enabled and wanted["min_other_faces"] == settings["min_other_faces"]:
+                fit.best_other(data, outlier_rows(fit, wanted), settings["min_other_faces"])
         # only a folder that can make it misfiled is wanted: same-person level and the margin
         floor = np.maximum(same, fit.own[suspects] + settings["margin"]) - 1e-9
         other, other_sim = fit.best_other(data, suspects, settings["min_other_faces"], floor=floor)
