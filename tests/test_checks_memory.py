@@ -105,3 +105,29 @@ def test_each_check_allocates_far_less_than_the_table(dataset, name):
     assert result.error is None
     size = table.vectors.nbytes
     assert peak < size / 4, f"{name}: {peak / 2**20:.1f} MiB for a {size / 2**20:.0f} MiB table"
+
+
+def test_checks_run_with_one_blas_thread_and_restore_the_count():
+    """Many small products (one per folder): numpy's OpenBLAS on one thread while a check runs,
+    its thread count as before afterwards."""
+    from dataset_checks import blas
+
+    libs = blas._openblas()
+    if not libs:
+        pytest.skip("no OpenBLAS found in this process (another BLAS, or not Linux)")
+    before = [get() for _, get in libs]
+    seen = []
+
+    class Probe:
+        name, builtin, needs = "probe", False, frozenset()
+
+        def run(self, data, settings):
+            seen.extend(get() for _, get in libs)
+            return []
+
+    rules = parse_rules({})
+    with mock.patch("dataset_checks.check_run.all_checks", return_value=[Probe]), \
+            mock.patch.object(type(rules), "check_settings", lambda self, name: mock.Mock(enabled=True)):
+        run_checks(CheckData(root=None, rules=rules, identities=[], table=None, pairs=None, threshold=0.9))
+    assert seen and all(n == 1 for n in seen)
+    assert [get() for _, get in libs] == before

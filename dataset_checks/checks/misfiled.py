@@ -138,7 +138,7 @@ SCORE_TOL = 5e-3
 STAGES = (1 / 8, 1 / 4, 1 / 2)  # fractions of the dimensions after which a floor search bounds the rest
 KEPT = 0.5  # a stage's bound is skipped while it keeps more than this share of the scores on average
 RETRY = 8  # ... and tried again after this many blocks
-QUERY_CELLS = 1 << 22  # face-to-folder scores held at once (16 MiB of float32)
+QUERY_CELLS = 1 << 21  # face-to-folder scores held at once (8 MiB of float32; a few such arrays at a time)
 
 
 class _BestOther:
@@ -155,8 +155,10 @@ class _BestOther:
         n = len(fit.own)
         self.fit = fit
         ids = np.flatnonzero(fit.counts >= max(min_other, 1))
-        means = (fit.sums[ids] / fit.counts[ids, None]).astype(np.float32)
-        d = means.shape[1]
+        d = fit.sums.shape[1]
+        means = np.empty((len(ids), d), np.float32)
+        for s in range(0, len(ids), 4096):  # no float64 copy of all the means
+            means[s : s + 4096] = fit.sums[ids[s : s + 4096]] / fit.counts[ids[s : s + 4096], None]
         # the principal axes, largest first (any orthonormal basis would be exact; these make
         # the bounds tight early)
         _, axes = np.linalg.eigh((means.T @ means).astype(np.float64)) if len(ids) else (None, np.eye(d))
@@ -168,9 +170,7 @@ class _BestOther:
         # the score of a unit face (times the norm of the face over those dimensions)
         self.tails = [np.sqrt(np.einsum("ij,ij->i", self.means[:, e:], self.means[:, e:], dtype=np.float64))
                       .astype(np.float32) for e in self.edges[:-1]]
-        # per stage, the means' first dimensions and their rest's norm: a face's first dimensions
-        # and its rest's norm times these give the bound in one product
-        self.bounding = [np.hstack([self.means[:, :e], t[:, None]]) for e, t in zip(self.edges, self.tails)]
+        self._bounding: dict[int, "np.ndarray"] = {}
         self.position = np.full(len(fit.counts), -1, np.int64)  # folder -> column among the candidates
         self.position[self.ids] = np.arange(len(self.ids))
         self.other = np.full(n, -1, np.int64)
@@ -236,7 +236,7 @@ class _BestOther:
                 # more dimension of the product, so the GEMM gives the bound itself
                 stage = self.edges.index(end)
                 rest = self._rest(q[:, end:])
-                bound = np.hstack([q[:, :end], rest[:, None]]) @ self.bounding[stage].T
+                bound = np.hstack([q[:, :end], rest[:, None]]) @ self.bounding(stage).T
                 bound[mine, own[mine]] = -np.inf  # never its own folder
                 left = bound >= self._need(floor)[:, None]
                 open_rows = left.any(axis=1)
@@ -283,6 +283,15 @@ class _BestOther:
             self.below[rows[low]] = np.minimum(self.below[rows[low]], floor[low])
         else:
             self.exact[rows[live]] = True  # a row with no candidate has no other folder
+
+    def bounding(self, stage: int) -> "np.ndarray":
+        """The means' first dimensions up to a stage and the norm of their rest: with a face's
+        first dimensions and the norm of its rest, one product gives the bound."""
+        import numpy as np
+
+        if stage not in self._bounding:
+            self._bounding[stage] = np.hstack([self.means[:, : self.edges[stage]], self.tails[stage][:, None]])
+        return self._bounding[stage]
 
     def useful(self, edge: int) -> bool:
         """Whether to bound after `edge` dimensions in the next block: unless the last bounds
@@ -454,6 +463,14 @@ class Misfiled(Check):
         owner = fit._owner
         suspects = np.flatnonzero((fit.counts[owner] >= settings["min_faces"]) & (fit.own < far))
         self.facts["faces_far"] = int(suspects.size)
+        if data.rules is not None:
+            # consistency (when on) needs its outliers' best folder exactly, and they are among
+            # these faces: searched in full now, they are not searched twice
+            from .consistency import outlier_rows
+
+            wanted = data.rules.check_settings("consistency")
+            if wanted.enabled and wanted["min_other_faces"] == settings["min_other_faces"]:
+                fit.best_other(data, outlier_rows(fit, wanted), settings["min_other_faces"])
         # only a folder that can make it misfiled is wanted: same-person level and the margin
         floor = np.maximum(same, fit.own[suspects] + settings["margin"]) - 1e-9
         other, other_sim = fit.best_other(data, suspects, settings["min_other_faces"], floor=floor)
