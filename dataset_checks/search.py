@@ -197,13 +197,15 @@ def find_pairs(
     seed: int = 0,
     ivf_scan: str | None = None,
     tuning: SearchTuning = DEFAULT_TUNING,
+    backend: Backend | None = None,
 ) -> SearchResult:
     """Every pair of vectors with different labels and cosine similarity >= threshold.
 
     `vectors` must be unit length (float32); `labels` gives each row's identity.
     `ivf_scan` (default: `rules.scan`): "lists" (list-major BLAS scan of the IVF on the CPU) or
     "faiss" (`IndexIVFFlat.range_search`); both find the same pairs. `tuning`: block sizes,
-    k-means and calibration knobs (see `SearchTuning`).
+    k-means and calibration knobs (see `SearchTuning`). `backend`: the one to use instead of
+    `choose_backend`'s, of the same kind (the search state's IVF with stored centroids).
 
     Memory does not grow with the size of a folder: every stage works in blocks of bounded
     size and drops same-folder hits before gathering them, so one folder of a million identical
@@ -230,7 +232,7 @@ def find_pairs(
     if use_gpu and gpu_count() == 0:
         raise RuntimeError("index.gpu is true in the rules, but faiss sees no GPU")
     info["device"] = "gpu" if use_gpu else "cpu"
-    backend = choose_backend(kind, use_gpu, n, rules, ivf_scan or rules.scan, seed, tuning)
+    backend = backend or choose_backend(kind, use_gpu, n, rules, ivf_scan or rules.scan, seed, tuning)
     collector = _Collector(x, labels, float(threshold), max_pairs)
 
     t0 = time.perf_counter()
