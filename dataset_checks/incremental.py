@@ -259,6 +259,16 @@ class Incremental:
         self._describe(table, seconds)
         return result
 
+    def _differences(self, table) -> list[str]:
+        """The settings that changed since the stored state; an empty table (or state) has no
+        vector key or dimension to compare."""
+        old, new = dict(self.state.key), state_key(self.rules, table)
+        if not self.state.rows or not len(table):
+            for k in ("vector_key", "dim"):
+                old.pop(k, None)
+                new.pop(k, None)
+        return _differences(old, new)
+
     def _margin(self, rules) -> float:
         if rules.incremental.margin is not None:
             return rules.incremental.margin
@@ -275,7 +285,7 @@ class Incremental:
             return f"the search state was damaged ({self.damaged}); rebuilt"
         if state is None:
             return "no search state yet (first run on this cache)"
-        differences = _differences(state.key, state_key(rules, table))
+        differences = self._differences(table)
         if differences:
             return "settings changed: " + "; ".join(differences)
         if threshold < state.radius - 1e-12:
@@ -283,7 +293,7 @@ class Incremental:
                 return f"threshold lowered {state.threshold:g} -> {threshold:g}"
             return f"threshold {threshold:g} is below the stored search radius {state.radius:g}"
         kind = state.history.get("kind")
-        if kind != self._kind:
+        if {kind, self._kind} == {"flat", "ivf"}:  # ("none": one folder or none, no pairs either way)
             return (f"the table of {len(table):,} faces now gets the {self._kind} search "
                     f"(index.flat_below {rules.index.flat_below:,}), the stored pairs came from the {kind} search")
         new = int(change.new_rows.size)
@@ -369,7 +379,7 @@ class Incremental:
         if self.forced or state is None or state.index is None or change is None:
             return None, None
         index = state.index
-        if self.damaged or _differences(state.key, state_key(self.rules, table)):
+        if self.damaged or self._differences(table):
             return None, None
         if index.rebuild:
             return None, index.rebuild

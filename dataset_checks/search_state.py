@@ -60,7 +60,7 @@ def row_keys(vectors: np.ndarray, block: int = 4096) -> np.ndarray:
     for s in range(0, n, block):
         rows = np.ascontiguousarray(vectors[s : s + block], dtype=np.float32)
         size = rows.shape[1] * 4 if rows.ndim == 2 else 0
-        data = memoryview(rows).cast("B") if rows.size else b""
+        data = memoryview(rows.reshape(-1)).cast("B") if rows.size else b""
         digests = b"".join(blake(data[k * size : (k + 1) * size], digest_size=16).digest() for k in range(len(rows)))
         out[s : s + len(rows)] = np.frombuffer(digests, dtype=np.uint64).reshape(len(rows), 2)
     return out

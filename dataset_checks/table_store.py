@@ -72,7 +72,8 @@ class Rows:
     def add(self, identity: int, files: list[str], vectors: np.ndarray) -> None:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if self._fp is not None:
-            self._fp.write(memoryview(vectors).cast("B"))
+            if vectors.size:  # a folder whose every row was bad adds none (and an empty view cannot be cast)
+                self._fp.write(memoryview(vectors).cast("B"))
         else:
             self.blocks.append(vectors)
         self.identity_of.append(np.full(len(vectors), identity, dtype=np.int32))
