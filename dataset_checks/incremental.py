@@ -47,8 +47,8 @@ from typing import Any, Callable
 import numpy as np
 
 from . import __version__
-from .search_state import (FORMAT, Damaged, IndexState, SearchState, imbalance, load, lock_folder, row_keys, save,
-                           state_folder)
+from .search_state import (FORMAT, Damaged, IndexState, SearchState, imbalance, load, lock_folder, newest_other,
+                           row_keys, save, state_folder)
 
 AUTO_MARGIN = 0.01  # threshold: auto moves by a few thousandths between runs on LFW-like data
 DEFAULT_NPROBE = 8  # for the auto limit, before any full run has calibrated one
@@ -119,6 +119,16 @@ class Incremental:
         except Damaged as exc:
             self.damaged = str(exc)
             self.notes.append(f"the search state in {self.folder} is damaged ({exc}); a full run rebuilds it")
+            return
+        other = newest_other(self.folder) if self.state is None else None
+        if other is not None:
+            try:
+                self.state = load(other)
+            except Damaged:
+                return  # someone else's damaged state: this run is a full one, as without it
+            if self.state is not None:
+                self.notes.append(f"no search state for this dataset path; the one left by {self.state.root or other} "
+                                  "is used (rows are matched by folder and content)")
 
     def release(self) -> None:
         if self._lock is not None:
@@ -177,6 +187,7 @@ class Incremental:
         """Every row's content key, and which stored row it is (before the table is centred)."""
         if not self.enabled:
             return
+        t0 = time.perf_counter()
         state = self.state
         n = len(table)
         names = [i.name for i in table.identities]
@@ -225,6 +236,7 @@ class Incremental:
             moved = int(ma.size)
         self.change = Change(keys=keys, old_of_new=old_of_new, removed=removed, moved=moved,
                              changed_folders=len(changed) + gone_folders)
+        self.record["match_seconds"] = round(time.perf_counter() - t0, 4)
 
     # -- the search -------------------------------------------------------------------------
     def search(self, table, rules, run_full: Callable[[float, Any], Any]):
@@ -520,7 +532,7 @@ class Incremental:
                             threshold=float(self.rules.min_threshold), folders=names,
                             folder_versions=list(versions), folder_rows=[int(c) for c in counts],
                             keys=self.change.keys, pair_i=packed.i, pair_j=packed.j, pair_sim=packed.sim,
-                            info=info, index=self._index, history=history)
+                            info=info, index=self._index, history=history, root=str(self.root))
         try:
             save(self.folder, state)
         except OSError as exc:

@@ -52,6 +52,27 @@ def lock_folder(cache_dir: Path, root: Path) -> Path:
     return Path(cache_dir) / "locks" / dataset_folder(cache_dir, root).name
 
 
+def newest_other(folder: Path) -> Path | None:
+    """The most recently written state beside `folder` (another dataset path's), or None.
+
+    A state is valid for any table whatever its path: rows are matched by folder name and
+    content, so a CI checkout at another path (another runner's build folder) starts from the
+    state its cache brought along instead of a full run."""
+    best, when = None, None
+    try:
+        candidates = [p for p in Path(folder).parent.iterdir() if p != Path(folder) and not p.name.startswith(".")]
+    except OSError:
+        return None
+    for p in candidates:
+        try:
+            t = (p / STATE).stat().st_mtime_ns
+        except OSError:
+            continue
+        if when is None or t > when:
+            best, when = p, t
+    return best
+
+
 def row_keys(vectors: np.ndarray, block: int = 4096) -> np.ndarray:
     """(n, 2) uint64: the 128-bit BLAKE2b digest of each row's float32 bytes."""
     n = len(vectors)
@@ -108,6 +129,7 @@ class SearchState:
     info: dict[str, Any] = field(default_factory=dict)  # the last full run's search info
     index: IndexState | None = None
     history: dict[str, Any] = field(default_factory=dict)
+    root: str = ""  # the dataset path it was written for (said when another path's state is used)
 
     @property
     def rows(self) -> int:
@@ -133,7 +155,7 @@ def save(folder: Path, state: SearchState) -> None:
                "rows": state.rows, "pairs": int(state.pair_i.size), "folders": state.folders,
                "folder_versions": state.folder_versions, "folder_rows": state.folder_rows, "info": state.info,
                "index": state.index.as_json() if state.index is not None else None, "history": state.history,
-               "files": files}
+               "root": state.root, "files": files}
         (staging / STATE).write_text(json.dumps(doc, ensure_ascii=True, default=_plain))
         old = folder.with_name(folder.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
@@ -196,7 +218,7 @@ def load(folder: Path) -> SearchState | None:
         return SearchState(key=dict(doc["key"]), radius=float(doc["radius"]), threshold=float(doc["threshold"]),
                            folders=folders, folder_versions=list(doc["folder_versions"]), folder_rows=folder_rows,
                            keys=keys, pair_i=i, pair_j=j, pair_sim=sim, info=dict(doc.get("info") or {}),
-                           index=index, history=dict(doc.get("history") or {}))
+                           index=index, history=dict(doc.get("history") or {}), root=str(doc.get("root", "")))
     except Damaged:
         raise
     except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -463,3 +463,21 @@ def test_the_plugin_runs_incrementally_and_full_on_demand(tmp_path, run):
     meta = json.loads((tmp_path / "r3" / "findings.json").read_text())["incremental"]
     assert (meta["mode"], meta["reason"]) == ("full", "--full")
     assert rec.ret in (0, 1)
+
+
+def test_a_checkout_at_another_path_starts_from_the_state_the_cache_brought(tmp_path):
+    ds = _small(tmp_path)
+    cache = tmp_path / "cache"
+    _run(ds.root, cache, _rules())
+    moved = tmp_path / "elsewhere" / "ds"
+    shutil.copytree(ds.root, moved)  # a fresh checkout: other path, other mtimes and inodes
+    ds.root = moved
+    ds.folders["p3"].append((ds.name(), ds.face(0)))
+    ds.dirty.add("p3")
+    ds.write()
+    pipeline, inc = _run(moved, cache, _rules())
+    rec = pipeline.incremental.record
+    assert (rec["mode"], rec["searched"]) == ("incremental", 1)
+    assert rec["changed_folders"] == len(ds.folders)  # every listing is new; the rows are matched by content
+    assert any("no search state for this dataset path" in n for n in pipeline.notes)
+    assert_same_result(inc, _run(moved, None, _rules())[1])
