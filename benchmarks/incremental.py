@@ -67,13 +67,20 @@ def write_folder(folder: Path, names: np.ndarray, vectors: np.ndarray) -> None:
     os.replace(tmp, folder / "npKnown.npz")
 
 
-def pick(dataset: Path, folders: int, seed: int) -> tuple[list[str], list[str], list[str]]:
-    """(folders to add to, folders to remove from, folders whose faces are copied)."""
+def pick(dataset: Path, folders: int, faces: int, seed: int) -> tuple[list[str], list[str], list[str]]:
+    """(folders to add to, folders to remove from (holding more than their share of the faces
+    removed), folders whose faces are copied)."""
     names = sorted(p.name for p in dataset.iterdir() if p.is_dir() and not p.name.startswith("."))
-    rng = np.random.default_rng(seed)
-    chosen = rng.choice(len(names), size=3 * folders, replace=False)
-    chosen = [names[k] for k in chosen]
-    return chosen[:folders], chosen[folders : 2 * folders], chosen[2 * folders :]
+    order = [names[k] for k in np.random.default_rng(seed).permutation(len(names))]
+    add, donors = order[:folders], order[folders : 2 * folders]
+    per = -(-faces // folders)
+    remove = []
+    for name in order[2 * folders :]:
+        if len(remove) == folders:
+            break
+        if len(read_folder(dataset / name)[0]) > per:
+            remove.append(name)
+    return add, remove, donors
 
 
 def add_faces(dataset: Path, targets: list[str], donors: list[str], faces: int, seed: int) -> int:
@@ -129,7 +136,8 @@ def render(rows: list[dict], env: str, same: str) -> str:
            "| step | mode | faces searched | search s | run's stages s | pytest s (ms/identity) | wall s | peak RSS MB |",
            "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        out.append(f"| {r['step']} | {r['mode']} | {r['searched']:,} of {r['faces']:,} | {r['search_s']} | "
+        searched = r["searched"] if r["searched"] is not None else r["faces"]
+        out.append(f"| {r['step']} | {r['mode']} | {searched:,} of {r['faces']:,} | {r['search_s']} | "
                    f"{r['stages_s']} | {r['pytest_s']} ({r['pytest_ms_per_identity']}) | {r['wall_s']} | "
                    f"{r['peak_rss_mb']:,} |")
     out += ["", same, "", "Stages (seconds, findings.json timings):", ""]
@@ -164,7 +172,7 @@ def main(argv=None) -> int:
     changed_file = work / "changed.json"
     changed = json.loads(changed_file.read_text()) if changed_file.is_file() else []
     prepare_copy(source.resolve(), dataset, changed)
-    targets, removes, donors = pick(dataset, args.folders, args.seed)
+    targets, removes, donors = pick(dataset, args.folders, args.faces, args.seed)
     changed_file.write_text(json.dumps(targets + removes))
     cache = work / "cache"
     shutil.rmtree(cache, ignore_errors=True)
