@@ -146,6 +146,7 @@ class TableStore:
     def __init__(self, cache_dir: Path, root: Path):
         self.folder = dataset_folder(cache_dir, root)
         self.note: str | None = None  # why a stored table was not used (shown in the header)
+        self._parsed: tuple | None = None  # incremental: (stat of meta.json, its parsed text), read once
 
     def staging(self) -> Path | None:
         """A new temporary folder beside the published one, or None when the cache cannot be
@@ -184,7 +185,11 @@ class TableStore:
         if not meta_path.is_file():
             return None
         try:
-            meta = json.loads(meta_path.read_text())
+            st = meta_path.stat()
+            stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+            if self._parsed is None or self._parsed[0] != stamp:  # incremental: opened twice per run
+                self._parsed = (stamp, json.loads(meta_path.read_text()))
+            meta = dict(self._parsed[1])
             if meta.get("format") != FORMAT or (version is not None and meta.get("version") != version):
                 return None
             n, dim = int(meta["rows"]), int(meta["dim"])
