@@ -74,6 +74,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "default: half the machine)")
     group.addoption("--engine", choices=("local", "ray"), default=None,
                     help="where the search runs: local, or ray (needs dataset-checks[ray]; overrides rules.yaml)")
+    group.addoption("--full", action="store_true", default=False,  # incremental
+                    help="search the whole dataset even when the stored search state allows an incremental run "
+                         "(the state is written anew)")
     # -- leakage: begin --
     group.addoption("--against", type=_existing_dir, metavar="PATH", action="append", default=None,
                     help="another dataset root (a benchmark, a val/test split) checked for leakage: faces and "
@@ -172,6 +175,7 @@ def pytest_configure(config: pytest.Config) -> None:
     session = CheckSession(rules, report_dir=report_dir, baseline=baseline,
                            update_baseline=config.getoption("update_baseline"))
     session.notes = notes
+    session.full = config.getoption("full")  # incremental
     if hasattr(config.option, "htmlpath"):  # pytest-html is installed (a dependency; -p no:html turns it off)
         if not config.option.htmlpath:
             config.option.htmlpath = str(report_dir / "report.html")

@@ -74,6 +74,7 @@ class CheckSession:
         self.check_results: dict = {}  # check name -> check_run.CheckResult
         self.pipeline: Pipeline | None = None  # the run (dataset_checks.run), once findings() ran
         self.result: RunResult | None = None  # its typed result (None when it failed)
+        self.full = False  # incremental: --full (search everything, whatever the stored state says)
         if rules.dataset is None:
             from dataclasses import replace
 
@@ -125,7 +126,7 @@ class CheckSession:
         identity and the dataset-level test report it."""
         if self._findings is None:
             self.pipeline = Pipeline(self.rules, self.root, self.identities(), self.cache_dir, self.baseline,
-                                     self.update_baseline, self.progress, self.is_demo, self.timings)
+                                     self.update_baseline, self.progress, self.is_demo, self.timings, full=self.full)
             try:
                 self.result = self.pipeline.execute()
                 self._findings = self.result.findings
@@ -402,12 +403,16 @@ class CheckSession:
 
             table = p.table
             where = {"stored": "mapped from the cache (dataset unchanged since it was written)",
+                     "updated": "updated in the cache (only the changed folders read)",
                      "loaded": "loaded into the cache" if isinstance(table.vectors, np.memmap) else "held in memory"}
             budget = p.budget.limit if p.budget is not None else None
             source = "--memory or rules.yaml" if r.memory else "auto: half the machine"
             lines.append(f"dataset_checks: {len(table):,} vectors x {table.dim} ({size_text(table.vectors.nbytes)}) "
                          f"{where.get(p.table_source, '')}; memory budget "
                          f"{size_text(budget) if budget else '?'} ({source}); engine {r.engine.type}")
+        incremental = p.incremental.header() if p is not None and p.incremental is not None else None
+        if incremental:
+            lines.append(f"dataset_checks: {incremental}")
         notes = [*self.notes, *(p.notes if p is not None else [])]
         return lines + [f"dataset_checks: note: {n}" for n in notes]
 
