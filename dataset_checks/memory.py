@@ -83,8 +83,9 @@ class Budget:
     def __init__(self, limit: int):
         self.limit = int(limit)
         self.trims = 0
-        self.peak = 0
+        self.peak = 0  # the largest resident size the watcher saw (it polls; the true peak may be higher)
         self._maps: list[mmap.mmap] = []
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -99,12 +100,13 @@ class Budget:
             self._thread.start()
 
     def trim(self) -> None:
-        for mm in self._maps:
-            try:
-                mm.madvise(mmap.MADV_DONTNEED)
-            except (OSError, ValueError):  # closed, or a platform without it: nothing to drop
-                pass
-        self.trims += 1
+        with self._lock:
+            for mm in self._maps:
+                try:
+                    mm.madvise(mmap.MADV_DONTNEED)
+                except (OSError, ValueError, AttributeError):  # closed, or no madvise here: nothing to drop
+                    pass
+            self.trims += 1
 
     def _run(self) -> None:
         high = self.limit * HEADROOM

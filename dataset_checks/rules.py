@@ -53,6 +53,10 @@ class IndexRules:
     gpu: bool | None = None  # None: use a GPU when faiss sees one
     recall_target: float = 0.999  # sampled recall that calibrating nprobe must reach
     scan: str = "lists"  # CPU IVF: lists (one BLAS product per inverted list) | faiss (range_search)
+    # IVF: after the calibrated search, test every face against every folder's cap and score what
+    # no bound excludes, so that the search is exact (backends/bounds.py; about N x folders / 2
+    # extra products)
+    certify: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,26 @@ class EngineRules:
     type: str = "local"
     address: str | None = None  # ray: None starts a local cluster; "auto" or "ray://host:port" joins one
     ranges: int | None = None  # ray: inverted-list ranges (tasks); None: 4 per worker CPU
+
+
+# -- incremental: begin --
+@dataclass(frozen=True)
+class IncrementalRules:
+    """Incremental runs (dataset_checks.incremental): only what changed since the last run is
+    searched, against everything; the result is the full run's."""
+
+    enabled: bool = True  # false: every run is a full one and no search state is kept
+    # changed faces above which a full run is done instead: None (auto) estimates where a full
+    # run becomes cheaper; a whole number of faces; or a share of the table (max_changed_share)
+    max_changed: int | None = None
+    max_changed_share: float | None = None
+    # the search gathers pairs this far below the threshold, so that `threshold: auto` moving
+    # down a little between runs does not force a full run; None (auto): 0.01 when the threshold
+    # is auto, else 0
+    margin: float | None = None
+    max_imbalance_growth: float = 1.5  # the stored IVF index is retrained past this list balance...
+    max_nprobe_growth: float = 2.0  # ...or when calibration asks this many times its trained nprobe
+# -- incremental: end --
 
 
 @dataclass(frozen=True)
@@ -112,6 +136,7 @@ class Rules:
     embed_workers: int | None = None  # None: one process per core
     memory: int | None = None  # bytes the run keeps to (rules `memory:`, --memory); None: half the machine
     engine: "EngineRules" = field(default_factory=lambda: EngineRules())
+    incremental: IncrementalRules = field(default_factory=IncrementalRules)  # incremental
 
     def threshold_for(self, identity: str) -> float:
         return self.identity_thresholds.get(identity, self.threshold)
@@ -171,7 +196,7 @@ class _Checker:
 
 
 _TOP_KEYS = {"dataset", "embeddings", "embedder", "threshold", "calibration", "index", "identity_thresholds", "allow",
-             "bad_input", "checks", "against", "memory", "engine"}
+             "bad_input", "checks", "against", "memory", "engine", "incremental"}
 
 
 def default_settings(check):
@@ -288,13 +313,17 @@ def parse_rules(data: Any, file: Path | None = None) -> Rules:
     against = _against(c, data.get("against"), base)
     threshold = DEFAULT_THRESHOLD if threshold_auto else c.threshold("threshold", threshold_raw)
 
-    ix = c.mapping("index", data.get("index"), {"type", "nlist", "nprobe", "flat_below", "gpu", "recall_target", "scan"})
+    ix = c.mapping("index", data.get("index"),
+                   {"type", "nlist", "nprobe", "flat_below", "gpu", "recall_target", "scan", "certify"})
     gpu = ix.get("gpu", "auto")
     if gpu not in ("auto", True, False):
         raise c.fail("index.gpu", "auto, true or false", gpu)
     flat_below = ix.get("flat_below", IndexRules.flat_below)
     if isinstance(flat_below, bool) or not isinstance(flat_below, int) or flat_below < 0:
         raise c.fail("index.flat_below", "a whole number >= 0", flat_below)
+    certify = ix.get("certify", IndexRules.certify)
+    if not isinstance(certify, bool):
+        raise c.fail("index.certify", "true or false", certify)
     index = IndexRules(
         type=c.choice("index.type", ix.get("type", "auto"), INDEX_TYPES),
         nlist=c.optional_int("index.nlist", ix.get("nlist"), 1),
@@ -303,6 +332,7 @@ def parse_rules(data: Any, file: Path | None = None) -> Rules:
         gpu=None if gpu == "auto" else gpu,
         recall_target=_recall_target(c, ix.get("recall_target", IndexRules.recall_target)),
         scan=c.choice("index.scan", ix.get("scan", IndexRules.scan), SCAN_KINDS),
+        certify=certify,
     )
 
     overrides_raw = data.get("identity_thresholds") or {}
@@ -356,6 +386,7 @@ def parse_rules(data: Any, file: Path | None = None) -> Rules:
     return Rules(
         memory=None if memory == "auto" else memory,
         engine=engine,
+        incremental=_incremental(c, data.get("incremental")),
         source=file,
         dataset=dataset,
         vector_key=vector_key,
@@ -374,6 +405,41 @@ def parse_rules(data: Any, file: Path | None = None) -> Rules:
         cache_dir=cache_dir,
         embed_workers=embed_workers,
     )
+
+
+def _incremental(c: _Checker, value: Any) -> IncrementalRules:
+    spec = c.mapping("incremental", value, {"enabled", "max_changed", "margin", "max_imbalance_growth",
+                                            "max_nprobe_growth"})
+    d = IncrementalRules()
+    enabled = spec.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise c.fail("incremental.enabled", "true or false", enabled)
+    raw = spec.get("max_changed", "auto")
+    count = share = None
+    expected = "'auto', a whole number of faces >= 0, or a share of the table such as 5%"
+    if isinstance(raw, str) and raw.strip().endswith("%"):
+        try:
+            share = float(raw.strip()[:-1]) / 100
+        except ValueError:
+            raise c.fail("incremental.max_changed", expected, raw) from None
+        if not (math.isfinite(share) and 0.0 <= share <= 1.0):
+            raise c.fail("incremental.max_changed", expected, raw)
+    elif raw != "auto":
+        if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+            raise c.fail("incremental.max_changed", expected, raw)
+        count = raw
+    margin = spec.get("margin", "auto")
+    if margin != "auto" and (isinstance(margin, bool) or not isinstance(margin, (int, float))
+                             or not 0.0 <= float(margin) <= 0.2):
+        raise c.fail("incremental.margin", "'auto' or a number in [0, 0.2]", margin)
+    growth = {}
+    for name in ("max_imbalance_growth", "max_nprobe_growth"):
+        v = spec.get(name, getattr(d, name))
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 1.0 <= float(v) < math.inf:
+            raise c.fail(f"incremental.{name}", "a number >= 1", v)
+        growth[name] = float(v)
+    return IncrementalRules(enabled=enabled, max_changed=count, max_changed_share=share,
+                            margin=None if margin == "auto" else float(margin), **growth)
 
 
 def _engine(c: _Checker, value: Any) -> EngineRules:

@@ -57,7 +57,7 @@ class Pipeline:
 
     def __init__(self, rules: Rules, root: Path, identities: list[Identity], cache_dir: Path,
                  baseline: Baseline | None = None, update_baseline: bool = False, progress: bool = False,
-                 is_demo: bool = False, timings: dict | None = None):
+                 is_demo: bool = False, timings: dict | None = None, full: bool = False):
         self.rules = rules
         self.root = Path(root)
         self._identities = identities
@@ -77,6 +77,8 @@ class Pipeline:
         self.table_source = None  # "stored" (mapped from the cache as it was) or "loaded"
         self.budget = None  # memory.Budget while the run executes
         self.notes: list[str] = []  # for the header: what the run did not do as asked, and why
+        self.full = full  # incremental: --full (search everything, whatever the stored state)
+        self.incremental = None  # incremental.Incremental while the run executes
 
     def identities(self) -> list[Identity]:
         return self._identities
@@ -99,23 +101,36 @@ class Pipeline:
         try:
             return self._run_within_budget()
         finally:
+            # The table is not read after the run: its pages go back to the page cache, so
+            # pytest's reporting does not stack on top of them.
+            self.budget.trim()
             self.budget.close()
+            if self.incremental is not None:  # incremental
+                self.incremental.release()
 
     def _run_within_budget(self) -> Findings:
         progress = self._bar if self.progress else None
         identities = self.identities()
         t0 = time.perf_counter()
         prepared = self._embed(identities, progress)
+        # -- incremental: begin -- (the stored search state, locked for this run)
+        from .incremental import Incremental
+
+        self.incremental = inc = Incremental(self.cache_dir, self.root, self.rules, full=self.full)
+        inc.acquire()
+        # -- incremental: end --
         self.table = table = self._table(identities, prepared, progress)
+        inc.match(table, prepared)  # incremental: which rows are new since the stored state
         self.budget.watch(table.vectors)
         self._model_rules(table, prepared)
         self.timings["load"] = time.perf_counter() - t0 - self.timings.get("embed", 0.0)
         error = None
         try:
-            self.search = find_pairs(
-                table.vectors, table.identity_of, self.rules.min_threshold, self.rules.index, progress=progress,
-                engine=self._engine(),
-            )
+            def full_search(threshold, backend):  # incremental: a full run, when one is needed
+                return find_pairs(table.vectors, table.identity_of, threshold, self.rules.index, progress=progress,
+                                  backend=backend, engine=self._engine())
+
+            self.search = inc.search(table, self.rules, full_search)
             for stage, seconds in self.search.info.get("timings", {}).items():
                 self.timings[stage] = seconds
         except SearchTooBroad as exc:
@@ -130,6 +145,8 @@ class Pipeline:
             face = lambda r: f"{table.identities[table.identity_of[r]].display}/{table.files[r]}"  # noqa: E731
             verification["missed"] = [[face(a), face(b)] for a, b in verification["missed"]]
             self.timings["verify"] = time.perf_counter() - t0
+            inc.save(table, self.search)  # incremental: the state for the next run
+        self.notes += inc.notes  # incremental
         t0 = time.perf_counter()
         meta = {**self.metadata(), "verification": verification}
         waive = self.baseline.waivers() if self.baseline is not None else []
@@ -265,11 +282,17 @@ class Pipeline:
             if stored is not None and [i.name for i in identities] == stored.get("identities"):
                 self.table_source = "stored"
                 return stored_table(self.root, identities, stored)
+            # -- incremental: begin -- (only the changed folders read, the rest copied)
+            table = self.incremental.update_table(store, identities, prepared) if self.incremental else None
+            if table is not None:
+                self.table_source = "updated"
+                return table
+            # -- incremental: end --
         folders = prepared.folders
         if progress is not None:
             folders = progress(folders, total=len(identities), desc="loading", unit="folder")
         table = load_table(self.root, identities, self.rules.vector_key, folders=folders, store=store,
-                           version=prepared.version)
+                           version=prepared.version, meta={"folder_versions": prepared.folder_versions})
         self.table_source = "loaded"
         if store is not None and store.note:
             self.notes.append(store.note)
@@ -336,5 +359,6 @@ class Pipeline:
             "index": info.pop("index", None),
             "device": info.pop("device", None),
             "search": info,
+            "incremental": self.incremental.record if self.incremental is not None else None,
         }
 

@@ -207,6 +207,7 @@ def find_pairs(
     ivf_scan: str | None = None,
     tuning: SearchTuning = DEFAULT_TUNING,
     engine: Any = None,
+    backend: Backend | None = None,
 ) -> SearchResult:
     """Every pair of vectors with different labels and cosine similarity >= threshold.
 
@@ -215,6 +216,8 @@ def find_pairs(
     "faiss" (`IndexIVFFlat.range_search`); both find the same pairs. `tuning`: block sizes,
     k-means and calibration knobs (see `SearchTuning`). `engine` (engines/, e.g. `RayEngine`):
     runs the candidates stage as ranges of the index's units elsewhere; None: in this process.
+    `backend`: the one to use instead of `choose_backend`'s, of the same kind (the search
+    state's IVF with stored centroids).
 
     Memory does not grow with the size of a folder: every stage works in blocks of bounded
     size and drops same-folder hits before gathering them, so one folder of a million identical
@@ -241,7 +244,7 @@ def find_pairs(
     if use_gpu and gpu_count() == 0:
         raise RuntimeError("index.gpu is true in the rules, but faiss sees no GPU")
     info["device"] = "gpu" if use_gpu else "cpu"
-    backend = choose_backend(kind, use_gpu, n, rules, ivf_scan or rules.scan, seed, tuning)
+    backend = backend or choose_backend(kind, use_gpu, n, rules, ivf_scan or rules.scan, seed, tuning)
     collector = _Collector(x, labels, float(threshold), max_pairs)
 
     t0 = time.perf_counter()

@@ -72,7 +72,8 @@ class Rows:
     def add(self, identity: int, files: list[str], vectors: np.ndarray) -> None:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if self._fp is not None:
-            self._fp.write(memoryview(vectors).cast("B"))
+            if vectors.size:  # a folder whose every row was bad adds none (and an empty view cannot be cast)
+                self._fp.write(memoryview(vectors).cast("B"))
         else:
             self.blocks.append(vectors)
         self.identity_of.append(np.full(len(vectors), identity, dtype=np.int32))
@@ -90,6 +91,34 @@ class Rows:
         self._fp.close()
         self._fp = None
         return open_vectors(self.path, self.n, self.dim), identity_of
+
+    # -- incremental: begin --
+    def copy_rows(self, source, start: int, end: int) -> None:
+        """Append rows [start, end) of a stored table's vectors file (`source`, open for reading),
+        copied by the kernel where it can (copy_file_range), else read and written in blocks."""
+        self._fp.flush()
+        row = self.dim * 4
+        offset, left = start * row, (end - start) * row
+        out = self._fp.fileno()
+        copy = getattr(os, "copy_file_range", None)
+        while left and copy is not None:
+            try:
+                done = copy(source.fileno(), out, left, offset)
+            except OSError:
+                break
+            if done <= 0:
+                break
+            offset, left = offset + done, left - done
+        self._fp.seek(0, os.SEEK_END)
+        if left:  # no copy_file_range here (or it stopped): plain reads
+            source.seek(offset)
+            while left:
+                chunk = source.read(min(left, 1 << 24))
+                if not chunk:
+                    raise OSError(f"{source.name} ends before row {end}")
+                self._fp.write(chunk)
+                left -= len(chunk)
+    # -- incremental: end --
 
     def close(self) -> None:
         if self._fp is not None:
@@ -117,6 +146,7 @@ class TableStore:
     def __init__(self, cache_dir: Path, root: Path):
         self.folder = dataset_folder(cache_dir, root)
         self.note: str | None = None  # why a stored table was not used (shown in the header)
+        self._parsed: tuple | None = None  # incremental: (stat of meta.json, its parsed text), read once
 
     def staging(self) -> Path | None:
         """A new temporary folder beside the published one, or None when the cache cannot be
@@ -147,15 +177,20 @@ class TableStore:
         shutil.rmtree(old, ignore_errors=True)
         return open_vectors(self.folder / VECTORS, rows.n, rows.dim)
 
-    def open(self, version: str) -> dict | None:
-        """The stored table of this version: its metadata with `vectors` (mapped) and
-        `identity_of`, or None (no table, another version, or a damaged one: `note` says)."""
+    def open(self, version: str | None) -> dict | None:
+        """The stored table of this version (None: of any version; incremental): its metadata
+        with `vectors` (mapped) and `identity_of`, or None (no table, another version, or a
+        damaged one: `note` says)."""
         meta_path = self.folder / META
         if not meta_path.is_file():
             return None
         try:
-            meta = json.loads(meta_path.read_text())
-            if meta.get("format") != FORMAT or meta.get("version") != version:
+            st = meta_path.stat()
+            stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+            if self._parsed is None or self._parsed[0] != stamp:  # incremental: opened twice per run
+                self._parsed = (stamp, json.loads(meta_path.read_text()))
+            meta = dict(self._parsed[1])
+            if meta.get("format") != FORMAT or (version is not None and meta.get("version") != version):
                 return None
             n, dim = int(meta["rows"]), int(meta["dim"])
             size = (self.folder / VECTORS).stat().st_size if n and dim else 0

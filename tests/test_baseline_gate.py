@@ -84,7 +84,8 @@ def test_failed_search_does_not_rewrite_the_baseline(pytester, dataset, monkeypa
         raise SearchTooBroad("too many pairs: 10,000,000 cross-folder pairs >= 0.85")
 
     monkeypatch.setattr("dataset_checks.run.find_pairs", too_broad)
-    result = go(pytester, "--dataset", str(dataset), "--baseline", str(base), "--update-baseline")
+    # --full: the dataset did not change, an incremental run would not search at all
+    result = go(pytester, "--dataset", str(dataset), "--baseline", str(base), "--update-baseline", "--full")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     assert base.read_bytes() == before
     result.stdout.fnmatch_lines(["BASELINE NOT UPDATED: baseline *baseline.csv not updated: this run could not "

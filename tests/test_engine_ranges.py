@@ -200,7 +200,9 @@ def test_shipping_leaves_the_table_out_and_hands_out_read_only_arrays():
     built = IVFBackend(IVF, 16).build(x, labels, 0.6 - RADIUS_MARGIN)
     built.calibrate()
     shipped = rg.ship(built, labels, x)
-    assert len(shipped.payload) < 20_000 and shipped.nbytes < x.nbytes  # no copy of the table
+    assert len(shipped.payload) < 20_000  # no copy of the table, in the payload or out of band:
+    assert not any(b.view().nbytes >= x.nbytes and x.tobytes() in b.view().tobytes() for b in shipped.buffers)
+    assert shipped.nbytes < x.nbytes + built.probes.nbytes * 3  # probes, their scores, the lists' order
     views = []
     for b in shipped.buffers:
         v = b.view()

@@ -93,6 +93,12 @@ class Prepared:
     stats: EmbedStats | None
     embed_seconds: float = 0.0  # images embedded (cache included), not the reading of files
     version: str = ""  # digest of every folder's listing and the settings: the table's dataset version
+    # -- incremental: begin --
+    # per identity (in order): the digest of its own listing and the settings, so a later run can
+    # tell which folders changed; and `read(indices)`, pass 2 for just those identities (in order)
+    folder_versions: list[str] = field(default_factory=list)
+    read: Callable[[list[int]], Iterator[FolderVectors]] | None = None
+    # -- incremental: end --
 
 
 def _stale_plan(names: list[str], images: list[Path]) -> tuple[list[str], list[Path]]:
@@ -131,7 +137,9 @@ def prepare(
     stale ones) and embeds what needs it; `Prepared.folders` is the second, read lazily as the
     table consumes it."""
     root = Path(root)
-    version = Version(vector_key, embedder_spec, MEMORY_LIMIT if max_bytes is None else max_bytes)
+    settings = (vector_key, embedder_spec, MEMORY_LIMIT if max_bytes is None else max_bytes)
+    version = Version(*settings)
+    folder_versions: list[str] = []  # incremental
 
     def scan(ident: Identity):  # on a reader thread: listings, and raw bytes where names are needed
         if ident.fatal:
@@ -147,6 +155,9 @@ def prepare(
         scanned = progress(scanned, total=len(identities), desc="listing", unit="folder")
     for ident, sc, data in scanned:
         version.add(ident.name, ident.fatal, sc.stamps if sc is not None else None)
+        one = Version(*settings)  # incremental: this folder's own version
+        one.add(ident.name, ident.fatal, sc.stamps if sc is not None else None)
+        folder_versions.append(one.hexdigest()[:32])
         plan = _Plan(ident, sc)
         plans.append(plan)
         if sc is None or sc.unreadable:
@@ -178,13 +189,13 @@ def prepare(
                 report.outcomes = [ImageOutcome(p.name, entries[p]) for p in plan.added]
             faces[plan.ident.name] = report
 
-    def folders() -> Iterator[FolderVectors]:
+    def folders(chosen: list[_Plan]) -> Iterator[FolderVectors]:
         def fetch(plan: _Plan):
             sc = plan.scan
             readable = sc is not None and not sc.unreadable and not plan.image_only
             return plan, read_bytes(sc.embeddings, max_bytes) if readable and sc.embeddings is not None else None
 
-        for plan, data in ordered_map(fetch, plans):
+        for plan, data in ordered_map(fetch, chosen):
             ident, sc = plan.ident, plan.scan
             if sc is None or sc.unreadable:  # load_table reports the identity's own problems
                 yield FolderVectors(ident, problems=list(sc.problems) if sc else [])
@@ -196,7 +207,8 @@ def prepare(
                     fv = _refresh(fv, root, plan.removed, plan.added, entries, embedder, unavailable)
                 yield fv
 
-    return Prepared(folders(), faces, embedder, stats, embed_seconds, version.hexdigest())
+    return Prepared(folders(plans), faces, embedder, stats, embed_seconds, version.hexdigest(),
+                    folder_versions=folder_versions, read=lambda indices: folders([plans[k] for k in indices]))
 
 
 def _embedded(ident: Identity, sc: FolderScan, report: FaceReport, embedder: EmbedderInfo | None,

@@ -1,0 +1,686 @@
+"""Incremental runs: only what changed since the last run is searched, against everything.
+
+A commit to a dataset repository adds a few hundred faces to millions; the search of the whole
+table is then redone for nothing. Each run leaves its search state in the cache
+(`search_state.py`: every row's content key, the pairs at the radius searched, the IVF index);
+the next run on the same cache
+
+1. builds its table from the stored one, reading only the folders whose listing changed
+   (`update_table`; the table is the one a full load gives);
+2. keys every row by content (`match`): a folder whose listing did not change keeps its keys,
+   the rows of the others are hashed and matched to the stored rows of the same folder by (key,
+   occurrence), so a renamed file is the same row and costs nothing, and a row that is new to
+   its folder (added, modified, or moved from another folder) is new;
+3. searches (`search`): the stored pairs whose rows are both still there are carried over
+   (renumbered); the new rows are searched against every row, new ones included, by exact
+   blocked matrix products (`backends.flat._exact_rows`) and re-scored in float64 like every
+   pair. So the pairs are those of an exact full search over the new table whenever the stored
+   ones were (a flat full run is exact; an IVF one has its calibrated recall, and the new rows'
+   pairs are exact);
+4. saves the new state.
+
+A full run is done instead, and the run says why (header, findings.json `incremental`), when
+there is no usable state (none yet, damaged, another tool version), when the settings the
+pairs depend on changed (index settings, vector key, centring), when the threshold went below
+the stored radius, when the table crossed `index.flat_below`, with `embeddings.centre` and any
+change (the mean moves every vector), when more faces changed than `incremental.max_changed`
+(a full run is then cheaper), or with `--full`.
+
+The IVF index is kept too: a full run reuses its centroids and every unchanged row's nearest
+lists (no k-means, no assignment of a million rows), incremental runs file new rows into their
+lists, and it is trained again when it has drifted: its list balance grew past
+`incremental.max_imbalance_growth` times what it was when trained, the table grew into another
+`nlist`, or the last calibration asked for more than `incremental.max_nprobe_growth` times the
+nprobe it was trained at.
+
+Everything here happens under a lock on the dataset's cache folders (two runs on one cache take
+turns) and nothing is written inside the dataset.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import __version__
+from .search_state import (FORMAT, Damaged, IndexState, SearchState, imbalance, load, lock_folder, newest_other,
+                           row_keys, save, state_folder)
+
+AUTO_MARGIN = 0.01  # threshold: auto moves by a few thousandths between runs on LFW-like data
+DEFAULT_NPROBE = 8  # for the auto limit, before any full run has calibrated one
+
+
+@dataclass
+class Change:
+    """This run's table against the stored state."""
+
+    keys: np.ndarray  # (rows, 2) uint64: content key of every row of the table
+    old_of_new: np.ndarray  # int64 (rows,): the stored row of each row, -1 for a row new to its folder
+    removed: int  # stored rows that are gone from their folder (moved ones included)
+    moved: int  # new rows whose content left another folder in the same change
+    changed_folders: int  # folders whose listing changed (read again), added and removed ones included
+
+    @property
+    def new_rows(self) -> np.ndarray:
+        return np.flatnonzero(self.old_of_new < 0)
+
+
+class Incremental:
+    """One run's use of the search state: `acquire` (lock, load), `update_table`, `match`,
+    `search`, `save`, `release`. `record` is what findings.json and the header say."""
+
+    def __init__(self, cache_dir: Path | None, root: Path, rules, full: bool = False):
+        self.rules = rules
+        self.cache_dir, self.root = cache_dir, Path(root)
+        self.enabled = cache_dir is not None and rules.incremental.enabled
+        self.forced = full
+        self.folder = state_folder(cache_dir, root) if self.enabled else None
+        self.state: SearchState | None = None
+        self.damaged: str | None = None
+        self.change: Change | None = None
+        self.notes: list[str] = []
+        self.record: dict[str, Any] = {"mode": "full", "reason": None}
+        self._lock = None
+        self._all = None  # the search's pairs at the state's radius (a full run's are below the threshold)
+        self._radius: float | None = None
+        self._index: IndexState | None = None
+        self._kind: str | None = None
+        self._versions: list[str] | None = None  # the folders' listing digests, saved with the state
+
+    # -- lock and state ---------------------------------------------------------------------
+    def acquire(self) -> None:
+        """Lock the dataset's table and state against other runs on this cache (waiting for
+        one that holds it), then load the state."""
+        if not self.enabled:
+            return
+        from .outputs import FolderLock
+
+        where = lock_folder(self.cache_dir, self.root)
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+            lock = FolderLock(where)
+            holder = lock.acquire()
+            if holder:
+                t0 = time.perf_counter()
+                lock.acquire(wait=True)
+                self.notes.append(f"waited {time.perf_counter() - t0:.1f} s for another run on the same cache "
+                                  f"({holder.removeprefix('in use by another dataset_checks run ')})")
+            self._lock = lock
+        except OSError as exc:
+            self.enabled = False
+            self.record["reason"] = f"the cache {where} cannot be locked ({exc.strerror or exc}); no search state"
+            return
+        try:
+            self.state = load(self.folder)
+        except Damaged as exc:
+            self.damaged = str(exc)
+            self.notes.append(f"the search state in {self.folder} is damaged ({exc}); a full run rebuilds it")
+            return
+        other = newest_other(self.folder) if self.state is None else None
+        if other is not None:
+            try:
+                self.state = load(other)
+            except Damaged:
+                return  # someone else's damaged state: this run is a full one, as without it
+            if self.state is not None:
+                self.notes.append(f"no search state for this dataset path; the one left by {self.state.root or other} "
+                                  "is used (rows are matched by folder and content)")
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    # -- the table --------------------------------------------------------------------------
+    def update_table(self, store, identities, prepared):
+        """The table of this dataset version built from the stored table of another: unchanged
+        folders' rows copied from its file, only changed folders read. None when there is no
+        stored table to start from (then everything is loaded)."""
+        from .table_store import VECTORS
+        from .vectors import NeedsFullLoad, TableBuilder
+
+        if not self.enabled or prepared.read is None or len(prepared.folder_versions) != len(identities):
+            return None
+        old = store.open(None)
+        if old is None or "records" not in old or len(old.get("folder_versions", ())) != len(old["identities"]):
+            return None
+        names, versions, records = old["identities"], old["folder_versions"], old["records"]
+        where = {name: k for k, name in enumerate(names)}
+        counts = np.bincount(old["identity_of"], minlength=len(names))
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        reuse = {}
+        for idx, ident in enumerate(identities):
+            k = where.get(ident.name)
+            if k is not None and versions[k] == prepared.folder_versions[idx]:
+                reuse[idx] = k
+        if not reuse:
+            return None
+        group = (old["key"], int(old["dim"]))
+        files = old["files"]
+        folders = prepared.read([idx for idx in range(len(identities)) if idx not in reuse])
+        builder = TableBuilder(self.root, identities, self.rules.vector_key, store.staging())
+        if builder.staging is None:
+            return None
+        try:
+            with open(store.folder / VECTORS, "rb") as source:
+                for idx in range(len(identities)):
+                    k = reuse.get(idx)
+                    if k is None:
+                        builder.add(idx, next(folders))
+                        continue
+                    a, b = int(starts[k]), int(starts[k + 1])
+                    builder.add_stored(idx, records[k], group, files[a:b],
+                                       lambda rows, a=a, b=b: rows.copy_rows(source, a, b))
+                return builder.finish(store, prepared.version, {"folder_versions": prepared.folder_versions})
+        except NeedsFullLoad as exc:
+            self.notes.append(f"the stored table could not be updated ({exc}); every folder is read")
+            return None
+        finally:
+            builder.discard()
+
+    # -- what changed -----------------------------------------------------------------------
+    def match(self, table, prepared) -> None:
+        """Every row's content key, and which stored row it is (before the table is centred)."""
+        if not self.enabled:
+            return
+        t0 = time.perf_counter()
+        state = self.state
+        n = len(table)
+        names = [i.name for i in table.identities]
+        counts = np.bincount(np.asarray(table.identity_of, dtype=np.int64), minlength=len(names))
+        starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        versions = prepared.folder_versions if len(prepared.folder_versions) == len(names) else [None] * len(names)
+        self._versions = [v or "" for v in versions]
+        keys = np.empty((n, 2), dtype=np.uint64)
+        old_of_new = np.full(n, -1, dtype=np.int64)
+        pos = {name: k for k, name in enumerate(state.folders)} if state is not None else {}
+        s_starts = np.concatenate([[0], np.cumsum(state.folder_rows)]).astype(np.int64) if state is not None else None
+        same, changed = set(), []
+        for idx, name in enumerate(names):
+            a, b = int(starts[idx]), int(starts[idx + 1])
+            k = pos.get(name)
+            if k is not None and versions[idx] is not None and state.folder_versions[k] == versions[idx] \
+                    and state.folder_rows[k] == b - a:
+                sa = int(s_starts[k])
+                keys[a:b] = state.keys[sa : sa + b - a]
+                old_of_new[a:b] = np.arange(sa, sa + b - a)
+                same.add(k)
+            else:
+                changed.append(idx)
+                if b > a:
+                    keys[a:b] = row_keys(table.vectors[a:b])
+        removed = moved = 0
+        gone_folders = 0
+        if state is not None:
+            other = [k for k in range(len(state.folders)) if k not in same]
+            gone_folders = sum(1 for k in other if state.folders[k] not in set(names))
+            ids = {name: f for f, name in enumerate(dict.fromkeys([names[i] for i in changed] +
+                                                                   [state.folders[k] for k in other]))}
+            new_rows = _ranges([(int(starts[i]), int(starts[i + 1])) for i in changed])
+            old_rows = _ranges([(int(s_starts[k]), int(s_starts[k + 1])) for k in other])
+            new_f = np.repeat([ids[names[i]] for i in changed], [int(counts[i]) for i in changed]).astype(np.int64)
+            old_f = np.repeat([ids[state.folders[k]] for k in other],
+                              [state.folder_rows[k] for k in other]).astype(np.int64)
+            ia, ib = _match(new_f, keys[new_rows], old_f, state.keys[old_rows])
+            old_of_new[new_rows[ia]] = old_rows[ib]
+            left_new = np.setdiff1d(np.arange(new_rows.size), ia)
+            left_old = np.setdiff1d(np.arange(old_rows.size), ib)
+            removed = int(left_old.size)
+            zeros = np.zeros
+            ma, _ = _match(zeros(left_new.size, np.int64), keys[new_rows[left_new]],
+                           zeros(left_old.size, np.int64), state.keys[old_rows[left_old]])
+            moved = int(ma.size)
+        self.change = Change(keys=keys, old_of_new=old_of_new, removed=removed, moved=moved,
+                             changed_folders=len(changed) + gone_folders)
+        self.record["match_seconds"] = round(time.perf_counter() - t0, 4)
+
+    # -- the search -------------------------------------------------------------------------
+    def search(self, table, rules, run_full: Callable[[float, Any], Any]):
+        """The cross-identity search of this run: incremental when the state allows it, else
+        `run_full(radius, backend)` (the pipeline's full search; `backend` None or the IVF
+        backend that keeps or reuses the index). Returns the SearchResult at rules.min_threshold."""
+        from .search import SearchTooBroad
+
+        self.rules = rules
+        t0 = time.perf_counter()
+        threshold = rules.min_threshold
+        margin = self._margin(rules)
+        self._kind = _kind(len(table), table.identity_of, rules.index)
+        reason = self._why_full(table, rules, threshold)
+        if reason is None:
+            result = self._incremental(table, threshold, margin)
+        else:
+            self.record.update(mode="full", reason=reason)
+            backend = self._ivf_backend(table, rules)
+            radius = threshold - margin if self.enabled else threshold
+            try:
+                found = run_full(radius, backend)
+            except SearchTooBroad:
+                if radius >= threshold:
+                    raise
+                radius = threshold  # the margin's pairs are too many: the threshold's alone
+                found = run_full(radius, backend)
+            self._radius, self._all = radius, found
+            self._keep_index(table, backend)
+            result = _at_least(found, threshold)
+        seconds = time.perf_counter() - t0
+        self._describe(table, seconds)
+        return result
+
+    def _differences(self, table) -> list[str]:
+        """The settings that changed since the stored state; an empty table (or state) has no
+        vector key or dimension to compare."""
+        old, new = dict(self.state.key), state_key(self.rules, table)
+        if not self.state.rows or not len(table):
+            for k in ("vector_key", "dim"):
+                old.pop(k, None)
+                new.pop(k, None)
+        return _differences(old, new)
+
+    def _margin(self, rules) -> float:
+        if rules.incremental.margin is not None:
+            return rules.incremental.margin
+        return AUTO_MARGIN if rules.threshold_auto else 0.0
+
+    def _why_full(self, table, rules, threshold: float) -> str | None:
+        state, change = self.state, self.change
+        if not self.enabled:
+            return self.record.get("reason") or ("incremental runs are off (incremental.enabled: false)"
+                                                 if self.cache_dir is not None else "no cache folder")
+        if self.forced:
+            return "--full"
+        if self.damaged:
+            return f"the search state was damaged ({self.damaged}); rebuilt"
+        if state is None:
+            return "no search state yet (first run on this cache)"
+        differences = self._differences(table)
+        if differences:
+            return "settings changed: " + "; ".join(differences)
+        if threshold < state.radius - 1e-12:
+            if threshold < state.threshold:
+                return f"threshold lowered {state.threshold:g} -> {threshold:g}"
+            return f"threshold {threshold:g} is below the stored search radius {state.radius:g}"
+        kind = state.history.get("kind")
+        if {kind, self._kind} == {"flat", "ivf"}:  # ("none": one folder or none, no pairs either way)
+            return (f"the table of {len(table):,} faces now gets the {self._kind} search "
+                    f"(index.flat_below {rules.index.flat_below:,}), the stored pairs came from the {kind} search")
+        new = int(change.new_rows.size)
+        if rules.centre and (new or change.removed):
+            return "embeddings.centre: every change moves the dataset's mean and with it every vector"
+        limit, how = self._limit(len(table))
+        if new > limit:
+            return f"{new:,} new or changed faces, over the limit of {limit:,} ({how}): a full run is cheaper"
+        return None
+
+    def _limit(self, n: int) -> tuple[int, str]:
+        """New rows above which a full run is done: a fixed number, a share, or (auto) where the
+        exact search of the new rows (new x n scores) would cost more than a full run's scan and
+        build (n x nprobe x n / nlist scores, plus n x nlist for the assignment); flat: n / 2."""
+        inc = self.rules.incremental
+        if inc.max_changed is not None:
+            return inc.max_changed, f"incremental.max_changed: {inc.max_changed}"
+        if inc.max_changed_share is not None:
+            return int(inc.max_changed_share * n), f"incremental.max_changed: {inc.max_changed_share:.0%}"
+        if self._kind != "ivf":
+            return max(1, n // 2), "auto: half the table for the exact search"
+        index = self.state.index if self.state is not None else None
+        nlist = index.nlist if index is not None else _auto_nlist(n, self.rules.index)
+        nprobe = index.nprobe if index is not None else DEFAULT_NPROBE
+        return int(nprobe * n / max(nlist, 1) + nlist), f"auto: nprobe {nprobe} x {n:,} / nlist {nlist} + nlist"
+
+    def _incremental(self, table, threshold: float, margin: float):
+        from .backends import RADIUS_MARGIN
+        from .backends.flat import _exact_rows
+        from .search import MAX_PAIRS_DEFAULT, SearchResult, SearchTooBroad, _Collector, _pack
+
+        state, change = self.state, self.change
+        self.record.update(mode="incremental", reason=None)
+        radius = max(state.radius, threshold - margin)
+        n = len(table)
+        new_rows = change.new_rows
+        old_to_new = np.full(state.rows, -1, dtype=np.int64)
+        kept = np.flatnonzero(change.old_of_new >= 0)
+        old_to_new[change.old_of_new[kept]] = kept
+        a, b = old_to_new[state.pair_i], old_to_new[state.pair_j]
+        ok = (a >= 0) & (b >= 0) & (state.pair_sim >= radius)
+        ci, cj, cs = np.minimum(a[ok], b[ok]), np.maximum(a[ok], b[ok]), state.pair_sim[ok]
+        t0 = time.perf_counter()
+        x = table.vectors
+        labels = np.asarray(table.identity_of)
+        collector = _Collector(x, labels, radius, MAX_PAIRS_DEFAULT)
+        if new_rows.size and n:
+            _exact_rows(x, labels, new_rows, radius - RADIUS_MARGIN, collector.add)
+        new = collector.result()
+        seconds = time.perf_counter() - t0
+        if ci.size + new.i.size > MAX_PAIRS_DEFAULT:
+            raise SearchTooBroad(f"{ci.size + new.i.size:,} cross-folder pairs reach {radius:g}, more than the "
+                                 f"limit of {MAX_PAIRS_DEFAULT:,}: the threshold is too low for these embeddings")
+        found = _pack([ci, new.i], [cj, new.j], [cs, new.sim])
+        info = {k: v for k, v in state.info.items() if k != "timings"}
+        info.update(vectors=n, dim=table.dim, threshold=radius, candidates=collector.candidates,
+                    timings={"search": seconds})
+        found = SearchResult(found.i, found.j, found.sim, info)
+        self._radius, self._all = radius, found
+        self.record.update(carried_pairs=int(ci.size), new_pairs=int(new.i.size))
+        self._file_new_rows(table)
+        return _at_least(found, threshold)
+
+    # -- the IVF index --------------------------------------------------------------------
+    def _ivf_backend(self, table, rules):
+        """For a full IVF run on the CPU with the list scan: the backend find_pairs would use,
+        wrapped so that the index is kept (and, when the stored one is still fit, reused)."""
+        if not self.enabled or self._kind != "ivf" or rules.index.scan != "lists":
+            return None
+        from .search import choose_backend, gpu_count
+
+        if rules.index.gpu or (rules.index.gpu is None and gpu_count() > 0):
+            return None
+        n = len(table)
+        inner = choose_backend("ivf", False, n, rules.index, rules.index.scan, 0, _tuning())
+        stored, why = self._reusable(table, inner.nlist)
+        return KeptIVF(inner, stored, why)
+
+    def _reusable(self, table, nlist: int):
+        """(centroids, every row's nearest lists) of the stored index when a full run may reuse
+        it, else None; and why it is not reused (None when there was nothing to reuse)."""
+        state, change = self.state, self.change
+        if self.forced or state is None or state.index is None or change is None:
+            return None, None
+        index = state.index
+        if self.damaged or self._differences(table):
+            return None, None
+        if index.rebuild:
+            return None, index.rebuild
+        if index.nlist != nlist:
+            return None, f"the table of {len(table):,} faces takes nlist {nlist}, the index has {index.nlist}"
+        probes = self._probes(table, index)
+        now, then = imbalance(probes[:, 0], index.nlist), float(index.trained.get("imbalance", 1.0))
+        limit = self.rules.incremental.max_imbalance_growth
+        if now > limit * then:
+            return None, f"list balance {now:.2f} > {limit:g} x {then:.2f} when trained"
+        return (index.centroids, probes), None
+
+    def _probes(self, table, index: IndexState) -> np.ndarray:
+        """Every row's nearest lists: the stored ones for stored rows, the quantizer's for new rows."""
+        change = self.change
+        probes = np.empty((len(table), index.probes.shape[1]), dtype=np.int32)
+        kept = change.old_of_new >= 0
+        probes[kept] = index.probes[change.old_of_new[kept]]
+        new = np.flatnonzero(~kept)
+        if new.size:
+            probes[new] = nearest_lists(index.centroids, np.asarray(table.vectors[new]), probes.shape[1])
+        return probes
+
+    def _keep_index(self, table, backend) -> None:
+        """After a full run: the index it searched with, for the state."""
+        from .backends.ivf import IVFIndex
+
+        self._index = None
+        built = getattr(backend, "built", None)
+        if not isinstance(built, IVFIndex) or built.probes is None:
+            self.record["index"] = None
+            return
+        nprobe = int(built.info.get("nprobe") or 1)
+        probes = _narrow(built.probes)
+        if backend.stored is not None:
+            trained = dict(self.state.index.trained)
+            index = IndexState(backend.stored[0], probes, nprobe, trained)
+            growth = self.rules.incremental.max_nprobe_growth
+            if nprobe > growth * int(trained.get("nprobe", nprobe)):
+                index.rebuild = (f"calibration asked for nprobe {nprobe}, over {growth:g} x the {trained['nprobe']} "
+                                 "it was trained at")
+            how = "reused (no k-means, no assignment of stored rows)"
+        else:
+            centroids = built.cpu_index.quantizer.reconstruct_n(0, built.cpu_index.nlist).astype(np.float32)
+            trained = {"rows": len(table), "nlist": int(centroids.shape[0]), "nprobe": nprobe,
+                       "imbalance": imbalance(probes[:, 0], centroids.shape[0])}
+            index = IndexState(centroids, probes, nprobe, trained)
+            how = f"rebuilt: {backend.why}" if backend.why else "trained"
+        self._index = index
+        self.record["index"] = {"action": how, **self._index_json(index)}
+
+    def _file_new_rows(self, table) -> None:
+        """After an incremental run: the stored index with the new rows filed into their lists,
+        and whether it has drifted (then the next full run trains it again)."""
+        index = self.state.index
+        if index is None:
+            self._index = None
+            self.record["index"] = None
+            return
+        probes = _narrow(self._probes(table, index))
+        updated = IndexState(index.centroids, probes, index.nprobe, dict(index.trained), index.rebuild)
+        if updated.rebuild is None:
+            now, then = updated.imbalance(), float(index.trained.get("imbalance", 1.0))
+            limit = self.rules.incremental.max_imbalance_growth
+            nlist = _auto_nlist(len(table), self.rules.index)
+            if now > limit * then:
+                updated.rebuild = f"list balance {now:.2f} > {limit:g} x {then:.2f} when trained"
+            elif nlist != index.nlist:
+                updated.rebuild = f"the table of {len(table):,} faces takes nlist {nlist}, the index has {index.nlist}"
+        self._index = updated
+        action = f"kept; retrained at the next full run: {updated.rebuild}" if updated.rebuild else "kept"
+        self.record["index"] = {"action": action, **self._index_json(updated)}
+
+    @staticmethod
+    def _index_json(index: IndexState) -> dict:
+        return {"nlist": index.nlist, "nprobe": index.nprobe, "imbalance": round(index.imbalance(), 4),
+                "trained": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in index.trained.items()},
+                "rebuild": index.rebuild}
+
+    # -- the record and the state -----------------------------------------------------------
+    def _describe(self, table, seconds: float) -> None:
+        change = self.change
+        rec = self.record
+        rec["search_seconds"] = round(seconds, 4)
+        rec["faces"] = len(table)
+        if self.folder is not None:
+            rec["state"] = str(self.folder)
+        if change is not None and self.state is not None:
+            new = int(change.new_rows.size)
+            rec.update(searched=new if rec["mode"] == "incremental" else len(table), added=new - change.moved,
+                       moved=change.moved, removed=change.removed - change.moved,
+                       changed_folders=change.changed_folders)
+        if self._radius is not None:
+            rec["radius"] = round(self._radius, 6)
+
+    def header(self) -> str | None:
+        """The header's line about this run's search."""
+        rec = self.record
+        if rec.get("mode") == "incremental":
+            line = (f"incremental: {rec['searched']:,} new or changed face(s) searched against {rec['faces']:,} in "
+                    f"{rec['search_seconds']:.2f} s ({rec['added']:,} added, {rec['moved']:,} moved, "
+                    f"{rec['removed']:,} removed, {rec['changed_folders']:,} changed folder(s)); "
+                    f"{rec['carried_pairs']:,} pair(s) carried over")
+        elif rec.get("reason"):
+            line = f"incremental: full run: {rec['reason']}"
+        else:
+            return None
+        index = rec.get("index")
+        if index and index.get("action", "").startswith(("rebuilt", "kept; retrained")):
+            line += f"; IVF index {index['action']}"
+        return line
+
+    def save(self, table, final) -> None:
+        """Write the state of this run: the table's keys, the pairs at the radius (and any pair
+        the final result holds besides, such as those the verification added), the index."""
+        if not self.enabled or self._all is None or self.change is None:
+            return
+        from .search import _pack
+
+        found = self._all
+        n = max(len(table), 1)
+        key = np.concatenate([found.i * n + found.j, final.i * n + final.j])
+        sims = np.concatenate([found.sim, final.sim])
+        key, first = np.unique(key, return_index=True)
+        packed = _pack([key // n], [key % n], [sims[first]])
+        names = [i.name for i in table.identities]
+        counts = np.bincount(np.asarray(table.identity_of, dtype=np.int64), minlength=len(names))
+        versions = self._versions or [""] * len(names)
+        history = dict(self.state.history) if self.state is not None else {}
+        if self.record["mode"] == "full":
+            history.update(full_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), runs_since_full=0)
+        else:
+            history["runs_since_full"] = int(history.get("runs_since_full", 0)) + 1
+        history.update(kind=self._kind, last=self.record["mode"])
+        info = self.state.info if self.record["mode"] == "incremental" and self.state is not None else \
+            {k: v for k, v in found.info.items() if k != "timings"}
+        state = SearchState(key=state_key(self.rules, table), radius=float(self._radius),
+                            threshold=float(self.rules.min_threshold), folders=names,
+                            folder_versions=list(versions), folder_rows=[int(c) for c in counts],
+                            keys=self.change.keys, pair_i=packed.i, pair_j=packed.j, pair_sim=packed.sim,
+                            info=info, index=self._index, history=history, root=str(self.root))
+        try:
+            save(self.folder, state)
+        except OSError as exc:
+            self.notes.append(f"the search state could not be written to {self.folder} ({exc.strerror or exc}); "
+                              "the next run is a full one")
+
+
+class KeptIVF:
+    """The IVF backend of a full run, keeping the index it built (`built`) for the search state;
+    with `stored` (centroids, every row's nearest lists) it skips k-means and the assignment and
+    searches with the stored index (calibrated again, as every full run is)."""
+
+    def __init__(self, inner, stored=None, why: str | None = None):
+        self.inner, self.stored, self.why = inner, stored, why
+        self.nlist = inner.nlist
+        self.built = None
+
+    def build(self, x, labels, radius, progress=None, place=None):
+        if self.stored is None or place is not None:
+            self.stored = None
+            self.built = self.inner.build(x, labels, radius, progress, place)
+            return self.built
+        from .backends import _faiss
+        from .backends.ivf import IVFIndex
+
+        faiss = _faiss()
+        centroids, probes = self.stored
+        nlist, d = centroids.shape
+        quantizer = faiss.IndexFlatIP(d)
+        quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+        cpu_index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        cpu_index.is_trained = True
+        inner = self.inner
+        self.built = IVFIndex(faiss, cpu_index, None, x, labels, radius, inner.rules, inner.seed, inner.tuning, True,
+                              np.ascontiguousarray(probes, dtype=np.int32),
+                              {"index": "IndexIVFFlat", "nlist": nlist, "centroids": "stored"})
+        return self.built
+
+
+def nearest_lists(centroids: np.ndarray, x: np.ndarray, k: int) -> np.ndarray:
+    """The k nearest lists of each row (nearest first, int32), by the same flat inner-product
+    search that filled the stored index."""
+    from .backends import _faiss
+
+    quantizer = _faiss().IndexFlatIP(centroids.shape[1])
+    quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    _, near = quantizer.search(np.ascontiguousarray(x, dtype=np.float32), k)
+    return near.astype(np.int32)
+
+
+def state_key(rules, table) -> dict[str, Any]:
+    """What the stored pairs are valid for besides the rows and the radius."""
+    ix = rules.index
+    return {"tool": __version__, "format": FORMAT, "vector_key": table.key, "dim": table.dim,
+            "centre": bool(rules.centre),
+            "index": {"type": ix.type, "flat_below": ix.flat_below, "nlist": ix.nlist, "nprobe": ix.nprobe,
+                      "recall_target": ix.recall_target, "scan": ix.scan, "gpu": ix.gpu}}
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    names = {"tool": "tool version", "vector_key": "embeddings.key", "centre": "embeddings.centre",
+             "format": "state format"}
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{names.get(prefix + k, prefix + k)} {_text(a)} -> {_text(b)}")
+    return out
+
+
+def _text(value) -> str:
+    return "auto" if value is None else str(value)
+
+
+def _kind(n: int, labels, rules) -> str:
+    """The search a full run does on this table (search.find_pairs' choice)."""
+    if n == 0 or len(np.unique(np.asarray(labels))) < 2:
+        return "none"
+    if rules.type != "auto":
+        return rules.type
+    return "flat" if n < rules.flat_below else "ivf"
+
+
+def _auto_nlist(n: int, rules) -> int:
+    from .search import auto_nlist
+
+    return min(rules.nlist or auto_nlist(n), max(1, n // 39))
+
+
+def _tuning():
+    from .backends import DEFAULT_TUNING
+
+    return DEFAULT_TUNING
+
+
+def _narrow(probes: np.ndarray) -> np.ndarray:
+    return probes.astype(np.int16) if probes.size == 0 or probes.max() < 2**15 else probes.astype(np.int32)
+
+
+def _at_least(found, threshold: float):
+    """The pairs at or above the threshold (the search may have gathered some below)."""
+    from .search import SearchResult
+
+    info = {**found.info, "threshold": threshold}
+    if found.info.get("threshold") is not None and found.info["threshold"] < threshold:
+        info["gathered_at"] = found.info["threshold"]
+    keep = found.sim >= threshold
+    if keep.all():
+        return SearchResult(found.i, found.j, found.sim, info)
+    return SearchResult(found.i[keep], found.j[keep], found.sim[keep], info)
+
+
+def _ranges(spans: list[tuple[int, int]]) -> np.ndarray:
+    if not spans:
+        return np.zeros(0, dtype=np.int64)
+    return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in spans])
+
+
+def _occurrence(folder: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Which occurrence (0, 1, ...) of its (folder, key) each row is, in row order."""
+    n = len(folder)
+    if not n:
+        return np.zeros(0, dtype=np.int64)
+    order = np.lexsort((np.arange(n), keys[:, 1], keys[:, 0], folder))
+    f, k0, k1 = folder[order], keys[order, 0], keys[order, 1]
+    start = np.ones(n, dtype=bool)
+    start[1:] = (f[1:] != f[:-1]) | (k0[1:] != k0[:-1]) | (k1[1:] != k1[:-1])
+    first = np.maximum.accumulate(np.where(start, np.arange(n), 0))
+    occ = np.empty(n, dtype=np.int64)
+    occ[order] = np.arange(n) - first
+    return occ
+
+
+def _match(fa: np.ndarray, ka: np.ndarray, fb: np.ndarray, kb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows of a, rows of b) with equal folder, key and occurrence: the same row on both sides."""
+    na, nb = len(fa), len(fb)
+    if not na or not nb:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    f = np.concatenate([fa, fb])
+    k = np.concatenate([ka, kb])
+    occ = np.concatenate([_occurrence(fa, ka), _occurrence(fb, kb)])
+    side = np.concatenate([np.zeros(na, dtype=np.int8), np.ones(nb, dtype=np.int8)])
+    row = np.concatenate([np.arange(na), np.arange(nb)])
+    order = np.lexsort((side, occ, k[:, 1], k[:, 0], f))
+    f, k0, k1, occ, side, row = f[order], k[order, 0], k[order, 1], occ[order], side[order], row[order]
+    pair = (side[:-1] == 0) & (side[1:] == 1) & (f[:-1] == f[1:]) & (k0[:-1] == k0[1:]) & (k1[:-1] == k1[1:]) \
+        & (occ[:-1] == occ[1:])
+    at = np.flatnonzero(pair)
+    return row[at], row[at + 1]
