@@ -140,3 +140,16 @@ def assert_same_result(a, b) -> None:
     np.testing.assert_array_equal(a.i, b.i)
     np.testing.assert_array_equal(a.j, b.j)
     np.testing.assert_array_equal(a.sim, b.sim)
+
+
+def search_account(info: dict) -> dict:
+    """A search's info without what may differ between engines: timings, the engine's own record,
+    and the certify pass's costs (a range engine batches a range's rows, not all rows, so its cap
+    tests differ; its rows and result do not). Candidates, scored cells, nprobe, the bounds'
+    counters and the certificate must be the local engine's."""
+    cost = ("certify_seconds", "certify_cells", "certify_cap_tests", "certify_caps_scanned")
+    out = {k: v for k, v in info.items() if k not in ("timings", "engine", *cost)}
+    certify = out.get("certified", {}).get("certify")
+    if certify:
+        out["certified"] = {**out["certified"], "certify": {"rows": certify["rows"]}}
+    return out

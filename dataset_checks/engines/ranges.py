@@ -554,6 +554,9 @@ class RangeEngine:
                     if self.after_range is not None:
                         self.after_range(computed)
             info["ranges_seconds"] = round(time.perf_counter() - t2, 4)
+            merged = getattr(built, "ranges_merged", None)  # the index's info from the summed stats
+            if merged is not None:
+                merged()
         finally:
             bar.close()
             if executor is not None:
