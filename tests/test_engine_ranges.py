@@ -21,13 +21,16 @@ from dataset_checks.engines import EngineUnavailable, make_engine
 from dataset_checks.engines import ranges as rg
 from dataset_checks.rules import EngineRules, IndexRules
 from dataset_checks.search import RADIUS_MARGIN, SearchTooBroad, find_pairs
-from strategies import build_clusters
+from helpers import assert_same_result as assert_same
+from helpers import engine_dataset as dataset
+from helpers import search_account
 
 IVF = IndexRules(type="ivf", nlist=16, gpu=False)
 KINDS = {
     "ivf lists": IVF,
     "ivf faiss": IndexRules(type="ivf", nlist=16, gpu=False, scan="faiss"),
     "flat": IndexRules(type="flat", gpu=False),
+    "ivf certify": IndexRules(type="ivf", nlist=16, gpu=False, certify=True),
 }
 
 
@@ -35,16 +38,6 @@ class Interrupted(Exception):
     pass
 
 
-def dataset(seed: int, dim: int = 24):
-    """30 folders of 20 faces, two crowds of near-identical frames, copies across folders."""
-    data = build_clusters(seed, dim, [20] * 30, 0.6, [150, 80], [(0, 3, 0.1), (1, 7, 0.2), (5, 11, 0.4)])
-    return data.vectors, data.labels
-
-
-def assert_same(a, b):
-    np.testing.assert_array_equal(a.i, b.i)
-    np.testing.assert_array_equal(a.j, b.j)
-    np.testing.assert_array_equal(a.sim, b.sim)
 
 
 def engine(**kw) -> rg.RangeEngine:
@@ -63,9 +56,7 @@ def test_ranges_give_exactly_the_local_engines_pairs(seed, threshold, ranges, ki
     info = ranged.info["engine"]
     assert 1 <= info["ranges"] <= ranges
     assert info["computed"] == info["ranges"] and info["resumed"] == 0
-    assert ranged.info["candidates"] == local.info["candidates"]
-    assert ranged.info.get("scored_cells") == local.info.get("scored_cells")
-    assert ranged.info.get("nprobe") == local.info.get("nprobe")
+    assert search_account(ranged.info) == search_account(local.info)
 
 
 @given(costs=st.lists(st.floats(0, 1e6), min_size=1, max_size=300), ranges=st.integers(1, 64))
@@ -274,3 +265,11 @@ def test_engine_ray_without_ray_is_a_usage_error(pytester, monkeypatch):
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     text = result.stdout.str() + result.stderr.str()
     assert 'pip install "dataset-checks[ray]"' in text and "Traceback" not in text
+
+
+def test_a_cache_that_cannot_be_written_costs_the_resume_not_the_run(tmp_path):
+    x, labels = dataset(12)
+    (tmp_path / "file").write_text("not a folder")
+    ranged = find_pairs(x, labels, 0.6, IVF, engine=engine(ranges=3, checkpoints=tmp_path / "file" / "ranges"))
+    assert_same(find_pairs(x, labels, 0.6, IVF), ranged)
+    assert "checkpoints cannot be written" in ranged.info["engine"]["checkpoints_failed"]

@@ -24,8 +24,10 @@ from dataset_checks.engines import ranges as rg  # noqa: E402
 from dataset_checks.engines.ray_engine import RayEngine  # noqa: E402
 from dataset_checks.rules import IndexRules  # noqa: E402
 from dataset_checks.search import find_pairs  # noqa: E402
+from helpers import assert_same_result as assert_same  # noqa: E402
+from helpers import engine_dataset as dataset  # noqa: E402
+from helpers import search_account  # noqa: E402
 from helpers import write_face01  # noqa: E402
-from strategies import build_clusters  # noqa: E402
 
 IVF = IndexRules(type="ivf", nlist=16, gpu=False)
 PKG = str(Path(dataset_checks.__file__).resolve().parent)
@@ -45,15 +47,6 @@ def cluster():
         ray.shutdown()
 
 
-def dataset(seed: int, dim: int = 24):
-    data = build_clusters(seed, dim, [20] * 30, 0.6, [150, 80], [(0, 3, 0.1), (1, 7, 0.2), (5, 11, 0.4)])
-    return data.vectors, data.labels
-
-
-def assert_same(a, b):
-    np.testing.assert_array_equal(a.i, b.i)
-    np.testing.assert_array_equal(a.j, b.j)
-    np.testing.assert_array_equal(a.sim, b.sim)
 
 
 @pytest.mark.parametrize("seed, threshold, rules", [
@@ -61,6 +54,7 @@ def assert_same(a, b):
     (1, 0.5, IVF),
     (2, 0.7, IndexRules(type="ivf", nlist=16, gpu=False, scan="faiss")),
     (3, 0.6, IndexRules(type="flat", gpu=False)),
+    (4, 0.55, IndexRules(type="ivf", nlist=16, gpu=False, certify=True)),
 ])
 def test_ray_workers_find_exactly_the_local_engines_pairs(cluster, seed, threshold, rules):
     x, labels = dataset(seed)
@@ -71,8 +65,7 @@ def test_ray_workers_find_exactly_the_local_engines_pairs(cluster, seed, thresho
     info = remote.info["engine"]
     assert info["type"] == "ray" and info["cpus"] == 2 and info["nodes"] == 1
     assert info["table"] == "object store" and info["computed"] == info["ranges"] > 1
-    assert remote.info["candidates"] == local.info["candidates"]
-    assert remote.info.get("scored_cells") == local.info.get("scored_cells")
+    assert search_account(remote.info) == search_account(local.info)  # candidates, cells, certificate
 
 
 def test_ray_workers_map_the_table_file(cluster, tmp_path):
@@ -160,7 +153,7 @@ def test_pytest_dataset_checks_with_engine_ray_end_to_end(cluster, pytester, mon
         if k % 10 == 1:
             v[0] = centres[k - 1] / np.linalg.norm(centres[k - 1])  # a photo of the previous person
         write_face01(root, f"person_{k:02d}", v.astype(np.float32))
-    common = ["index: {type: ivf, nlist: 16}", "threshold: 0.9", f"dataset: {root}"]
+    common = ["index: {type: ivf, nlist: 16}", "threshold: 0.9", f"dataset: {root}", "incremental: {enabled: false}"]
     (pytester.path / "local.yaml").write_text("\n".join(common + ["engine: local"]) + "\n")
     (pytester.path / "ray.yaml").write_text("\n".join(common + [f"engine: {{type: ray, address: '{address}', ranges: 3}}"]) + "\n")
     base = [PKG, "-p", "no:cacheprovider", "-p", "no:randomly", "-q"]

@@ -104,6 +104,10 @@ class BuiltIndex(Protocol):
 
     def candidates(self, emit: Emit, start: int = 0, end: int | None = None, progress=None) -> None: ...
 
+    # Optional (engines/): called once after the stats of ranges run elsewhere were summed into
+    # `stats`, so that info derived from them (IVF's certificate) covers the whole search.
+    # def ranges_merged(self) -> None: ...
+
 
 class Backend(Protocol):
     def build(self, x: np.ndarray, labels: np.ndarray, radius: float, progress=None) -> BuiltIndex: ...

@@ -238,13 +238,16 @@ class ScanBounds:
         self.folder_caps, self.min_size, self.peel, self.min_saving = folder_caps, min_size, peel, min_saving
         self.labels: np.ndarray | None = None
 
-    def skip_probes(self, near: np.ndarray, near_scores: np.ndarray, stats: dict | None) -> np.ndarray:
+    def skip_probes(self, near: np.ndarray, near_scores: np.ndarray, stats: dict | None,
+                    span: tuple[int, int] | None = None) -> np.ndarray:
         """near with the probes a list cap proves empty replaced by -1 (not scanned).
-        near_scores: the quantizer's float32 products with those lists."""
+        near_scores: the quantizer's float32 products with those lists. `span`: the lists this
+        scan covers (a range of an engine's); only their probes are counted."""
         skip = self.lists.skipped(near, near_scores) & (near >= 0)
         if stats is not None:
-            stats["list_probes"] = stats.get("list_probes", 0) + int(np.count_nonzero(near >= 0))
-            stats["list_probes_skipped"] = stats.get("list_probes_skipped", 0) + int(np.count_nonzero(skip))
+            counted = near >= 0 if span is None else (near >= span[0]) & (near < span[1])
+            stats["list_probes"] = stats.get("list_probes", 0) + int(np.count_nonzero(counted))
+            stats["list_probes_skipped"] = stats.get("list_probes_skipped", 0) + int(np.count_nonzero(skip & counted))
         return np.where(skip, -1, near) if skip.any() else near
 
     def of_list(self, vecs: np.ndarray, ids: np.ndarray, queries: int) -> "Caps | None":

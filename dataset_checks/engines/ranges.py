@@ -322,6 +322,17 @@ class Checkpoints:
         self.root, self.digest = Path(root), digest
         self.folder = self.root / digest[:24]
         self.ignored: list[str] = []
+        self.failed: str | None = None  # why checkpoints are not written (the search goes on)
+
+    def _writing(self, what: Callable[[], None]) -> None:
+        """Write, or note why not: a cache that cannot be written costs the resume, not the run."""
+        if self.failed is not None:
+            return
+        try:
+            what()
+        except OSError as exc:
+            self.failed = f"checkpoints cannot be written in {self.folder} ({exc.strerror or exc}); a killed run " \
+                          "starts over"
 
     def range_key(self, start: int, end: int) -> str:
         return hashlib.sha256(f"{self.digest} {start} {end}".encode()).hexdigest()
@@ -341,11 +352,15 @@ class Checkpoints:
         return bounds if ranges is None or ranges == plan.get("requested") else None
 
     def save_plan(self, bounds: list[tuple[int, int]], requested: int | None) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
         text = json.dumps({"format": FORMAT, "digest": self.digest, "requested": requested,
                            "bounds": bounds}).encode()
-        _write_atomic(self.folder / "plan.json", lambda fp: fp.write(text))
-        self._prune()
+
+        def write():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            _write_atomic(self.folder / "plan.json", lambda fp: fp.write(text))
+            self._prune()
+
+        self._writing(write)
 
     def _prune(self) -> None:
         """Keep the KEEP_RUNS most recent run folders (a finished run's ranges make its rerun
@@ -368,7 +383,7 @@ class Checkpoints:
         def write(fp):
             np.savez(fp, keys=keys, meta=np.frombuffer(meta_bytes, dtype=np.uint8), check=np.array(check))
 
-        _write_atomic(self.path(start, end), write)
+        self._writing(lambda: _write_atomic(self.path(start, end), write))
 
     def load(self, start: int, end: int, n: int) -> dict | None:
         """The range's result, or None (absent; or not trusted: `ignored` says why)."""
@@ -539,6 +554,9 @@ class RangeEngine:
                     if self.after_range is not None:
                         self.after_range(computed)
             info["ranges_seconds"] = round(time.perf_counter() - t2, 4)
+            merged = getattr(built, "ranges_merged", None)  # the index's info from the summed stats
+            if merged is not None:
+                merged()
         finally:
             bar.close()
             if executor is not None:
@@ -558,6 +576,8 @@ class RangeEngine:
             info["table"] = executor.table_mode
         if store is not None and store.ignored:
             info["ignored_checkpoints"] = store.ignored
+        if store is not None and store.failed:
+            info["checkpoints_failed"] = store.failed
         info["seconds"] = round(time.perf_counter() - t0, 4)
         return info
 

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import numpy as np
 import ray
 
+from ..search import SearchTooBroad
 from .ranges import Executor, RangeEngine, RangeRun, TableFile, TableNotVisible, run_range
 
 MIN_STORE = 128 << 20  # object store of a local cluster: at least this, else the shipped bytes twice
@@ -92,8 +93,8 @@ class RayExecutor(Executor):
                 if isinstance(cause, TableNotVisible) and not isinstance(self.table, TableFile):
                     self._submit(run, r)
                     continue
-                if isinstance(cause, Exception):
-                    raise cause from None  # SearchTooBroad and the like, as the local engine raises them
+                if isinstance(cause, SearchTooBroad):
+                    raise cause from None  # as the local engine raises it (the run reports it as such)
                 raise
             yield r, got
 
