@@ -576,15 +576,18 @@ class KeptIVF:
         return self.built
 
 
-def nearest_lists(centroids: np.ndarray, x: np.ndarray, k: int) -> np.ndarray:
-    """The k nearest lists of each row (nearest first, int32), by the same flat inner-product
-    search that filled the stored index."""
-    from .backends import _faiss
-
-    quantizer = _faiss().IndexFlatIP(centroids.shape[1])
-    quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    _, near = quantizer.search(np.ascontiguousarray(x, dtype=np.float32), k)
-    return near.astype(np.int32)
+def nearest_lists(centroids: np.ndarray, x: np.ndarray, k: int, block: int = 4096) -> np.ndarray:
+    """The k nearest lists of each row (nearest first, int32): inner products with the centroids,
+    as the quantizer's flat search ranks them (numpy: an incremental run does not import faiss)."""
+    out = np.empty((len(x), k), dtype=np.int32)
+    c = np.ascontiguousarray(centroids, dtype=np.float32)
+    for s in range(0, len(x), block):
+        scores = np.asarray(x[s : s + block], dtype=np.float32) @ c.T
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else \
+            np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
+        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+        out[s : s + block] = np.take_along_axis(top, order, axis=1)
+    return out
 
 
 def state_key(rules, table) -> dict[str, Any]:
