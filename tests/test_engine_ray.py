@@ -158,8 +158,7 @@ def test_pytest_dataset_checks_with_engine_ray_end_to_end(cluster, pytester, mon
     (pytester.path / "ray.yaml").write_text("\n".join(common + [f"engine: {{type: ray, address: '{address}', ranges: 3}}"]) + "\n")
     base = [PKG, "-p", "no:cacheprovider", "-p", "no:randomly", "-q"]
     local = pytester.runpytest_subprocess(*base, "--rules", "local.yaml", "--report-dir", "out_local")
-    # --full: the same cache holds the local run's search state, which would make these incremental
-    remote = pytester.runpytest_subprocess(*base, "--rules", "ray.yaml", "--report-dir", "out_ray", "--full")
+    remote = pytester.runpytest_subprocess(*base, "--rules", "ray.yaml", "--report-dir", "out_ray")
     assert local.ret == remote.ret == 1  # the planted photos fail
     csv_local = (pytester.path / "out_local" / "findings.csv").read_bytes()
     assert csv_local.count(b"\n") > 6
@@ -168,8 +167,7 @@ def test_pytest_dataset_checks_with_engine_ray_end_to_end(cluster, pytester, mon
     assert engine["type"] == "ray" and engine["address"] == address and engine["ranges"] == 3
     assert engine["computed"] == 3 and engine["table"] == "file"
     assert "engine ray: 3 ranges of lists on 2 CPU(s)" in remote.stdout.str()
-    again = pytester.runpytest_subprocess(*base, "--rules", "local.yaml", "--engine", "ray", "--report-dir", "out_again",
-                                         "--full")
+    again = pytester.runpytest_subprocess(*base, "--rules", "local.yaml", "--engine", "ray", "--report-dir", "out_again")
     assert again.ret == 1
     engine = json.loads((pytester.path / "out_again" / "findings.json").read_text())["search"]["engine"]
     assert engine["resumed"] == 3 and engine["computed"] == 0 and "startup_seconds" not in engine
