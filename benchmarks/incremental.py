@@ -18,6 +18,9 @@ and pytest's share (wall minus the run's stages: collection, 20,000 test items, 
 
     python benchmarks/incremental.py --source /tmp/big1m --workdir /tmp/incr_1m
     python benchmarks/incremental.py --size 100000 --workdir /tmp/incr_100k   # generated
+    # then, on the same cache and dataset, with every check off (the search and pytest alone):
+    python benchmarks/incremental.py --source /tmp/big1m --workdir /tmp/incr_1m --steps add,remove \
+        --no-checks --seed 1
 """
 
 from __future__ import annotations
@@ -158,6 +161,9 @@ def main(argv=None) -> int:
     p.add_argument("--threshold", default="0.85")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-full-check", action="store_true", help="skip the last --full run")
+    p.add_argument("--steps", default="full,add,remove", help="full (a fresh cache and copy), add, remove; "
+                   "without full, the cache and the dataset of the last invocation go on")
+    p.add_argument("--no-checks", action="store_true", help="every registered check off: the search alone")
     p.add_argument("--out", type=Path, default=HERE / "incremental_results")
     args = p.parse_args(argv)
     work = args.workdir
@@ -169,15 +175,23 @@ def main(argv=None) -> int:
         source = work / "source"
         generate(source, args.size)
     dataset = work / "dataset"
+    steps = args.steps.split(",")
     changed_file = work / "changed.json"
     changed = json.loads(changed_file.read_text()) if changed_file.is_file() else []
-    prepare_copy(source.resolve(), dataset, changed)
-    targets, removes, donors = pick(dataset, args.folders, args.faces, args.seed)
-    changed_file.write_text(json.dumps(targets + removes))
     cache = work / "cache"
-    shutil.rmtree(cache, ignore_errors=True)
+    if "full" in steps:  # start from the source again
+        prepare_copy(source.resolve(), dataset, changed)
+        changed = []
+        shutil.rmtree(cache, ignore_errors=True)
+    targets, removes, donors = pick(dataset, args.folders, args.faces, args.seed)
+    changed_file.write_text(json.dumps(sorted(set(changed + targets + removes))))
     rules = work / "rules.yaml"
-    rules.write_text(f"threshold: {args.threshold}\nembeddings:\n  cache: {cache}\n")
+    text = f"threshold: {args.threshold}\nembeddings:\n  cache: {cache}\n"
+    if args.no_checks:
+        from dataset_checks.checks import all_checks
+
+        text += "checks:\n" + "".join(f"  {c.name}: {{enabled: false}}\n" for c in all_checks() if not c.builtin)
+    rules.write_text(text)
     rows = []
 
     def step(name: str, *extra: str) -> dict:
@@ -187,21 +201,25 @@ def main(argv=None) -> int:
         rows.append(row)
         return row
 
-    step("full")
-    added = add_faces(dataset, targets, donors, args.faces, args.seed)
-    step(f"add {added}")
-    removed = remove_faces(dataset, removes, args.faces)
-    last = step(f"remove {removed}")
+    if "full" in steps:
+        step("full")
+    last = None
+    if "add" in steps:
+        added = add_faces(dataset, targets, donors, args.faces, args.seed)
+        last = step(f"add {added}")
+    if "remove" in steps:
+        removed = remove_faces(dataset, removes, args.faces)
+        last = step(f"remove {removed}")
     same = ""
-    if not args.no_full_check:
+    if not args.no_full_check and last is not None:
         full = step("--full", "--full")
         a, b = read_pairs(Path(last["out"])), read_pairs(Path(full["out"]))
-        same = (f"findings.csv of the incremental run after `remove` and of the `--full` run on the same data: "
+        same = (f"findings.csv of the last incremental run and of the `--full` run on the same data: "
                 f"{len(a):,} and {len(b):,} pairs, {'identical' if a == b else f'{len(a - b)} only incremental, {len(b - a)} only full'}.")
     env = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
            f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM, load average "
            f"{os.getloadavg()[0]:.1f} at the end, Python {platform.python_version()}; dataset {source}, threshold "
-           f"{args.threshold}")
+           f"{args.threshold}{'; every check off' if args.no_checks else ''}")
     args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
     text = render(rows, env, same)
     args.out.with_suffix(".md").write_text(text)

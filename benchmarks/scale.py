@@ -107,7 +107,7 @@ def sampled_recall(cache: Path, found: set, queries: int, seed: int = 0) -> dict
 
 
 def one_run(kind: str, dataset: Path, work: Path, n: int, identities: int, queries: int) -> dict | None:
-    cache = work / ("cache-cold" if kind == "local-cold" else "cache")
+    cache = work / "cache"  # cold: wiped first; the later runs find the table it stored
     if kind == "local-cold":
         shutil.rmtree(cache, ignore_errors=True)
     if kind == "ray":

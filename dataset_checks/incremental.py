@@ -405,12 +405,14 @@ class Incremental:
         return (index.centroids, probes), None
 
     def _probes(self, table, index: IndexState) -> np.ndarray:
-        """Every row's nearest lists: the stored ones for stored rows, the quantizer's for new rows."""
+        """Every row's nearest lists (in the stored array's type): the stored ones for stored
+        rows, the quantizer's for new rows."""
         change = self.change
-        probes = np.empty((len(table), index.probes.shape[1]), dtype=np.int32)
-        kept = change.old_of_new >= 0
-        probes[kept] = index.probes[change.old_of_new[kept]]
-        new = np.flatnonzero(~kept)
+        if not len(table):
+            return np.zeros((0, index.probes.shape[1]), dtype=index.probes.dtype)
+        probes = index.probes[np.maximum(change.old_of_new, 0)] if index.probes.size else \
+            np.zeros((len(table), index.probes.shape[1]), dtype=index.probes.dtype)
+        new = change.new_rows
         if new.size:
             probes[new] = nearest_lists(index.centroids, np.asarray(table.vectors[new]), probes.shape[1])
         return probes
@@ -451,7 +453,7 @@ class Incremental:
             self._index = None
             self.record["index"] = None
             return
-        probes = _narrow(self._probes(table, index))
+        probes = self._probes(table, index)
         updated = IndexState(index.centroids, probes, index.nprobe, dict(index.trained), index.rebuild)
         if updated.rebuild is None:
             now, then = updated.imbalance(), float(index.trained.get("imbalance", 1.0))
@@ -490,6 +492,8 @@ class Incremental:
     def header(self) -> str | None:
         """The header's line about this run's search."""
         rec = self.record
+        if self.cache_dir is None:  # no cache (the demo, a table in memory): nothing to say
+            return None
         if rec.get("mode") == "incremental":
             line = (f"incremental: {rec['searched']:,} new or changed face(s) searched against {rec['faces']:,} in "
                     f"{rec['search_seconds']:.2f} s ({rec['added']:,} added, {rec['moved']:,} moved, "
@@ -572,15 +576,18 @@ class KeptIVF:
         return self.built
 
 
-def nearest_lists(centroids: np.ndarray, x: np.ndarray, k: int) -> np.ndarray:
-    """The k nearest lists of each row (nearest first, int32), by the same flat inner-product
-    search that filled the stored index."""
-    from .backends import _faiss
-
-    quantizer = _faiss().IndexFlatIP(centroids.shape[1])
-    quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    _, near = quantizer.search(np.ascontiguousarray(x, dtype=np.float32), k)
-    return near.astype(np.int32)
+def nearest_lists(centroids: np.ndarray, x: np.ndarray, k: int, block: int = 4096) -> np.ndarray:
+    """The k nearest lists of each row (nearest first, int32): inner products with the centroids,
+    as the quantizer's flat search ranks them (numpy: an incremental run does not import faiss)."""
+    out = np.empty((len(x), k), dtype=np.int32)
+    c = np.ascontiguousarray(centroids, dtype=np.float32)
+    for s in range(0, len(x), block):
+        scores = np.asarray(x[s : s + block], dtype=np.float32) @ c.T
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else \
+            np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
+        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+        out[s : s + block] = np.take_along_axis(top, order, axis=1)
+    return out
 
 
 def state_key(rules, table) -> dict[str, Any]:
@@ -611,7 +618,8 @@ def _text(value) -> str:
 
 def _kind(n: int, labels, rules) -> str:
     """The search a full run does on this table (search.find_pairs' choice)."""
-    if n == 0 or len(np.unique(np.asarray(labels))) < 2:
+    labels = np.asarray(labels)
+    if n == 0 or labels.min() == labels.max():  # (find_pairs: fewer than two folders)
         return "none"
     if rules.type != "auto":
         return rules.type

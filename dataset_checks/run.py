@@ -116,7 +116,9 @@ class Pipeline:
         # -- incremental: begin -- (the stored search state, locked for this run)
         from .incremental import Incremental
 
-        self.incremental = inc = Incremental(self.cache_dir, self.root, self.rules, full=self.full)
+        # (not for the demo: its dataset is a new temporary folder every time)
+        self.incremental = inc = Incremental(None if self.is_demo else self.cache_dir, self.root, self.rules,
+                                             full=self.full)
         inc.acquire()
         # -- incremental: end --
         self.table = table = self._table(identities, prepared, progress)

@@ -121,6 +121,14 @@ def test_relative_dataset_resolves_against_the_rules_folder(tmp_path, monkeypatc
         ("allow:\n  - identities: [A, A]\n    reason: r\n", "allow[0].identities", "a list of two different", "['A', 'A']"),
         ("allow:\n  - identities: [A, B]\n    reason: r\n    why: x\n", "allow[0].why", "one of the known keys", "unknown key "),
         ("- a\n- b\n", "", "a mapping", "['a', 'b']"),
+        ("incremental: on\n", "incremental", "a mapping", "True"),
+        ("incremental:\n  enabled: sometimes\n", "incremental.enabled", "true or false", "'sometimes'"),
+        ("incremental:\n  max_changed: -1\n", "incremental.max_changed", "'auto', a whole number", "-1"),
+        ("incremental:\n  max_changed: 150%\n", "incremental.max_changed", "'auto', a whole number", "'150%'"),
+        ("incremental:\n  max_changed: lots%\n", "incremental.max_changed", "'auto', a whole number", "'lots%'"),
+        ("incremental:\n  margin: 0.5\n", "incremental.margin", "'auto' or a number in [0, 0.2]", "0.5"),
+        ("incremental:\n  max_imbalance_growth: 0.5\n", "incremental.max_imbalance_growth", "a number >= 1", "0.5"),
+        ("incremental:\n  full: true\n", "incremental.full", "one of the known keys", "unknown key "),
     ],
 )
 def test_each_error_names_file_key_expected_found(tmp_path, text, key, expected, found):
@@ -206,3 +214,11 @@ def test_calibration_errors_name_the_key(tmp_path, text, key):
     with pytest.raises(RulesError) as info:
         load_rules(write(tmp_path, text))
     assert info.value.key == key and str(tmp_path) in str(info.value)
+
+
+def test_incremental_settings(tmp_path):
+    rules = load_rules(write(tmp_path, "incremental:\n  max_changed: 2.5%\n  margin: 0\n"))
+    assert (rules.incremental.max_changed, rules.incremental.max_changed_share, rules.incremental.margin) == \
+        (None, 0.025, 0.0)
+    rules = load_rules(write(tmp_path, "incremental:\n  max_changed: 500\n  enabled: false\n"))
+    assert (rules.incremental.max_changed, rules.incremental.enabled) == (500, False)

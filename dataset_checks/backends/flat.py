@@ -64,8 +64,9 @@ def _exact_rows(x: np.ndarray, labels: np.ndarray, rows: np.ndarray, radius: flo
         xq = x[q]
         for cs in range(0, n, cols):
             sims = xq @ x[cs : cs + cols].T
-            hit = (sims >= radius) & (labels[q][:, None] != labels[None, cs : cs + cols])
-            r, c = np.nonzero(hit)
+            r, c = np.nonzero(sims >= radius)  # few hits: their labels are compared, not the block's
+            cross = labels[q[r]] != labels[c + cs]
+            r, c = r[cross], c[cross]
             if r.size:
                 emit(q[r], c + cs, sims[r, c])
 
