@@ -400,9 +400,10 @@ def test_collect_only_does_not_import_faiss(pytester, dataset):
     assert result.ret == 0, result.stderr.str()
     result.stdout.fnmatch_lines(["FAISS_AFTER_COLLECTION False", "*tests collected*", "FAISS_AT_EXIT False"])
     assert len(re.findall(r"::test_identity\[", result.stdout.str())) == 6
-    # ... while a real run does import it (so the probe can see it)
+    # ... while a real search does import it (so the probe can see it); --full: an unchanged
+    # dataset whose search state is in a shared cache would otherwise run incrementally
     result = pytester.runpytest_subprocess(
-        PKG, "-p", "faiss_probe", "-p", "no:cacheprovider", "--dataset", str(dataset), "--report-dir", "o"
+        PKG, "-p", "faiss_probe", "-p", "no:cacheprovider", "--dataset", str(dataset), "--report-dir", "o", "--full"
     )
     result.stdout.fnmatch_lines(["FAISS_AT_EXIT True"])
 
