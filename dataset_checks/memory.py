@@ -76,6 +76,25 @@ def resident_bytes() -> int:
         return 0
 
 
+def release(array: np.ndarray, start: int, stop: int) -> None:
+    """Drop rows [start, stop) of a file-mapped table from this process (they stay in the page
+    cache): for passes over the whole table after the run, where no budget watcher runs. A no-op
+    for arrays that are not np.memmap."""
+    mm = getattr(array, "_mmap", None)
+    if mm is None or not hasattr(mm, "madvise") or array.ndim != 2 or stop <= start:
+        return
+    page = mmap.PAGESIZE
+    row = array.strides[0]
+    base = getattr(array, "offset", 0)
+    lo = -(-(base + start * row) // page) * page  # inward: pages shared with other rows stay
+    hi = (base + stop * row) // page * page
+    if hi > lo:
+        try:
+            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+        except (OSError, ValueError):
+            pass
+
+
 class Budget:
     """Keeps the mapped table's resident pages under `limit` while `watch`ed (a context manager
     around the run). `trims`: how often pages were dropped; `peak`: the largest resident size seen."""

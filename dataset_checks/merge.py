@@ -114,12 +114,20 @@ def folder_means(vectors: np.ndarray, owner: np.ndarray, n_identities: int, bloc
     means = np.zeros((n_identities, x.shape[1] if x.ndim == 2 else 0))
     if len(x) == 0:
         return means
-    centre = x.mean(axis=0, dtype=np.float64).astype(np.float32)
+    from .memory import release
+
+    total = np.zeros(x.shape[1])
+    for s in range(0, len(x), 1 << 16):  # blocks, each given back: no whole-table pass stays resident
+        total += x[s : s + (1 << 16)].sum(axis=0, dtype=np.float64)
+        release(vectors, s, s + (1 << 16))
+    centre = (total / len(x)).astype(np.float32)
     order = np.argsort(owner, kind="stable")
     owner_sorted = np.asarray(owner)[order]
     for s in range(0, len(order), block):
         rows = order[s : s + block]
         xc = x[rows] - centre
+        if rows.size and rows[-1] - rows[0] == rows.size - 1:  # a run of table rows (the usual case)
+            release(vectors, int(rows[0]), int(rows[-1]) + 1)  # after the run: do not refill the mapping
         norms = np.sqrt(np.einsum("ij,ij->i", xc, xc))
         xc /= np.where(norms > 0, norms, 1.0)[:, None]
         ids, inv = np.unique(owner_sorted[s : s + block], return_inverse=True)

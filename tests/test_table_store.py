@@ -218,3 +218,21 @@ def test_a_tiny_budget_gives_the_same_findings(tmp_path, rng):
     _, tight = _run(root, tmp_path / "c2", memory="64MiB")
     assert roomy.findings.pairs == tight.findings.pairs and len(roomy.findings.pairs) > 0
     assert tight.findings.metadata["memory"]["budget"] == 64 * 2**20
+
+
+@pytest.mark.skipif(not hasattr(mmap, "MADV_DONTNEED") or memory.resident_bytes() == 0,
+                    reason="needs madvise and /proc/self/statm (Linux)")
+def test_releasing_rows_gives_their_pages_back_and_they_read_back(tmp_path, rng):
+    rows, dim = 1 << 14, 1024  # 64 MiB
+    path = tmp_path / "t.f32"
+    data = rng.standard_normal((rows, dim)).astype(np.float32)
+    data.tofile(path)
+    arr = np.memmap(path, dtype=np.float32, mode="r", shape=(rows, dim))
+    base = memory.resident_bytes()
+    total = float(np.asarray(arr).sum(dtype=np.float64))
+    touched = memory.resident_bytes()
+    assert touched - base > arr.nbytes * 0.8
+    memory.release(arr, 0, rows)
+    assert touched - memory.resident_bytes() > arr.nbytes * 0.8
+    assert float(np.asarray(arr).sum(dtype=np.float64)) == total
+    memory.release(np.zeros((4, 4)), 0, 4)  # not a mapping: nothing to do
