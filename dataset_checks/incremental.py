@@ -217,7 +217,8 @@ class Incremental:
         gone_folders = 0
         if state is not None:
             other = [k for k in range(len(state.folders)) if k not in same]
-            gone_folders = sum(1 for k in other if state.folders[k] not in set(names))
+            present = set(names)
+            gone_folders = sum(1 for k in other if state.folders[k] not in present)
             ids = {name: f for f, name in enumerate(dict.fromkeys([names[i] for i in changed] +
                                                                    [state.folders[k] for k in other]))}
             new_rows = _ranges([(int(starts[i]), int(starts[i + 1])) for i in changed])
@@ -309,7 +310,8 @@ class Incremental:
             return (f"the table of {len(table):,} faces now gets the {self._kind} search "
                     f"(index.flat_below {rules.index.flat_below:,}), the stored pairs came from the {kind} search")
         new = int(change.new_rows.size)
-        if rules.centre and (new or change.removed):
+        if rules.centre and (new or change.removed or not np.array_equal(change.old_of_new, np.arange(len(table)))):
+            # (rows in another order too: the mean is summed in another order, to the last bit)
             return "embeddings.centre: every change moves the dataset's mean and with it every vector"
         limit, how = self._limit(len(table))
         if new > limit:
