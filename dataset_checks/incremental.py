@@ -90,6 +90,7 @@ class Incremental:
         self._index: IndexState | None = None
         self._kind: str | None = None
         self._versions: list[str] | None = None  # the folders' listing digests, saved with the state
+        self._version = ""  # the dataset version of this run's table
 
     # -- lock and state ---------------------------------------------------------------------
     def acquire(self) -> None:
@@ -195,6 +196,7 @@ class Incremental:
         starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         versions = prepared.folder_versions if len(prepared.folder_versions) == len(names) else [None] * len(names)
         self._versions = [v or "" for v in versions]
+        self._version = prepared.version
         keys = np.empty((n, 2), dtype=np.uint64)
         old_of_new = np.full(n, -1, dtype=np.int64)
         pos = {name: k for k, name in enumerate(state.folders)} if state is not None else {}
@@ -538,7 +540,8 @@ class Incremental:
                             threshold=float(self.rules.min_threshold), folders=names,
                             folder_versions=list(versions), folder_rows=[int(c) for c in counts],
                             keys=self.change.keys, pair_i=packed.i, pair_j=packed.j, pair_sim=packed.sim,
-                            info=info, index=self._index, history=history, root=str(self.root))
+                            info=info, index=self._index, history=history, root=str(self.root),
+                            version=self._version)
         try:
             save(self.folder, state)
         except OSError as exc:
