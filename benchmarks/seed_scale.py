@@ -72,7 +72,8 @@ def generate(root: Path, quick: bool) -> dict:
 def load_vectors(root: Path):
     """Independent of dataset_checks.vectors: folders sorted by name, rows in file order.
 
-    Rows are normalised the way the tool does it (float64 norm, stored as float32), and every
+    Rows are normalised the way the tool does it (float32 rows times the float32 reciprocal of
+    their float64 norm), and every
     similarity is the float64 dot product of those float32 rows: the same definition of a pair.
     """
     keys, blocks, owners = [], [], []
@@ -81,8 +82,9 @@ def load_vectors(root: Path):
         with np.load(root / name / FACE01_FILE, allow_pickle=False) as npz:
             files = [str(f) for f in npz["name"].tolist()]
             arr = npz[KEY]
-        arr = arr.reshape(arr.shape[0], -1).astype(np.float64)
-        arr = (arr / np.linalg.norm(arr, axis=1, keepdims=True)).astype(np.float32)
+        arr = arr.reshape(arr.shape[0], -1).astype(np.float32)
+        norms = np.linalg.norm(arr.astype(np.float64), axis=1)
+        arr = arr * (1.0 / norms).astype(np.float32)[:, None]
         blocks.append(arr)
         owners.append(np.full(len(files), k, np.int32))
         keys.extend((name, f) for f in files)

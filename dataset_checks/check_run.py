@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Iterable
 
+from .blas import single_threaded
 from .checks import Check, CheckData, CheckSettings, Issue, all_checks
 from .discover import display_name
 from .text import terminal_line
@@ -110,7 +111,11 @@ def run_checks(data: CheckData, waivers: dict[tuple, str] | None = None, accept:
         t0 = time.perf_counter()
         try:
             result.instance = cls()
-            issues = list(result.instance.run(data, settings))
+            # one BLAS thread: the checks make many mid-sized products between numpy passes that
+            # run on one core anyway; threads woken per product cost more than they save (3x on
+            # the 2-core benchmark machine with other work running; see dataset_checks.blas)
+            with single_threaded():
+                issues = list(result.instance.run(data, settings))
         except Exception as exc:  # noqa: BLE001 - one broken check must not take the others down
             result.error = f"{type(exc).__name__}: {exc}"
             issues = []

@@ -32,6 +32,7 @@ class FolderScan:
     unreadable: bool = False  # the folder itself could not be listed: nothing else is known
     # (name, size, mtime_ns, inode) of the files read, when asked: what a dataset version is made of
     stamps: list[tuple] = field(default_factory=list)
+    names: frozenset[str] = frozenset()  # every entry of the folder, whatever it is
 
 
 def scan_folder(folder: Path, where: str, stamps: bool = False) -> FolderScan:
@@ -45,6 +46,7 @@ def scan_folder(folder: Path, where: str, stamps: bool = False) -> FolderScan:
         out.problems.append(Problem(where + "/", f"cannot be read: {why(exc)}", code="unreadable"))
         out.unreadable = True
         return out
+    out.names = frozenset(entry.name for entry in entries)
     real_folder: Path | None = None
     files = set()
     for entry in entries:

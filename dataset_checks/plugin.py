@@ -7,9 +7,10 @@ plugin imports neither faiss nor numpy-heavy code, so unrelated pytest runs pay 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,11 @@ def pytest_configure(config: pytest.Config) -> None:
         rules = replace(rules, engine=replace(rules.engine, type=config.getoption("engine"),
                                               address=rules.engine.address if config.getoption("engine") == "ray"
                                               else None))
+    if rules.engine.type == "ray":  # engines: Ray is an optional extra, said before anything runs
+        from .engines import ray_missing
+
+        if ray_missing():
+            raise pytest.UsageError(ray_missing())
     if config.getoption("update_baseline") and not config.getoption("baseline"):
         raise pytest.UsageError("--update-baseline needs --baseline FILE (the file to write)")
     # -- leakage: begin --
@@ -193,9 +199,33 @@ def pytest_configure(config: pytest.Config) -> None:
     # .dataset_checks_cache/ goes to the rootdir unless rules.yaml says otherwise (never the dataset)
     session.cache_root = config.rootpath
     config.stash[SESSION] = session
+    if config.option.durations is None:  # --durations reads every phase's report
+        config.pluginmanager.register(_PassedPhases(config), "dataset_checks_passed_phases")
     # Test ids are the folder names as text.shown writes them: 高橋 and 髙橋 read as themselves,
     # and everything unsafe is already a %XX escape, so pytest's own \u escaping is not needed.
     config._inicache[ID_ESCAPING] = True
+
+
+class _PassedPhases:
+    """Keeps the terminal reporter's list of passed setup/teardown reports short.
+
+    For every failed test, pytest's failures section looks up its teardown report by scanning
+    that list (terminal.py `_get_teardown_reports`): 4,000 failing identities x 40,000 reports
+    took 40 s of a 20,000-identity run. A passed setup or teardown that captured nothing prints
+    nothing anywhere, so it leaves the list as soon as it is filed; one with captured output
+    stays (its teardown section is printed with the failure)."""
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+
+    @pytest.hookimpl(trylast=True)  # after the terminal reporter filed it
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "call" or not report.passed or report.sections:
+            return
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        filed = reporter.stats.get("") if reporter is not None else None
+        if filed and filed[-1] is report:
+            filed.pop()
 
 
 def _report_dir(config: pytest.Config, dataset: Path | None) -> Path:
@@ -405,6 +435,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 @pytest.hookimpl(wrapper=True, trylast=True, specname="pytest_sessionfinish")
 def pytest_sessionfinish_around_html(session: pytest.Session):
     check = session.config.stash.get(SESSION, None)
+    if check is not None and check.html_path is not None:
+        _light_rows(session.config)
     try:
         result = yield
     except OSError as exc:  # pytest-html could not write report.html (disk full, folder gone)
@@ -417,6 +449,36 @@ def pytest_sessionfinish_around_html(session: pytest.Session):
     if check is not None and check.html_path is not None:
         _publish_html(session.config, check)
     return result
+
+
+def _light_rows(config: pytest.Config) -> None:
+    """Rows without pytest-html's media viewer, when no row shows an image or a video.
+
+    Its row template holds an <img> and a <video controls> for image and video extras, built
+    for every row: Chromium sets up a media element per <video>, and 20,000 rows took 20-30 s
+    to open (without them about 3 s). Our rows carry HTML extras only (the thumbnails are
+    inline), so the viewer is dropped from the template unless some row has such an extra;
+    with an unexpected template (another pytest-html), nothing changes."""
+    from pytest_html.report_data import ReportData
+
+    for plugin in config.pluginmanager.get_plugins():
+        data, template = getattr(plugin, "_report", None), getattr(plugin, "_template", None)
+        if not isinstance(data, ReportData) or template is None:
+            continue
+        media = ("image", "video")
+        if any(extra.get("format_type") in media for rows in data.data["tests"].values() for row in rows
+               for extra in row.get("extras", ())):
+            return
+        try:
+            env = template.environment
+            source = env.loader.get_source(env, template.name)[0]
+        except (AttributeError, TypeError, OSError, LookupError):  # LookupError: jinja's TemplateNotFound
+            return
+        start = source.find('<div class="media">')
+        end = source.find('<div class="logwrapper">', start)
+        if start < 0 or end < 0:
+            return
+        plugin._template = env.from_string(source[:start] + '<div class="media"></div>\n' + source[end:])
 
 
 def _publish_html(config: pytest.Config, check: CheckSession) -> None:
@@ -445,13 +507,82 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config):
     return result
 
 
+# -- a failing identity in the terminal: a few lines, the whole message in report.html -----------
+
+
+@dataclass(frozen=True, eq=False)
+class BriefFailure:
+    """The longrepr of a domain failure (`pytest.fail(message, pytrace=False)` in a test of one
+    identity): the terminal's failures section shows `lines` (a few; --tb=long: the whole
+    message; --tb=line: none, the crash line says it); `reprcrash.message` is the one line of
+    pytest's short summary and junitxml's message; str() is the whole message (junitxml's text,
+    xdist) and report.html's row log shows it too. 4,000 failing identities then print about
+    12,000 lines, not 40,000."""
+
+    lines: tuple[str, ...]
+    full: str
+    reprcrash: "BriefCrash"
+
+    def toterminal(self, tw) -> None:
+        for line in self.lines:
+            tw.line(line)
+
+    def __str__(self) -> str:
+        return self.full
+
+
+@dataclass(frozen=True)
+class BriefCrash:
+    """Where and what, as pytest's ReprFileLocation; str() (--tb=line) is the message alone:
+    the line of test code is the same for every identity and says nothing."""
+
+    path: str
+    lineno: int
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _brief_failure(item: pytest.Item, call: pytest.CallInfo, check: CheckSession) -> BriefFailure | None:
+    """The brief of a domain failure of a test of one identity, else None (pytest's report)."""
+    exc = call.excinfo.value if call.when == "call" and call.excinfo is not None else None
+    if not isinstance(exc, pytest.fail.Exception) or exc.pytrace:
+        return None  # a bug in a test or a check keeps pytest's own traceback
+    spec = getattr(item, "callspec", None)
+    if spec is None or "identity" not in spec.params:
+        return None  # test_dataset and dataset-level checks: one test each, said in full
+    brief = check.brief(spec.params["identity"], exc.msg, cross_identity=item.originalname == "test_identity")
+    style = item.config.option.tbstyle
+    lines = tuple(exc.msg.split("\n")) if style == "long" else () if style == "line" else brief.lines
+    path, lineno, _ = item.location
+    return BriefFailure(lines, exc.msg, BriefCrash(path, (lineno or 0) + 1, brief.line))
+
+
+@pytest.hookimpl(tryfirst=True, specname="pytest_runtest_makereport")
+def pytest_runtest_makereport_brief(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport | None:
+    # The report of a domain failure is made here, with its brief as the longrepr: pytest's own
+    # would first format a traceback that is never shown (1-2 ms per failing identity).
+    check = item.config.stash.get(SESSION, None)
+    brief = _brief_failure(item, call, check) if check is not None else None
+    if brief is None:
+        return None
+    call = copy.copy(call)  # the original, with its exception, stays for --pdb and the other hooks
+    call.excinfo = brief  # not an ExceptionInfo: pytest takes it as the report's longrepr
+    return pytest.TestReport.from_item_and_call(item, call)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
     check = item.config.stash.get(SESSION, None)
     spec = getattr(item, "callspec", None)
-    if check is not None and report.when == "call" and spec is not None and "identity" in spec.params:
-        html = check.identity_html(spec.params["identity"])
+    if check is None or report.when != "call" or spec is None or "identity" not in spec.params:
+        return report
+    identity = spec.params["identity"]
+    # a test_identity row shows its pairs; a check's row only when it fails (passing rows: one line)
+    if identity is not None and (report.failed or item.originalname == "test_identity"):
+        html = check.identity_html(identity)
         if html:
             report.extras = [*getattr(report, "extras", []), {"name": "pairs", "format_type": "html",
                              "content": html, "mime_type": None, "extension": None}]
@@ -475,7 +606,6 @@ def pytest_html_results_summary(prefix: list, summary: list, postfix: list, sess
 # -- report.html result table: evidence order, no Duration column, escaped test ids -------------
 # (appended hooks; they only act in a dataset_checks run)
 
-_ROW_ORDER = pytest.StashKey[dict]()
 _HTML_CONFIG: list[pytest.Config] = []  # the config of the run whose report pytest-html is building
 
 
@@ -513,9 +643,12 @@ def pytest_html_results_table_row(report, cells: list) -> None:
     check = config.stash.get(SESSION, None) if config is not None else None
     if check is None:
         return
+    if report.when != "call" and report.passed and not report.sections:
+        # pytest-html shows no row for a passed setup or teardown; no cells: it skips building
+        # one (two of every three reports of a run)
+        cells.clear()
+        return
     from html import escape
-
-    from .report import row_order
 
     # pytest-html 4.2 inserts this cell with innerHTML (pytest-html#1024): escape the id.
     test_id = report.nodeid + ("" if report.when == "call" else f"::{report.when}")
@@ -524,10 +657,28 @@ def pytest_html_results_table_row(report, cells: list) -> None:
     key, label = "5", ""
     name = report.nodeid.rsplit("[", 1)[-1][:-1] if report.nodeid.endswith("]") else None
     if check._findings is not None and "::test_identity[" in report.nodeid and name is not None:
-        if _ROW_ORDER not in config.stash:
-            config.stash[_ROW_ORDER] = row_order(check._findings, check.merge_candidates())
-        key, label = config.stash[_ROW_ORDER].get(name, ("5", ""))
+        key, label = check.row_order().get(name, ("5", ""))
     elif report.failed:
         key = "1"  # other failing tests (faces not detected) right after the ranked identities
     # pytest-html sorts by the cell's text: the hidden key first, then what a reader sees.
     cells.insert(2, f'<td class="col-dcorder"><span hidden>{key}</span>{escape(label)}</td>')
+
+
+_NO_LOG = "No log output captured."  # pytest-html's log of a row with nothing to show
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_html_results_table_html(report, data: list) -> None:
+    if not _HTML_CONFIG or SESSION not in _HTML_CONFIG[0].stash:
+        return
+    longrepr = report.longrepr
+    if isinstance(longrepr, BriefFailure):  # the row's log holds the whole message, not the terminal's lines
+        from html import escape
+
+        full = escape(longrepr.full) + "\n"
+        if longrepr.lines:
+            data[0] = full  # pytest-html's first entry: the terminal's lines (longreprtext)
+        else:
+            data[:] = [full, *(x for x in data if x != _NO_LOG)]
+    elif report.passed and data == [_NO_LOG]:
+        data.clear()  # a passing row is one line, with nothing under it

@@ -6,6 +6,7 @@
 * `merge_html`: "Folders that may be one person", ranked as in merge_candidates.csv.
 * `waived_html`: allowlisted and baselined findings, listed, not hidden.
 * `summary_lines`: the dataset_checks section of the terminal output (plain text).
+* `identity_brief`, `message_brief`: a failure as the terminal shows it (a line, a few lines).
 * `row_order`: the key that puts report.html's result rows in evidence order.
 
 Every name from the dataset is escaped. Thumbnails are capped per identity and per candidate,
@@ -14,7 +15,7 @@ so the report of a large dataset stays small.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from html import escape
 from typing import Any, Iterable
 
@@ -79,6 +80,10 @@ def search_description(meta: dict[str, Any]) -> str:
                       f"(recall {max(by.values()) if by else 1:.4f})")
     if search.get("scan") == "lists":
         params.append("scanned list by list")
+    from .engines.ranges import describe  # engines
+
+    if describe(search.get("engine")):
+        params.append(describe(search.get("engine")))
     index = meta.get("index") or "none"
     return index + (f" ({', '.join(params)})" if params else "")
 
@@ -152,16 +157,19 @@ def pattern_html(pattern: Pattern) -> str:
 
 
 def identity_html(verdict: Verdict, thumbs: Thumbnails | None, limit: int = PAIRS_PER_IDENTITY,
-                  findings: Findings | None = None, candidates: Iterable[MergeCandidate] = ()) -> str:
+                  findings: Findings | None = None, candidates: Iterable[MergeCandidate] = (),
+                  patterns: list[Pattern] | None = None) -> str:
     """Offending pairs of a failing identity (thumbnails); waived pairs of any identity (names).
 
     With `findings` (and `candidates`) the pattern line knows the other folders' sizes and the
-    merge scores; without, it still names the shape."""
+    merge scores; without, it still names the shape. `patterns`: the identity's patterns when
+    already known (`rank_failing`), so that 4,000 failing identities do not each redo them."""
     name = verdict.identity.name
     parts = []
     failing = verdict.failing_matches
     if failing:
-        patterns = identity_patterns(verdict, findings, merge_scores(candidates))
+        if patterns is None:
+            patterns = identity_patterns(verdict, findings, merge_scores(candidates))
         lines = "".join(pattern_html(p) for p in patterns[:3])
         if len(patterns) > 3:
             lines += f"<div>&hellip; and {len(patterns) - 3} more folder(s)</div>"
@@ -271,7 +279,7 @@ def _failing_groups(ranked: list[RankedIdentity], limit: int) -> tuple[list[tupl
 
 def summary_lines(findings: Findings, candidates: list[MergeCandidate], files: Iterable[str] = (),
                   baseline: dict[str, Any] | None = None, limit: int = TERMINAL_IDENTITIES,
-                  top_candidates: int = TERMINAL_CANDIDATES) -> list[str]:
+                  top_candidates: int = TERMINAL_CANDIDATES, ranked: list[RankedIdentity] | None = None) -> list[str]:
     """The dataset_checks section of the terminal output, meant to be printed last.
 
     Counts and threshold; failing identities strongest evidence first, each with its pattern
@@ -295,7 +303,8 @@ def summary_lines(findings: Findings, candidates: list[MergeCandidate], files: I
             search += f", {len(v['missed'])} missed pair(s)"
     seconds = sum((meta.get("timings") or {}).values())
     lines.append(search + (f"; {seconds:.1f} s" if seconds else ""))
-    ranked = rank_failing(findings, candidates)
+    if ranked is None:
+        ranked = rank_failing(findings, candidates)
     if ranked:
         lines.append("failing identities, strongest evidence first:")
         groups, rest = _failing_groups(ranked, limit)
@@ -335,14 +344,17 @@ def summary_lines(findings: Findings, candidates: list[MergeCandidate], files: I
 
 
 def identity_message(verdict: Verdict, findings: Findings | None = None,
-                     candidates: Iterable[MergeCandidate] = (), pairs: int = 3) -> str:
+                     candidates: Iterable[MergeCandidate] = (), pairs: int = 3,
+                     patterns: list[Pattern] | None = None) -> str:
     """A compact failure message for a failing identity's test: one pattern line per other
-    folder (at most 3) and its best few pairs, instead of up to 50 near-identical pair lines."""
+    folder (at most 3) and its best few pairs, instead of up to 50 near-identical pair lines.
+    `patterns`: as in `identity_html`."""
     name = verdict.identity.display
     failing = verdict.failing_matches
     if not failing:
         return verdict.message()
-    patterns = identity_patterns(verdict, findings, merge_scores(candidates))
+    if patterns is None:
+        patterns = identity_patterns(verdict, findings, merge_scores(candidates))
     lines = [f"{name}: {len(failing)} face pair(s) with {len(patterns)} other folder(s) at cosine >= {verdict.threshold:g}"]
     for p in patterns[:3]:
         lines.append(f"  {p.label}: {p.description}")
@@ -356,15 +368,77 @@ def identity_message(verdict: Verdict, findings: Findings | None = None,
     return "\n".join(terminal_line(line, limit=1000) for line in [*lines, *filter(None, rest.split("\n"))])
 
 
+# -- a failure in the terminal ----------------------------------------------------------------
+
+BRIEF_FOLDERS = 2  # other folders a failing identity's terminal report names (the rest counted)
+BRIEF_LINES = 3  # lines of any other failure message the terminal shows (the rest counted)
+
+
+@dataclass(frozen=True)
+class Brief:
+    """A failure as the terminal shows it: `line` for pytest's short summary and --tb=line,
+    `lines` for its failures section. The whole message is in report.html and junitxml."""
+
+    line: str
+    lines: tuple[str, ...]
+
+
+def identity_brief(verdict: Verdict, patterns: list[Pattern]) -> Brief:
+    """A failing identity in a few lines: the count, then per other folder (the strongest
+    `BRIEF_FOLDERS`) its pattern and best pair, so the terminal of a run with thousands of
+    failing identities stays readable; everything else is in report.html and the files.
+
+    `patterns`: `identity_patterns` of the verdict (best evidence first)."""
+    failing = verdict.failing_matches
+    if not failing or not patterns:
+        return message_brief(verdict.message())
+    own = verdict.identity.name
+    best: dict[str, Match] = {}
+    for m in failing:  # highest similarity first
+        best.setdefault(m.other_identity, m)
+
+    def said(p: Pattern) -> str:
+        other = p.other_identity if p.identity == own else p.identity
+        more = f" (+{p.pairs - 1} more pair(s))" if p.pairs > 1 else ""
+        return f"{p.label} with {display_name(other)}: {best[other].line()}{more}"
+
+    name = verdict.identity.display
+    line = f"{name}: {said(patterns[0])}"
+    if len(patterns) > 1:
+        line += f"; and {len(patterns) - 1} more folder(s)"
+    lines = [f"{name}: {len(failing)} face pair(s) with {len(patterns)} other folder(s) at cosine >= {verdict.threshold:g}"]
+    lines += ["  " + said(p) for p in patterns[:BRIEF_FOLDERS]]
+    if len(patterns) > BRIEF_FOLDERS:
+        lines.append(f"  ... and {len(patterns) - BRIEF_FOLDERS} more folder(s) (report.html, findings.csv)")
+    problems = [p for p in verdict.problems if p not in verdict.problem_waivers]
+    if problems:
+        lines.append(f"  and {len(problems)} input problem(s): {problems[0]}" + (" ..." if len(problems) > 1 else ""))
+    return Brief(terminal_line(line), tuple(terminal_line(x) for x in lines))
+
+
+def message_brief(message: str, limit: int = BRIEF_LINES) -> Brief:
+    """Any other failure message, cut to `limit` lines (each at most 300 characters); its line is
+    the first one, with the second when the first only announces a list ("...: 2 issue(s):")."""
+    lines = message.split("\n")
+    line = lines[0]
+    if line.endswith(":") and len(lines) > 1:
+        line = f"{line} {lines[1].strip()}"
+    shown = lines[:limit]
+    if len(lines) > limit:
+        shown.append(f"  ... and {len(lines) - limit} more line(s) (report.html)")
+    return Brief(terminal_line(line), tuple(terminal_line(x) for x in shown))
+
+
 # -- report.html result rows -------------------------------------------------------------------
 
 
-def row_order(findings: Findings, candidates: Iterable[MergeCandidate] = ()) -> dict[str, tuple[str, str]]:
+def row_order(findings: Findings, candidates: Iterable[MergeCandidate] = (),
+              ranked: list[RankedIdentity] | None = None) -> dict[str, tuple[str, str]]:
     """(sort key, label) per identity (by display name) for report.html's Evidence column:
     failing identities in evidence order, then not checkable, then passed with waived pairs,
     then passed; by name within a group. Keys compare as strings (pytest-html sorts cell text)."""
     out: dict[str, tuple[str, str]] = {}
-    for k, r in enumerate(rank_failing(findings, candidates)):
+    for k, r in enumerate(rank_failing(findings, candidates) if ranked is None else ranked):
         out[r.verdict.identity.display] = (f"0{k:07d}", f"#{k + 1} failing")
     rest = sorted((v for v in findings.verdicts.values() if v.identity.display not in out),
                   key=lambda v: v.identity.display)

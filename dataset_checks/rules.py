@@ -53,6 +53,10 @@ class IndexRules:
     gpu: bool | None = None  # None: use a GPU when faiss sees one
     recall_target: float = 0.999  # sampled recall that calibrating nprobe must reach
     scan: str = "lists"  # CPU IVF: lists (one BLAS product per inverted list) | faiss (range_search)
+    # IVF: after the calibrated search, test every face against every folder's cap and score what
+    # no bound excludes, so that the search is exact (backends/bounds.py; about N x folders / 2
+    # extra products)
+    certify: bool = False
 
 
 @dataclass(frozen=True)
@@ -309,13 +313,17 @@ def parse_rules(data: Any, file: Path | None = None) -> Rules:
     against = _against(c, data.get("against"), base)
     threshold = DEFAULT_THRESHOLD if threshold_auto else c.threshold("threshold", threshold_raw)
 
-    ix = c.mapping("index", data.get("index"), {"type", "nlist", "nprobe", "flat_below", "gpu", "recall_target", "scan"})
+    ix = c.mapping("index", data.get("index"),
+                   {"type", "nlist", "nprobe", "flat_below", "gpu", "recall_target", "scan", "certify"})
     gpu = ix.get("gpu", "auto")
     if gpu not in ("auto", True, False):
         raise c.fail("index.gpu", "auto, true or false", gpu)
     flat_below = ix.get("flat_below", IndexRules.flat_below)
     if isinstance(flat_below, bool) or not isinstance(flat_below, int) or flat_below < 0:
         raise c.fail("index.flat_below", "a whole number >= 0", flat_below)
+    certify = ix.get("certify", IndexRules.certify)
+    if not isinstance(certify, bool):
+        raise c.fail("index.certify", "true or false", certify)
     index = IndexRules(
         type=c.choice("index.type", ix.get("type", "auto"), INDEX_TYPES),
         nlist=c.optional_int("index.nlist", ix.get("nlist"), 1),
@@ -324,6 +332,7 @@ def parse_rules(data: Any, file: Path | None = None) -> Rules:
         gpu=None if gpu == "auto" else gpu,
         recall_target=_recall_target(c, ix.get("recall_target", IndexRules.recall_target)),
         scan=c.choice("index.scan", ix.get("scan", IndexRules.scan), SCAN_KINDS),
+        certify=certify,
     )
 
     overrides_raw = data.get("identity_thresholds") or {}

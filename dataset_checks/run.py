@@ -130,7 +130,7 @@ class Pipeline:
         try:
             def full_search(threshold, backend):  # incremental: a full run, when one is needed
                 return find_pairs(table.vectors, table.identity_of, threshold, self.rules.index, progress=progress,
-                                  backend=backend)
+                                  backend=backend, engine=self._engine())
 
             self.search = inc.search(table, self.rules, full_search)
             for stage, seconds in self.search.info.get("timings", {}).items():
@@ -165,6 +165,13 @@ class Pipeline:
             for r in self.faces.values() if r.problems or r.error
         }
         return findings
+
+    def _engine(self):
+        """Where the candidates stage runs (rules `engine:`): None in this process, else an engine
+        of dataset_checks.engines (Ray), checkpointing its ranges in the cache folder."""
+        from .engines import make_engine
+
+        return make_engine(self.rules.engine, self.cache_dir)
 
     def _add_missed(self, table, rows, verification: dict) -> None:
         """Pairs the exact check found and the search did not: into the result. The sampled

@@ -134,7 +134,13 @@ class _Collector:
         if not q.size:
             return
         a, b = np.minimum(q, nb), np.maximum(q, nb)
-        key = np.unique(a.astype(np.int64) * len(self.vectors) + b)
+        self.add_keys(np.unique(a.astype(np.int64) * len(self.vectors) + b))
+
+    def add_keys(self, key: np.ndarray) -> None:
+        """Unique pair keys (i * n + j, i < j) already filtered as `add` does: a range's result
+        from an engine's worker (engines/)."""
+        if not key.size:
+            return
         self.keys.append(key)
         self.total += key.size
         if self.total > 2 * self.max_pairs:
@@ -147,9 +153,12 @@ class _Collector:
                     "different people score about 0.83 there)"
                 )
 
+    def unique_keys(self) -> np.ndarray:
+        return np.unique(np.concatenate(self.keys)) if self.keys else np.zeros(0, np.int64)
+
     def result(self) -> SearchResult:
         n = len(self.vectors)
-        key = np.unique(np.concatenate(self.keys)) if self.keys else np.zeros(0, np.int64)
+        key = self.unique_keys()
         if key.size > self.max_pairs:
             raise SearchTooBroad(
                 f"{key.size:,} cross-folder pairs reach the threshold {self.threshold:g}, more than the "
@@ -197,6 +206,7 @@ def find_pairs(
     seed: int = 0,
     ivf_scan: str | None = None,
     tuning: SearchTuning = DEFAULT_TUNING,
+    engine: Any = None,
     backend: Backend | None = None,
 ) -> SearchResult:
     """Every pair of vectors with different labels and cosine similarity >= threshold.
@@ -204,8 +214,10 @@ def find_pairs(
     `vectors` must be unit length (float32); `labels` gives each row's identity.
     `ivf_scan` (default: `rules.scan`): "lists" (list-major BLAS scan of the IVF on the CPU) or
     "faiss" (`IndexIVFFlat.range_search`); both find the same pairs. `tuning`: block sizes,
-    k-means and calibration knobs (see `SearchTuning`). `backend`: the one to use instead of
-    `choose_backend`'s, of the same kind (the search state's IVF with stored centroids).
+    k-means and calibration knobs (see `SearchTuning`). `engine` (engines/, e.g. `RayEngine`):
+    runs the candidates stage as ranges of the index's units elsewhere; None: in this process.
+    `backend`: the one to use instead of `choose_backend`'s, of the same kind (the search
+    state's IVF with stored centroids).
 
     Memory does not grow with the size of a folder: every stage works in blocks of bounded
     size and drops same-folder hits before gathering them, so one folder of a million identical
@@ -247,7 +259,10 @@ def find_pairs(
         timings["calibrate"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    built.candidates(collector.add, progress=progress)
+    if engine is None:
+        built.candidates(collector.add, progress=progress)
+    else:  # engines/: the same ranges of units, run as tasks, into the same collector
+        info["engine"] = engine.candidates(built, collector, vectors, x, progress=progress)
     result = collector.result()
     timings["search"] = time.perf_counter() - t0
     info.update(built.info)

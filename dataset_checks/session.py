@@ -23,6 +23,7 @@ from .discover import Identity, discover_identities, display_name
 from .baseline import Baseline, BaselineError
 from .findings import Findings, Verdict
 from .merge import MergeCandidate, merge_candidates
+from .patterns import Pattern, RankedIdentity
 from .rules import Rules
 from .run import DatasetError, Pipeline, RunResult, threshold_source  # noqa: F401 - DatasetError: the plugin's import
 
@@ -48,6 +49,9 @@ class CheckSession:
         self.baseline_refused: str | None = None  # why --update-baseline did not write the file
         self.html_path: Path | None = None  # report.html, written by pytest-html when it is on
         self._candidates: list[MergeCandidate] | None = None
+        self._ranked: list[RankedIdentity] | None = None  # failing identities by evidence, once per run
+        self._patterns: dict[str, list[Pattern]] = {}  # identity name -> its patterns (failing ones)
+        self._row_order: dict[str, tuple[str, str]] | None = None
         self._thumbs = None
         self.report_dir = Path(report_dir) if report_dir is not None else None
         self.progress = stderr_is_terminal() if progress is None else progress
@@ -247,8 +251,12 @@ class CheckSession:
             if t is None:  # the run failed before loading
                 self._candidates = []
                 return self._candidates
+            t0 = time.perf_counter()
             self._candidates = merge_candidates(t.vectors, t.identity_of, [i.name for i in t.identities], f.pairs,
                                                 name_matches=matches_of(self.check_results.values()))
+            self.timings["merge"] = seconds = time.perf_counter() - t0
+            if isinstance(f.metadata.get("timings"), dict):  # a stage of the run like the others (findings.json)
+                f.metadata["timings"]["merge"] = round(seconds, 4)
         return self._candidates
 
     # -- baseline (dataset_checks.baseline) ------------------------------------------------
@@ -281,13 +289,35 @@ class CheckSession:
             files.append(self.html_path)
         return files
 
+    def ranked(self) -> list[RankedIdentity]:
+        """Failing identities, strongest evidence first, with their patterns (patterns.rank_failing):
+        computed once per run, then read by the ordering, every failing test, report.html and the
+        summary (at 20,000 identities each recomputing them cost seconds)."""
+        if self._ranked is None:
+            from .patterns import rank_failing
+
+            self._ranked = rank_failing(self.findings(), self.merge_candidates())
+            self._patterns = {r.verdict.identity.name: r.patterns for r in self._ranked}
+        return self._ranked
+
+    def patterns(self, name: str) -> list[Pattern] | None:
+        """A failing identity's patterns, best evidence first (None: it does not fail on pairs)."""
+        self.ranked()
+        return self._patterns.get(name)
+
+    def row_order(self) -> dict[str, tuple[str, str]]:
+        """report.html's Evidence column: (sort key, label) per identity's display name (report.row_order)."""
+        if self._row_order is None:
+            from .report import row_order
+
+            self._row_order = row_order(self.findings(), ranked=self.ranked())
+        return self._row_order
+
     def identity_rank(self) -> dict[str, int]:
         """Identity name -> position by evidence: failing ones first, strongest evidence first
         (patterns.rank_failing), then those that could not be checked, then the rest by name."""
-        from .patterns import rank_failing
-
         findings = self.findings()
-        rank = {r.verdict.identity.name: n for n, r in enumerate(rank_failing(findings, self.merge_candidates()))}
+        rank = {r.verdict.identity.name: n for n, r in enumerate(self.ranked())}
         rest = sorted((v for v in findings.verdicts.values() if v.identity.name not in rank),
                       key=lambda v: (v.status == "pass", v.identity.name))
         for v in rest:
@@ -320,13 +350,23 @@ class CheckSession:
             return ""
         verdict = self._findings.verdicts[name]
         return identity_html(verdict, self.thumbnails() if verdict.status == "fail" else None,
-                             findings=self._findings, candidates=self.merge_candidates())
+                             findings=self._findings, patterns=self.patterns(name))
 
     def message(self, name: str) -> str:
         """The failure text of one identity's test: pattern lines and a few pairs (report.py)."""
         from .report import identity_message
 
-        return identity_message(self.verdict(name), self.findings(), self.merge_candidates())
+        return identity_message(self.verdict(name), self.findings(), patterns=self.patterns(name))
+
+    def brief(self, name: str | None, message: str, cross_identity: bool):
+        """A failing test as the terminal shows it (report.Brief): for test_identity
+        (`cross_identity`) its pattern and best pair per other folder, else the message's first lines."""
+        from .report import identity_brief, message_brief
+
+        patterns = self.patterns(name) if cross_identity and name is not None and self._findings is not None else None
+        if patterns:
+            return identity_brief(self._findings.verdicts[name], patterns)
+        return message_brief(message)
 
     # -- output --------------------------------------------------------------------------
     def write_reports(self) -> list[Path]:
@@ -380,6 +420,7 @@ class CheckSession:
         """Remove the demo dataset and drop the results (the run is over: pytest's final garbage
         collection then has ~100k fewer objects to walk)."""
         self._findings = self._candidates = self.table = self.search = None
+        self._ranked, self._patterns, self._row_order = None, {}, None
         if self._demo_dir is not None:
             shutil.rmtree(self._demo_dir.parent, ignore_errors=True)
             self._demo_dir = None
@@ -392,7 +433,7 @@ class CheckSession:
             return []
         f = self._findings
         c = f.counts()
-        lines = summary_lines(f, self.merge_candidates(), limit=limit)
+        lines = summary_lines(f, self.merge_candidates(), limit=limit, ranked=self.ranked())
         status = self.baseline_status()
         if status:  # baseline
             if self.baseline_refused or status.get("refused"):

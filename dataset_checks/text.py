@@ -28,9 +28,14 @@ def _plain(ch: str) -> bool:
     return ch not in _ALWAYS and ch.isprintable() and not ("\ud800" <= ch <= "\udfff")
 
 
+_SPECIAL = re.compile(r"[%<>&\\]")
+
+
 def shown(name: str) -> str:
     """The name as safe printable text (see the module doc); `unshown` gives the name back."""
-    if all(_plain(ch) for ch in name):
+    # str.isprintable is False for controls, bidi marks and surrogates (non-UTF-8 bytes): one C
+    # call for the common name instead of a Python call per character
+    if name.isprintable() and _SPECIAL.search(name) is None:
         return name
     out = []
     for ch in name:

@@ -124,3 +124,32 @@ def family_outcomes(rec, family: str) -> dict[str, str]:
         if rep.when == "call" and f"::{family}[" in rep.nodeid:
             out[rep.nodeid.rsplit("[", 1)[1][:-1]] = rep.outcome
     return out
+
+
+def engine_dataset(seed: int, dim: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors, labels) for the engine tests: 30 folders of 20 faces, two crowds of
+    near-identical frames, copies across folders; enough for IVF with 16 lists."""
+    from strategies import build_clusters
+
+    data = build_clusters(seed, dim, [20] * 30, 0.6, [150, 80], [(0, 3, 0.1), (1, 7, 0.2), (5, 11, 0.4)])
+    return data.vectors, data.labels
+
+
+def assert_same_result(a, b) -> None:
+    """Two SearchResults are one: the same pairs, in the same order, with the same float64 similarities."""
+    np.testing.assert_array_equal(a.i, b.i)
+    np.testing.assert_array_equal(a.j, b.j)
+    np.testing.assert_array_equal(a.sim, b.sim)
+
+
+def search_account(info: dict) -> dict:
+    """A search's info without what may differ between engines: timings, the engine's own record,
+    and the certify pass's costs (a range engine batches a range's rows, not all rows, so its cap
+    tests differ; its rows and result do not). Candidates, scored cells, nprobe, the bounds'
+    counters and the certificate must be the local engine's."""
+    cost = ("certify_seconds", "certify_cells", "certify_cap_tests", "certify_caps_scanned")
+    out = {k: v for k, v in info.items() if k not in ("timings", "engine", *cost)}
+    certify = out.get("certified", {}).get("certify")
+    if certify:
+        out["certified"] = {**out["certified"], "certify": {"rows": certify["rows"]}}
+    return out

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from dataset_checks.checks import CheckData, get
 from dataset_checks.checks import exact_duplicates as exact_mod
-from dataset_checks.checks.near_duplicates import auto_threshold, folder_pairs
+from dataset_checks.checks.near_duplicates import auto_threshold, batch_pairs, folder_pairs
 from dataset_checks.discover import discover_identities
 from dataset_checks.rules import default_settings, load_rules
 from dataset_checks.vectors import load_table
@@ -73,6 +73,56 @@ def test_folder_pairs_equal_brute_force(seed, n, dim, threshold, copies, cells, 
         deg[p] += 1
         deg[q] += 1
     assert degree.tolist() == deg.tolist()
+
+
+def _check_pairs(x, threshold, keep, result):
+    """folder_pairs' result for the folder `x` against brute force."""
+    a, b, s, total, degree = result
+    want = _brute(x, threshold)
+    assert total == len(want)
+    got = list(zip(a.tolist(), b.tolist()))
+    assert len(got) == min(keep, len(want)) and set(got) <= set(want)
+    if want:  # the most similar, ranked, in float64
+        kth = sorted(want.values(), reverse=True)[len(got) - 1]
+        assert min(s) >= kth - 1e-12 and np.allclose(s, [want[p] for p in got])
+        assert list(s) == sorted(s, reverse=True)
+    deg = np.zeros(len(x), int)
+    for p, q in want:
+        deg[p] += 1
+        deg[q] += 1
+    assert degree.tolist() == deg.tolist()
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), sizes=st.lists(st.integers(0, 20), min_size=1, max_size=8),
+       dim=st.sampled_from([4, 16, 64]), threshold=st.floats(0.0, 0.999), copies=st.integers(0, 30),
+       keep=st.integers(1, 30), dense=st.sampled_from([0, 5, 256]))
+def test_batch_pairs_equal_brute_force(seed, sizes, dim, threshold, copies, keep, dense):
+    """Many folders in one padded stack: each folder's pairs as if it were alone (padding, empty
+    and one-face folders included; folders with many candidate pairs handed to folder_pairs)."""
+    from unittest import mock
+
+    from dataset_checks.checks import near_duplicates
+
+    rng = np.random.default_rng(seed)
+    n = sum(sizes)
+    x = rng.standard_normal((n, dim))
+    starts = np.cumsum([0] + sizes)
+    for _ in range(copies if n > 1 else 0):  # bursts inside folders
+        f = int(rng.integers(len(sizes)))
+        if sizes[f] > 1:
+            a, b = starts[f] + rng.integers(sizes[f], size=2)
+            x[b] = x[a] + rng.uniform(0, 0.1) * rng.standard_normal(dim) / np.sqrt(dim)
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32) if n else np.zeros((0, dim), np.float32)
+    order = rng.permutation(n)  # a folder's rows anywhere in the table
+    table = np.empty_like(x)
+    table[order] = x
+    folders = [order[starts[f] : starts[f + 1]] for f in range(len(sizes))]
+    with mock.patch.object(near_duplicates, "DENSE", dense):
+        results = batch_pairs(table, folders, threshold, keep)
+    assert len(results) == len(sizes)
+    for f, result in enumerate(results):
+        _check_pairs(x[starts[f] : starts[f + 1]], threshold, keep, result)
 
 
 def test_crowded_folder_is_bounded_and_counted():
@@ -178,6 +228,36 @@ def test_links_to_one_file_are_duplicates(tmp_path):
     (tmp_path / "B" / "b.jpg").symlink_to(tmp_path / "A" / "a.jpg")
     issues, _ = _run("exact_duplicates", _data(tmp_path))
     assert [i.key for i in issues] == [("A", "a.jpg", "B", "b.jpg")] and "link" in issues[0].detail
+
+
+_NAME = st.text(st.sampled_from("aAbB\u00e9\u00c9e\u0301\u00df/\x00._"), max_size=4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(names=st.lists(_NAME, max_size=12), listing=st.frozensets(_NAME, max_size=6))
+def test_names_looked_up_are_those_a_folding_file_system_could_find(names, listing):
+    """A name in the embeddings is looked up on disk (stat) only if the folder's listing holds it,
+    or holds it but for case and Unicode normalisation, or if it is a path with a separator."""
+    import os
+    import unicodedata
+
+    fold = lambda n: unicodedata.normalize("NFC", n).casefold()  # noqa: E731
+    want = [k for k, n in enumerate(names)
+            if n in listing or os.sep in n or fold(n) in {fold(e) for e in listing}]
+    assert exact_mod._on_disk(names, listing) == want
+
+
+def test_vectors_only_rows_in_a_folder_with_other_files(tmp_path):
+    """Rows whose files are on disk are compared as files; only the others by their vectors."""
+    rng = np.random.default_rng(5)
+    v = rng.standard_normal((3, 8)).astype(np.float32)
+    write_plain(tmp_path, "A", v[[0, 1, 2]], files=["a.jpg", "gone1.jpg", "gone2.jpg"])
+    write_plain(tmp_path, "B", v[[1, 1, 0]], files=["b.jpg", "gone3.jpg", "gone4.jpg"])
+    (tmp_path / "A" / "a.jpg").write_bytes(b"one")
+    (tmp_path / "B" / "b.jpg").write_bytes(b"two")
+    issues, check = _run("exact_duplicates", _data(tmp_path))
+    assert [i.key for i in issues] == [("A", "gone1.jpg", "B", "gone3.jpg")]
+    assert check.summary()["files_compared"] == 2  # the two images
 
 
 @settings(max_examples=30, deadline=None)

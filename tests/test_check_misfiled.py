@@ -237,3 +237,57 @@ def test_lfw_misfiled(lfw_data):
     assert len(issues) <= 6
     top = max(issues, key=lambda i: i.score)
     assert top.file == "Michael_Schumacher_0008.jpg"
+
+
+# -- the search for a face's best other folder: with a floor, in any row order, in small blocks --
+
+@FAST
+@given(clusters(max_folders=12, max_dim=96), st.integers(1, 3), st.floats(-0.3, 0.9), st.integers(0, 2**32 - 1))
+def test_best_other_with_a_floor_equals_brute_force(c, min_other, level, seed):
+    """Below its floor a face gets no folder; at or above it, its best folder (as without a floor).
+    The floors differ per face, as misfiled's do (same-person level, or own + margin)."""
+    if not usable(c):
+        return
+    data = make_data(c.vectors, c.labels, c.names, c.files)
+    fit = folder_fit(data)
+    _, to_folder, _, _ = reference(c.vectors, c.labels, len(c.names), min_other)
+    rows = np.arange(len(c.vectors))
+    best = to_folder.max(axis=1)
+    # floors about the best score (where a wrong bound would show), else anywhere
+    rng = np.random.default_rng(seed)
+    floor = np.where(np.isfinite(best) & (rng.random(rows.size) < 0.7), best, level)
+    floor = floor + rng.uniform(-0.05, 0.05, rows.size)
+    other, sim = fit.best_other(data, rows, min_other, floor=floor)
+    above, below = best >= floor + TOL, best < floor - TOL
+    assert (other[below] == -1).all() and np.isnan(sim[below]).all()
+    assert (other[above] >= 0).all()
+    np.testing.assert_allclose(sim[above], best[above], atol=TOL)
+    np.testing.assert_allclose(to_folder[rows[above], other[above]], best[above], atol=TOL)
+    # what the floor search learnt agrees with a later search without one
+    full, full_sim = fit.best_other(data, rows, min_other)
+    found = other >= 0
+    assert (full[found] == other[found]).all() and np.array_equal(full_sim[found], sim[found])
+    assert set(np.flatnonzero(full < 0)) == set(np.flatnonzero(~np.isfinite(best)))
+
+
+@FAST
+@given(clusters(max_folders=6, max_size=12), st.integers(0, 2**32 - 1), st.integers(1, 5))
+def test_folder_fit_in_any_row_order_and_block_size(c, seed, block_rows):
+    """Rows need not be in folder order, and a folder larger than a block is summed over blocks:
+    own(i) and the folder means are the same."""
+    from unittest import mock
+
+    from dataset_checks.checks import misfiled
+
+    if not usable(c):
+        return
+    rng = np.random.default_rng(seed)
+    p = c.permuted(rng.permutation(len(c.labels)), rng.permutation(len(c.names)))
+    data = make_data(p.vectors, p.labels, c.names, p.files)
+    with mock.patch.object(misfiled, "BLOCK_BYTES", 8 * p.dim * block_rows):
+        fit = folder_fit(data)
+    own, _, folder_mean, _ = reference(p.vectors, p.labels, len(c.names))
+    np.testing.assert_allclose(fit.own, own, atol=TOL)
+    np.testing.assert_allclose(fit.folder_mean, folder_mean, atol=TOL)
+    for g in range(len(c.names)):  # members() names the folder's rows
+        assert set(np.arange(len(p.labels))[fit.members(g)]) == set(np.flatnonzero(p.labels == g))

@@ -97,9 +97,10 @@ def summary_outcomes(text: str) -> dict[str, str]:
 
 
 def failure_text(rec, ident: str) -> str:
+    """The whole failure message of an identity's test (the terminal shows a brief of it)."""
     for rep in rec.getreports("pytest_runtest_logreport"):
         if rep.when == "call" and rep.nodeid.endswith(f"::test_identity[{ident}]"):
-            return rep.longreprtext
+            return str(rep.longrepr)
     raise AssertionError(f"no report for {ident}")
 
 
@@ -240,6 +241,7 @@ def test_findings_json_metadata(pytester, dataset, run):
     assert doc["vectors"] == 24
     assert doc["index"] == "IndexFlatIP" and doc["device"] == "cpu"
     assert doc["search"]["threshold"] == 0.85 and doc["search"]["vectors"] == 24
+    assert doc["search"]["certified"]["exact"] is True  # flat: every pair scored (IVF: backends/bounds.py)
     assert set(doc["timings"]) >= {"discover", "load", "search", "findings"}
     ref = reference_rows(dataset, 0.85)
     failing = {r[0] for r in ref} | {r[2] for r in ref}
@@ -398,9 +400,10 @@ def test_collect_only_does_not_import_faiss(pytester, dataset):
     assert result.ret == 0, result.stderr.str()
     result.stdout.fnmatch_lines(["FAISS_AFTER_COLLECTION False", "*tests collected*", "FAISS_AT_EXIT False"])
     assert len(re.findall(r"::test_identity\[", result.stdout.str())) == 6
-    # ... while a real run does import it (so the probe can see it)
+    # ... while a real search does import it (so the probe can see it); --full: an unchanged
+    # dataset whose search state is in a shared cache would otherwise run incrementally
     result = pytester.runpytest_subprocess(
-        PKG, "-p", "faiss_probe", "-p", "no:cacheprovider", "--dataset", str(dataset), "--report-dir", "o"
+        PKG, "-p", "faiss_probe", "-p", "no:cacheprovider", "--dataset", str(dataset), "--report-dir", "o", "--full"
     )
     result.stdout.fnmatch_lines(["FAISS_AT_EXIT True"])
 

@@ -49,6 +49,16 @@ GPU_K_START, GPU_K_MAX = 128, 2048
 # folder's own queries then skip its members, whose hits would all be dropped as same-folder.
 SPLIT_SHARE = 0.5
 SPLIT_MIN = 64
+# Bounds (backends/bounds.py): caps of whole lists skip probed lists and certify unprobed ones;
+# caps of the folders inside a list (at least CAP_MIN members, outliers beyond CAP_PEEL times
+# the median angle + 3 degrees scored one by one) skip a folder's members for the queries the
+# cap excludes.
+CAP_MIN = 3
+CAP_PEEL = 1.3
+# A list is scanned through its folder caps only when (queries x members in caps) reaches this
+# and a quarter of its members are in caps: on LFW (folders of 1-2 faces) they cost more than
+# they save.
+CAP_MIN_SAVING = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,13 @@ class SearchTuning:
     gpu_k_max: int = GPU_K_MAX
     split_share: float = SPLIT_SHARE
     split_min: int = SPLIT_MIN
+    # provable bounds in the IVF list scan (bounds.py): list caps (skip and certificate), and
+    # per-folder caps inside each list (off: every member of a probed list is scored)
+    list_bounds: bool = True
+    folder_caps: bool = True
+    cap_min: int = CAP_MIN
+    cap_peel: float = CAP_PEEL
+    cap_min_saving: int = CAP_MIN_SAVING
 
 
 DEFAULT_TUNING = SearchTuning()
@@ -86,6 +103,10 @@ class BuiltIndex(Protocol):
     def calibrate(self, progress=None) -> None: ...
 
     def candidates(self, emit: Emit, start: int = 0, end: int | None = None, progress=None) -> None: ...
+
+    # Optional (engines/): called once after the stats of ranges run elsewhere were summed into
+    # `stats`, so that info derived from them (IVF's certificate) covers the whole search.
+    # def ranges_merged(self) -> None: ...
 
 
 class Backend(Protocol):

@@ -65,6 +65,9 @@ class GpuIndex:
         inner = self.inner
         _gpu_scan(inner.faiss_index, inner.x, inner.labels, inner.radius, emit, self.stats,
                   lambda rows: inner.exact_rows(rows, emit), progress, tuning=self.tuning, start=start, end=end)
+        if getattr(inner.rules, "certify", False) and hasattr(inner, "certify_rows"):  # IVF: backends/bounds.py
+            first, last = _span(len(inner.x), start, end)
+            inner.certify_rows(np.arange(first, last), emit)
 
 
 class GpuBackend:

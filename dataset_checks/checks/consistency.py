@@ -23,6 +23,15 @@ from .base import Check, CheckData, CheckSettings, Issue, Param
 from .misfiled import AutoNumber, folder_fit
 
 
+def outlier_rows(fit, settings: CheckSettings):
+    """The faces judged as outliers: far below the own-folder distribution, in folders large
+    enough to tell (each needs its best other folder exactly)."""
+    import numpy as np
+
+    outlier = fit.threshold(settings["outlier"], settings["outlier_quantile"])
+    return np.flatnonzero((fit.counts[fit._owner] >= settings["min_faces"]) & (fit.own < outlier))
+
+
 @register
 class Consistency(Check):
     name = "consistency"
@@ -68,7 +77,7 @@ class Consistency(Check):
         names = [i.name for i in data.table.identities]
         owner = fit._owner
         issues = []
-        far = np.flatnonzero((fit.counts[owner] >= settings["min_faces"]) & (fit.own < outlier))
+        far = outlier_rows(fit, settings)
         other, other_sim = fit.best_other(data, far, settings["min_other_faces"])
         lone = (other < 0) | ~(other_sim >= same)
         for r, g, sim in zip(far[lone].tolist(), other[lone].tolist(), other_sim[lone].tolist()):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import unicodedata
 from collections import defaultdict
 from dataclasses import replace
 from typing import Any
@@ -28,7 +29,34 @@ from ..discover import display_name
 
 HEAD = 64 << 10  # bytes read first; small images (most face crops) are done in one read
 CHUNK = 1 << 20
-ROW_BLOCK = 4096  # vector rows hashed per numpy call
+ROW_BLOCK_BYTES = 8 << 20  # vector rows fingerprinted per numpy call (4096 rows at d=512)
+
+
+def _fold(name: str) -> str:
+    """A name as file systems that ignore case and Unicode normalisation compare it."""
+    return name.lower() if name.isascii() else unicodedata.normalize("NFC", name).casefold()
+
+
+def _on_disk(names: list[str], listing: frozenset[str]) -> list[int]:
+    """Indices of the names that may be files of a folder with this listing: listed, listed but
+    for case and Unicode normalisation (file systems that fold those find either name), or a
+    path with a separator (looked up as it is)."""
+    out = [k for k, n in enumerate(names) if n in listing]
+    if len(out) == len(names):
+        return out
+    rest = [k for k, n in enumerate(names) if n not in listing]
+    joined = "\0".join(names[k] for k in rest)
+    for sep in {os.sep, os.altsep or os.sep}:
+        if sep in joined:
+            out += [k for k in rest if sep in names[k]]
+    if listing:
+        folded = {_fold(e) for e in listing}
+        if joined.isascii() and joined.count("\0") == len(rest) - 1:  # one C call folds them all
+            keys = joined.lower().split("\0")
+        else:
+            keys = [_fold(names[k]) for k in rest]
+        out += [k for k, key in zip(rest, keys) if key in folded]
+    return sorted(set(out))
 
 
 def _digest(path: str, head_only: bool) -> bytes | None:
@@ -108,11 +136,11 @@ class ExactDuplicates(Check):
         self.facts: dict[str, Any] = {}
 
     def run(self, data: CheckData, settings: CheckSettings) -> list[Issue]:
-        entries, seen = self._files(data)
+        entries, backed = self._files(data)
         groups = _same_content(entries, _digest)
         n_file_groups = len(groups)
         if settings["vectors"]:
-            groups += self._vector_groups(data, seen)
+            groups += self._vector_groups(data, backed)
         issues: list[Issue] = []
         for group in groups:
             # canonical order: the first copy is the smallest (identity, file)
@@ -143,25 +171,42 @@ class ExactDuplicates(Check):
         }
         return kept
 
-    def _files(self, data: CheckData) -> tuple[list[tuple], set[tuple[int, str]]]:
-        """(identity, file, path, size, inode) of every file on disk; and the (identity index,
-        file) rows of the table that such a file backs."""
+    def _files(self, data: CheckData) -> tuple[list[tuple], "np.ndarray"]:
+        """(identity, file, path, size, inode) of every file on disk; and which rows of the table
+        such a file backs.
+
+        One listing per folder: a file the embeddings name is looked at (stat) only when the
+        listing holds it, or a name equal to it but for case and Unicode normalisation (file
+        systems that fold those find it under either name); names with a separator are looked
+        up as they are. A vectors-only dataset of a million rows costs its listings, not a
+        million failed stats."""
+        import numpy as np
+
         from ..folderscan import scan_folder
 
         table = data.table
-        names_of: dict[int, list[str]] = defaultdict(list)
-        for idx, f in zip(table.identity_of.tolist(), table.files):
-            names_of[idx].append(f)
+        owner = np.asarray(table.identity_of)
+        order = np.argsort(owner, kind="stable")
+        bounds = np.searchsorted(owner[order], np.arange(len(table.identities) + 1))
+        in_order = bool(np.array_equal(order, np.arange(len(order))))
+        backed = np.zeros(len(owner), bool)
         entries: list[tuple] = []
-        seen: set[tuple[int, str]] = set()
         for idx, ident in enumerate(table.identities):
             if ident.fatal:
                 continue
+            lo, hi = int(bounds[idx]), int(bounds[idx + 1])
+            rows = np.arange(lo, hi) if in_order else order[lo:hi]
+            names = table.files[lo:hi] if in_order else [table.files[r] for r in rows.tolist()]
             folder = str(ident.path)
             # the listing every part of the tool uses (its problems are reported by the loader)
-            listed = [p.name for p in scan_folder(ident.path, display_name(ident.name)).images]
+            scan = scan_folder(ident.path, display_name(ident.name))
+            listed = sorted({p.name for p in scan.images})
+            named = _on_disk(names, scan.names)
+            found: set[str] = set()
             inodes: set[tuple] = set()
-            for name in sorted(set(listed)) + names_of.get(idx, []):
+            for name in listed + [names[k] for k in named]:
+                if name in found:
+                    continue
                 path = os.path.join(folder, name)
                 try:
                     st = os.stat(path)
@@ -169,53 +214,61 @@ class ExactDuplicates(Check):
                     continue
                 if not stat.S_ISREG(st.st_mode):
                     continue
-                seen.add((idx, name))
+                found.add(name)
                 inode = (st.st_dev, st.st_ino)
                 if inode in inodes:  # one file named twice in its own folder (listing + embeddings)
                     continue
                 inodes.add(inode)
                 entries.append((ident.name, name, path, st.st_size, inode))
-        return entries, seen
+            if found:
+                backed[rows[[k for k in named if names[k] in found]]] = True
+        return entries, backed
 
-    def _vector_groups(self, data: CheckData, seen: set[tuple[int, str]]) -> list[list[tuple]]:
+    def _vector_groups(self, data: CheckData, backed: "np.ndarray") -> list[list[tuple]]:
+        """Groups (2+) of bit-identical rows among those no file backs. A 64-bit fingerprint of
+        each row (the bits as 64-bit words, multiplied by fixed odd weights and summed mod 2^64)
+        is computed in blocks of rows in table order; rows whose fingerprints collide are then
+        compared byte by byte. The table is only read."""
         import numpy as np
 
         table = data.table
         owner = table.identity_of
-        rows = np.array([r for r, (idx, f) in enumerate(zip(owner.tolist(), table.files)) if (idx, f) not in seen],
-                        dtype=np.int64)
-        if len(rows) < 2:
+        x = table.vectors
+        n = len(owner)
+        if n - int(backed.sum()) < 2:
             return []
-        x = np.ascontiguousarray(table.vectors)
-        words = x.view(np.uint32) if x.dtype == np.float32 else x.view(np.uint8)
-        # a 64-bit fingerprint of the bits of each row (multiply-add mod 2^64); collisions are
-        # then settled by comparing the rows themselves
+        row_bytes = x.shape[1] * x.dtype.itemsize if x.ndim == 2 else 0
+        word = np.uint64 if row_bytes % 8 == 0 else np.uint8
         rng = np.random.default_rng(0x5EED)
-        weights = rng.integers(1, 2**63, size=words.shape[1], dtype=np.uint64) | np.uint64(1)
-        prints = np.empty(len(rows), dtype=np.uint64)
-        for s in range(0, len(rows), ROW_BLOCK):
-            w = words[rows[s : s + ROW_BLOCK]].astype(np.uint64)
-            w *= weights
-            prints[s : s + ROW_BLOCK] = w.sum(axis=1, dtype=np.uint64)
+        weights = rng.integers(1, 2**63, size=row_bytes // np.dtype(word).itemsize, dtype=np.uint64) | np.uint64(1)
+        prints = np.empty(n, dtype=np.uint64)
+        block = max(1, ROW_BLOCK_BYTES // max(row_bytes, 1))
+        for s in range(0, n, block):
+            words = np.ascontiguousarray(x[s : s + block]).view(word)
+            prints[s : s + block] = np.einsum("ij,j->i", words.astype(np.uint64, copy=False), weights)
+        rows = np.flatnonzero(~backed)
+        prints = prints[rows]
         order = np.argsort(prints, kind="stable")
         sp = prints[order]
+        same = np.flatnonzero(sp[1:] == sp[:-1])
+        if not same.size:
+            return []
         starts = np.flatnonzero(np.r_[True, sp[1:] != sp[:-1]])
         ends = np.r_[starts[1:], len(sp)]
-        groups = []
+        groups: list[list[int]] = []
         for s, e in zip(starts.tolist(), ends.tolist()):
             if e - s < 2:
                 continue
-            members = rows[order[s:e]]
-            block = words[members]
+            members = np.sort(rows[order[s:e]])
+            block_rows = x[members]
             # exact: group the rows by their full bytes
             by_bytes: dict[bytes, list[int]] = defaultdict(list)
-            for r, b in zip(members.tolist(), block):
+            for r, b in zip(members.tolist(), block_rows):
                 by_bytes[b.tobytes()].append(r)
-            for same in by_bytes.values():
-                if len(same) > 1:
-                    groups.append([(table.identities[owner[r]].name, table.files[r], None, None, ("v", int(r)))
-                                   for r in same])
-        return groups
+            groups.extend(rows for rows in by_bytes.values() if len(rows) > 1)
+        groups.sort()  # by first row: an order that does not depend on the fingerprint
+        return [[(table.identities[owner[r]].name, table.files[r], None, None, ("v", int(r))) for r in rows]
+                for rows in groups]
 
     @staticmethod
     def _capped(issues: list[Issue], cap: int) -> list[Issue]:

@@ -29,6 +29,7 @@ from ..discover import display_name
 # The cross-dataset search bounds: score cells per BLAS product and pairs kept in total. A run
 # over the cap is an error of the check (its tests fail saying so), never an unbounded list.
 SCAN_CELLS = 1 << 22
+BASE_BYTES = 64 << 20  # rows of the other dataset indexed at a time
 MAX_PAIRS = 20_000_000
 NULL_SAMPLE = 1_000_000  # folder-mean pairs sampled to measure what different people score
 NULL_SEED = 0
@@ -51,38 +52,40 @@ def cross_pairs(queries: np.ndarray, base: np.ndarray, threshold: float,
                 max_pairs: int = MAX_PAIRS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every (query row, base row) with float64 cosine >= threshold, ranked by similarity.
 
-    An exact faiss flat range search of query blocks against an index of `base` selects the
-    candidates (radius lowered by a margin: faiss scores in float32); each is then re-scored in
-    float64 like search.pair_similarity, so the answer is brute force's. Memory: the index, one
-    block's results and the pairs kept."""
+    An exact faiss flat range search of query blocks against an index of a block of `base`
+    selects the candidates (radius lowered by a margin: faiss scores in float32); each is then
+    re-scored in float64 like search.pair_similarity, so the answer is brute force's. Both tables
+    are only read, in blocks (either may be a memmap larger than memory): memory is one base
+    block's index, one query block's results and the pairs kept."""
     from ..search import RADIUS_MARGIN
 
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    b = np.ascontiguousarray(base, dtype=np.float32)
     empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
-    if not len(q) or not len(b) or q.shape[1] != b.shape[1]:
+    if not len(queries) or not len(base) or queries.shape[1] != base.shape[1]:
         return empty
     import faiss
 
-    index = faiss.IndexFlatIP(b.shape[1])
-    index.add(b)
-    rows = max(1, min(8192, SCAN_CELLS // len(b)))
+    base_rows = max(1, BASE_BYTES // (base.shape[1] * 4))
     out_i, out_j, out_s, total = [], [], [], 0
-    for s in range(0, len(q), rows):
-        lims, dist, nb = index.range_search(q[s : s + rows], float(threshold) - RADIUS_MARGIN)
-        if not nb.size:
-            continue
-        qi = np.repeat(np.arange(s, s + len(lims) - 1, dtype=np.int64), np.diff(lims).astype(np.int64))
-        nb = nb.astype(np.int64)
-        sim = _dot(q, b, qi, nb)
-        ok = sim >= threshold
-        out_i.append(qi[ok])
-        out_j.append(nb[ok])
-        out_s.append(sim[ok])
-        total += int(ok.sum())
-        if total > max_pairs:
-            raise RuntimeError(f"more than {max_pairs} face pairs across the datasets at or above "
-                               f"{threshold:g}: the threshold is far too low for a leakage check")
+    for b0 in range(0, len(base), base_rows):
+        index = faiss.IndexFlatIP(base.shape[1])
+        index.add(np.ascontiguousarray(base[b0 : b0 + base_rows], dtype=np.float32))
+        rows = max(1, min(8192, SCAN_CELLS // index.ntotal))
+        for s in range(0, len(queries), rows):
+            q = np.ascontiguousarray(queries[s : s + rows], dtype=np.float32)
+            lims, dist, nb = index.range_search(q, float(threshold) - RADIUS_MARGIN)
+            if not nb.size:
+                continue
+            qi = np.repeat(np.arange(s, s + len(lims) - 1, dtype=np.int64), np.diff(lims).astype(np.int64))
+            nb = nb.astype(np.int64) + b0
+            sim = _dot(queries, base, qi, nb)
+            ok = sim >= threshold
+            out_i.append(qi[ok])
+            out_j.append(nb[ok])
+            out_s.append(sim[ok])
+            total += int(ok.sum())
+            if total > max_pairs:
+                raise RuntimeError(f"more than {max_pairs} face pairs across the datasets at or above "
+                                   f"{threshold:g}: the threshold is far too low for a leakage check")
     if not out_i:
         return empty
     i, j, sim = (np.concatenate(a) for a in (out_i, out_j, out_s))
@@ -94,8 +97,8 @@ def _dot(q, b, qi, nb, block: int = 1024) -> np.ndarray:
     # search.pair_similarity gathers both rows from one table; here they come from two
     out = np.empty(len(qi), dtype=np.float64)
     for s in range(0, len(qi), block):
-        out[s : s + block] = np.einsum("ij,ij->i", q[qi[s : s + block]].astype(np.float64),
-                                       b[nb[s : s + block]].astype(np.float64))
+        out[s : s + block] = np.einsum("ij,ij->i", np.asarray(q[qi[s : s + block]], np.float32).astype(np.float64),
+                                       np.asarray(b[nb[s : s + block]], np.float32).astype(np.float64))
     return out
 
 
@@ -130,8 +133,9 @@ def null_level(a: np.ndarray, b: np.ndarray, sigmas: float, floor: float,
     m = min(sample, ok_a.size * ok_b.size)
     ia, ib = ok_a[rng.integers(0, ok_a.size, m)], ok_b[rng.integers(0, ok_b.size, m)]
     cos = np.empty(m)
-    for s in range(0, m, 65536):
-        cos[s : s + 65536] = np.einsum("ij,ij->i", a[ia[s : s + 65536]], b[ib[s : s + 65536]])
+    step = max(1, SCAN_CELLS // (2 * a.shape[1]))  # gathered mean vectors: 32 MiB at a time
+    for s in range(0, m, step):
+        cos[s : s + step] = np.einsum("ij,ij->i", a[ia[s : s + step]], b[ib[s : s + step]])
     med = float(np.median(cos))
     sd = 1.4826 * float(np.median(np.abs(cos - med)))
     level = max(floor, med + sigmas * sd)
