@@ -9,8 +9,11 @@ runs `pytest dataset_checks` as a child process on the same cache:
    with a little noise, so that they make new cross-folder pairs; each folder's npKnown.npz is
    written as a new file and renamed into place);
 3. `remove`: --faces faces removed from --folders other folders;
-4. `--full`: the same dataset as step 3, searched in full, to compare its findings with the
-   incremental run's (pairs of findings.csv).
+4. `checkout` (only when asked, --steps ...,checkout): every archive gets a new mtime and
+   nothing else, as in a fresh CI checkout with the search state restored from the CI cache:
+   every folder is read again and every face hashed, and none is searched;
+5. `--full`: the same dataset as the last step, searched in full, to compare its findings with
+   the incremental run's (pairs of findings.csv).
 
 Per step: the mode and reason (findings.json `incremental`), faces searched, the search's
 seconds, the run's own stages (findings.json timings), wall time and peak RSS of the child,
@@ -161,8 +164,8 @@ def main(argv=None) -> int:
     p.add_argument("--threshold", default="0.85")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-full-check", action="store_true", help="skip the last --full run")
-    p.add_argument("--steps", default="full,add,remove", help="full (a fresh cache and copy), add, remove; "
-                   "without full, the cache and the dataset of the last invocation go on")
+    p.add_argument("--steps", default="full,add,remove", help="full (a fresh cache and copy), add, remove, "
+                   "checkout; without full, the cache and the dataset of the last invocation go on")
     p.add_argument("--no-checks", action="store_true", help="every registered check off: the search alone")
     p.add_argument("--out", type=Path, default=HERE / "incremental_results")
     args = p.parse_args(argv)
@@ -210,6 +213,12 @@ def main(argv=None) -> int:
     if "remove" in steps:
         removed = remove_faces(dataset, removes, args.faces)
         last = step(f"remove {removed}")
+    if "checkout" in steps:
+        now = time.time_ns()
+        for folder in dataset.iterdir():
+            if (folder / "npKnown.npz").is_file():
+                os.utime(folder / "npKnown.npz", ns=(now, now))
+        last = step("checkout")
     same = ""
     if not args.no_full_check and last is not None:
         full = step("--full", "--full")

@@ -90,6 +90,7 @@ class Incremental:
         self._index: IndexState | None = None
         self._kind: str | None = None
         self._versions: list[str] | None = None  # the folders' listing digests, saved with the state
+        self._version = ""  # the dataset version of this run's table
 
     # -- lock and state ---------------------------------------------------------------------
     def acquire(self) -> None:
@@ -195,6 +196,7 @@ class Incremental:
         starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         versions = prepared.folder_versions if len(prepared.folder_versions) == len(names) else [None] * len(names)
         self._versions = [v or "" for v in versions]
+        self._version = prepared.version
         keys = np.empty((n, 2), dtype=np.uint64)
         old_of_new = np.full(n, -1, dtype=np.int64)
         pos = {name: k for k, name in enumerate(state.folders)} if state is not None else {}
@@ -217,7 +219,8 @@ class Incremental:
         gone_folders = 0
         if state is not None:
             other = [k for k in range(len(state.folders)) if k not in same]
-            gone_folders = sum(1 for k in other if state.folders[k] not in set(names))
+            present = set(names)
+            gone_folders = sum(1 for k in other if state.folders[k] not in present)
             ids = {name: f for f, name in enumerate(dict.fromkeys([names[i] for i in changed] +
                                                                    [state.folders[k] for k in other]))}
             new_rows = _ranges([(int(starts[i]), int(starts[i + 1])) for i in changed])
@@ -309,7 +312,8 @@ class Incremental:
             return (f"the table of {len(table):,} faces now gets the {self._kind} search "
                     f"(index.flat_below {rules.index.flat_below:,}), the stored pairs came from the {kind} search")
         new = int(change.new_rows.size)
-        if rules.centre and (new or change.removed):
+        if rules.centre and (new or change.removed or not np.array_equal(change.old_of_new, np.arange(len(table)))):
+            # (rows in another order too: the mean is summed in another order, to the last bit)
             return "embeddings.centre: every change moves the dataset's mean and with it every vector"
         limit, how = self._limit(len(table))
         if new > limit:
@@ -536,7 +540,8 @@ class Incremental:
                             threshold=float(self.rules.min_threshold), folders=names,
                             folder_versions=list(versions), folder_rows=[int(c) for c in counts],
                             keys=self.change.keys, pair_i=packed.i, pair_j=packed.j, pair_sim=packed.sim,
-                            info=info, index=self._index, history=history, root=str(self.root))
+                            info=info, index=self._index, history=history, root=str(self.root),
+                            version=self._version)
         try:
             save(self.folder, state)
         except OSError as exc:

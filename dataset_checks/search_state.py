@@ -11,7 +11,7 @@ folders), the radius it searched at and the index settings. So the state keeps, 
 * every folder's name, listing digest (`Prepared.folder_versions`) and row count: a folder whose
   listing did not change keeps its keys without hashing a row;
 * the accepted pairs (row, row, float64 similarity) at the radius searched, with the settings
-  they are valid for (`key`);
+  they are valid for (`key`) and the dataset version of the table they describe (`version`);
 * the IVF index of the last full run, when there was one: centroids and every row's nearest
   lists (nearest first; column 0 is the row's list), the nprobe it was calibrated to, and what
   it looked like when trained, so that its drift can be judged (list balance, calibration).
@@ -132,6 +132,7 @@ class SearchState:
     index: IndexState | None = None
     history: dict[str, Any] = field(default_factory=dict)
     root: str = ""  # the dataset path it was written for (said when another path's state is used)
+    version: str = ""  # the dataset version (table_store.Version digest) of the table it describes
 
     @property
     def rows(self) -> int:
@@ -157,7 +158,7 @@ def save(folder: Path, state: SearchState) -> None:
                "rows": state.rows, "pairs": int(state.pair_i.size), "folders": state.folders,
                "folder_versions": state.folder_versions, "folder_rows": state.folder_rows, "info": state.info,
                "index": state.index.as_json() if state.index is not None else None, "history": state.history,
-               "root": state.root, "files": files}
+               "root": state.root, "version": state.version, "files": files}
         (staging / STATE).write_text(json.dumps(doc, ensure_ascii=True, default=_plain))
         old = folder.with_name(folder.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
@@ -220,7 +221,8 @@ def load(folder: Path) -> SearchState | None:
         return SearchState(key=dict(doc["key"]), radius=float(doc["radius"]), threshold=float(doc["threshold"]),
                            folders=folders, folder_versions=list(doc["folder_versions"]), folder_rows=folder_rows,
                            keys=keys, pair_i=i, pair_j=j, pair_sim=sim, info=dict(doc.get("info") or {}),
-                           index=index, history=dict(doc.get("history") or {}), root=str(doc.get("root", "")))
+                           index=index, history=dict(doc.get("history") or {}), root=str(doc.get("root", "")),
+                           version=str(doc.get("version", "")))
     except Damaged:
         raise
     except (OSError, ValueError, KeyError, TypeError) as exc:

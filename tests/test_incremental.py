@@ -164,9 +164,17 @@ def assert_same_result(a, b) -> None:
     assert a.findings.metadata["threshold"] == b.findings.metadata["threshold"]
 
 
-@settings(max_examples=12, deadline=None)
-@given(st.data())
-def test_incremental_findings_equal_a_full_run_after_any_sequence_of_changes(data):
+VARIANTS = {
+    "fixed": {"threshold": 0.9},
+    "auto": {},  # threshold: auto (the model's floor on data this small), gathered 0.01 below it
+    "ivf": {"threshold": 0.9, "index": {"type": "ivf", "nlist": 4, "nprobe": 4}},  # every list probed
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@settings(max_examples=10, deadline=None)
+@given(data=st.data())
+def test_incremental_findings_equal_a_full_run_after_any_sequence_of_changes(variant, data):
     seed = data.draw(st.integers(0, 2**16), label="seed")
     steps = data.draw(st.integers(1, 6), label="steps")
     with tempfile.TemporaryDirectory(prefix="incr-") as tmp:
@@ -175,7 +183,7 @@ def test_incremental_findings_equal_a_full_run_after_any_sequence_of_changes(dat
             _apply(ds, data)
         ds.write()
         cache = Path(tmp) / "cache"
-        rules = _rules()
+        rules = parse_rules({**VARIANTS[variant], "incremental": {"max_changed": "100%"}}, None)
         pipeline, first = _run(ds.root, cache, rules)
         assert pipeline.incremental.record["mode"] == "full"
         for step in range(steps):
@@ -334,6 +342,11 @@ def test_settings_the_pairs_depend_on_force_a_full_run_naming_the_change(tmp_pat
     # with centring, nothing changed: incremental; any change moves the mean: full
     pipeline, _ = _run(ds.root, cache, _rules(index={"nlist": 64}, embeddings={"centre": True}))
     assert pipeline.incremental.record["mode"] == "incremental"
+    ds.folders["p3"].reverse()  # the same rows in another order: the mean's sum changes in its last bits
+    ds.dirty.add("p3")
+    ds.write()
+    pipeline, result = _run(ds.root, cache, _rules(index={"nlist": 64}, embeddings={"centre": True}))
+    assert pipeline.incremental.record["reason"].startswith("embeddings.centre: every change moves")
     ds.folders["p2"].pop()
     ds.dirty.add("p2")
     ds.write()
@@ -446,23 +459,36 @@ def test_content_keys_match_by_folder_key_and_occurrence():
     assert sorted(zip(ia.tolist(), ib.tolist())) == [(0, 2), (1, 0), (2, 3)]
 
 
-def test_the_plugin_runs_incrementally_and_full_on_demand(tmp_path, run):
+def test_the_plugin_runs_incrementally_and_full_on_demand(tmp_path, pytester):
+    pkg = str(Path(__file__).resolve().parents[1] / "dataset_checks")
     ds = _small(tmp_path, folders=5)
     rules_file = cross_identity_only(tmp_path, extra="threshold: 0.9\nembeddings: {cache: %s}\n" % (tmp_path / "c"))
-    base = ("--dataset", str(ds.root), "--rules", str(rules_file), "-p", "no:randomly")
-    rec = run(*base, report_dir=str(tmp_path / "r1"))
-    meta = json.loads((tmp_path / "r1" / "findings.json").read_text())
-    assert meta["incremental"]["reason"] == "no search state yet (first run on this cache)"
+    before = tree_state(ds.root)
+
+    def go(out: str, *extra: str):
+        result = pytester.runpytest_inprocess(pkg, "-p", "no:cacheprovider", "-p", "no:randomly", "--dataset",
+                                              str(ds.root), "--rules", str(rules_file), "--report-dir",
+                                              str(tmp_path / out), *extra)
+        assert result.ret in (0, 1)
+        return result, json.loads((tmp_path / out / "findings.json").read_text())["incremental"]
+
+    result, meta = go("r1")
+    assert meta["reason"] == "no search state yet (first run on this cache)"
+    result.stdout.fnmatch_lines(["dataset_checks: incremental: full run: no search state yet (first run on this cache)"])
+    assert tree_state(ds.root) == before
     ds.folders["p0"].append((ds.name(), ds.face(2)))
     ds.dirty.add("p0")
     ds.write()
-    rec = run(*base, report_dir=str(tmp_path / "r2"))
-    meta = json.loads((tmp_path / "r2" / "findings.json").read_text())["incremental"]
+    before = tree_state(ds.root)
+    result, meta = go("r2")
     assert (meta["mode"], meta["searched"], meta["changed_folders"]) == ("incremental", 1, 1)
-    rec = run(*base, "--full", report_dir=str(tmp_path / "r3"))
-    meta = json.loads((tmp_path / "r3" / "findings.json").read_text())["incremental"]
+    result.stdout.fnmatch_lines(["dataset_checks: *vectors x 8 * updated in the cache (only the changed folders read)*",
+                                 "dataset_checks: incremental: 1 new or changed face(s) searched against 26 in *"
+                                 "(1 added, 0 moved, 0 removed, 1 changed folder(s)); * pair(s) carried over"])
+    result, meta = go("r3", "--full")
     assert (meta["mode"], meta["reason"]) == ("full", "--full")
-    assert rec.ret in (0, 1)
+    result.stdout.fnmatch_lines(["dataset_checks: incremental: full run: --full"])
+    assert tree_state(ds.root) == before  # the dataset is never written
 
 
 def test_a_checkout_at_another_path_starts_from_the_state_the_cache_brought(tmp_path):
