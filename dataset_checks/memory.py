@@ -60,14 +60,6 @@ def default_budget() -> int:
     return max(MINIMUM, int(machine_memory() * DEFAULT_SHARE))
 
 
-def size_text(n: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError  # pragma: no cover
-
-
 def resident_bytes() -> int:
     try:
         with open("/proc/self/statm", "rb") as fp:
@@ -143,5 +135,7 @@ class Budget:
         self._maps.clear()
 
     def as_dict(self) -> dict:
+        from .vectors import size_text  # vectors imports rules, which imports this module
+
         return {"budget": self.limit, "budget_text": size_text(self.limit), "trims": self.trims,
                 "peak_seen": self.peak}

@@ -399,7 +399,7 @@ class CheckSession:
         ]
         p = self.pipeline
         if p is not None and p.table is not None and len(p.table):
-            from .memory import size_text
+            from .vectors import size_text
 
             table = p.table
             where = {"stored": "mapped from the cache (dataset unchanged since it was written)",
