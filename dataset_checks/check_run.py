@@ -91,47 +91,78 @@ def issue_line(issue: Issue, identity: str | None = None) -> str:
 
 
 def run_checks(data: CheckData, waivers: dict[tuple, str] | None = None, accept: str | None = None,
-               only: Iterable[str] | None = None) -> dict[str, CheckResult]:
-    """Every enabled check on `data`, in registry order.
+               only: Iterable[str] | None = None, workers: int | None = None) -> dict[str, CheckResult]:
+    """Every enabled check on `data`; the results in registry order.
 
     waivers: (check, key) -> reason (a baseline). accept: the reason with which --update-baseline
     accepts every issue that fails or warns today. Allowlisted identity pairs (rules `allow`)
-    waive issues between the two folders for every check."""
+    waive issues between the two folders for every check.
+
+    The checks run in lanes (`Check.lane`: checks sharing state run one after another), the lanes
+    in `workers` threads (default: the CPU count): the checks are numpy passes that release the
+    GIL, and each runs on one BLAS thread, so one lane per core keeps the cores busy where one
+    check at a time left all but one idle."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
     rules = data.rules
     waivers = waivers or {}
-    results: dict[str, CheckResult] = {}
     wanted = set(only) if only is not None else None
+    todo: list[CheckResult] = []
     for cls in all_checks():
         if wanted is not None and cls.name not in wanted:
             continue
         settings = rules.check_settings(cls.name)
         if cls.builtin or not settings.enabled or ("against" in cls.needs and not data.against):
             continue  # off, or nothing to check against: no tests, no file
-        result = CheckResult(cls, settings)
+        todo.append(CheckResult(cls, settings))
+    lanes: dict[str, list[CheckResult]] = {}
+    for result in todo:
+        lanes.setdefault(getattr(result.check, "lane", None) or f"check:{result.name}", []).append(result)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    workers = max(1, min(workers or cores or 1, len(lanes)))
+    # one BLAS thread: the checks make many mid-sized products between numpy passes that run on
+    # one core anyway; threads woken per product cost more than they save (3x on the 2-core
+    # benchmark machine with other work running; see dataset_checks.blas). Set once around the
+    # lanes: the setting is process-wide.
+    with single_threaded():
+        if workers == 1:
+            for lane in lanes.values():
+                _run_lane(lane, data)
+        else:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="check") as pool:
+                # the longest lanes first (most checks), so the short ones fill in beside them
+                for future in [pool.submit(_run_lane, lane, data)
+                               for lane in sorted(lanes.values(), key=len, reverse=True)]:
+                    future.result()
+    for result in todo:
+        _judge(result, rules, waivers, accept)
+    return {result.name: result for result in todo}
+
+
+def _run_lane(lane: list[CheckResult], data: CheckData) -> None:
+    for result in lane:
         t0 = time.perf_counter()
         try:
-            result.instance = cls()
-            # one BLAS thread: the checks make many mid-sized products between numpy passes that
-            # run on one core anyway; threads woken per product cost more than they save (3x on
-            # the 2-core benchmark machine with other work running; see dataset_checks.blas)
-            with single_threaded():
-                issues = list(result.instance.run(data, settings))
+            result.instance = result.check()
+            result.issues = list(result.instance.run(data, result.settings))
         except Exception as exc:  # noqa: BLE001 - one broken check must not take the others down
             result.error = f"{type(exc).__name__}: {exc}"
-            issues = []
+            result.issues = []
         result.seconds = time.perf_counter() - t0
-        judged = []
-        for issue in issues:
-            reason = None
-            if issue.other_identity and issue.identity and issue.other_identity != issue.identity:
-                allowed = rules.allowed(issue.identity, issue.other_identity)
-                reason = f"allowlisted: {allowed.reason}" if allowed else None
-            if reason is None:
-                reason = waivers.get((cls.name, issue.key))
-            if reason is None and accept is not None and issue.severity != "info":
-                reason = accept
-            judged.append(replace(issue, waived=reason) if reason else issue)
-        judged.sort(key=lambda i: (-i.score, i.identity, i.file, i.other_identity, i.other_file))
-        result.issues = judged
-        results[cls.name] = result
-    return results
+
+
+def _judge(result: CheckResult, rules, waivers: dict[tuple, str], accept: str | None) -> None:
+    judged = []
+    for issue in result.issues:
+        reason = None
+        if issue.other_identity and issue.identity and issue.other_identity != issue.identity:
+            allowed = rules.allowed(issue.identity, issue.other_identity)
+            reason = f"allowlisted: {allowed.reason}" if allowed else None
+        if reason is None:
+            reason = waivers.get((result.name, issue.key))
+        if reason is None and accept is not None and issue.severity != "info":
+            reason = accept
+        judged.append(replace(issue, waived=reason) if reason else issue)
+    judged.sort(key=lambda i: (-i.score, i.identity, i.file, i.other_identity, i.other_file))
+    result.issues = judged

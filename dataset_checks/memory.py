@@ -87,6 +87,97 @@ def release(array: np.ndarray, start: int, stop: int) -> None:
             pass
 
 
+GATHER_BYTES = 256 * 2**20  # scattered reads of a mapped table add at most about this much resident
+# A read fault on a file mapping maps the pages around it too (fault-around, and whole large
+# folios of the page cache): one random row of a 2 GB table left 370-550 KB resident on the
+# benchmark machine (MADV_RANDOM and MADV_NOHUGEPAGE change nothing). So gathers are read in
+# pieces and the process's resident file pages are measured after each.
+GATHER_PIECE = 256  # rows
+
+
+def _mapping(array) -> "mmap.mmap | None":
+    """The mmap behind an array (np.memmap, or a view of one such as np.asarray gives)."""
+    while array is not None:
+        if isinstance(array, mmap.mmap):
+            return array
+        mm = getattr(array, "_mmap", None)
+        if mm is not None:
+            return mm
+        array = getattr(array, "base", None)
+    return None
+
+
+def file_resident_bytes() -> int:
+    """Resident file-backed (and shared) pages of this process (statm's third field), 0 where
+    /proc is missing."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[2]) * mmap.PAGESIZE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_base: dict[int, int] = {}  # mapping -> resident file bytes right after its last trim
+_gather_lock = threading.Lock()
+
+
+def gather(array: np.ndarray, rows, limit: int = GATHER_BYTES) -> np.ndarray:
+    """array[rows] (rows: integer indices of any shape), for scattered reads of a mapped table
+    (samples, a check's suspects): read in pieces, and whenever the process's resident file
+    pages have grown by `limit` since the last trim, the whole mapping is dropped from the
+    process (the page cache keeps it). A sampled pass over a 2 GB table otherwise left most of
+    it resident."""
+    mm = _mapping(array)
+    if mm is None or not hasattr(mm, "madvise") or array.ndim != 2:
+        return array[rows]
+    rows = np.asarray(rows)
+    flat = rows.reshape(-1)
+    out = np.empty((flat.size, array.shape[1]), dtype=array.dtype)
+    for s in range(0, flat.size, GATHER_PIECE):
+        out[s : s + GATHER_PIECE] = array[flat[s : s + GATHER_PIECE]]
+        _bound(mm, limit)
+        checkpoint()
+    return out.reshape(rows.shape + (array.shape[1],))
+
+
+def _bound(mm: mmap.mmap, limit: int) -> None:
+    with _gather_lock:
+        now = file_resident_bytes()
+        base = _base.setdefault(id(mm), 0)
+        if now - base > limit:
+            try:
+                mm.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError):
+                pass
+            _base[id(mm)] = file_resident_bytes()
+
+
+def release_rows(array: np.ndarray, rows) -> None:
+    """`release` for the rows a pass just read: a slice, or an index array when it is one run of
+    consecutive rows (a folder of a table in folder order); scattered rows are left alone."""
+    if isinstance(rows, slice):
+        release(array, rows.start or 0, len(array) if rows.stop is None else rows.stop)
+        return
+    rows = np.asarray(rows)
+    if rows.ndim == 1 and rows.size and int(rows[-1]) - int(rows[0]) == rows.size - 1:
+        release(array, int(rows[0]), int(rows[-1]) + 1)
+    else:
+        checkpoint()
+
+
+_active: "Budget | None" = None  # the budget of the run in progress, for checkpoint()
+
+
+def checkpoint() -> None:
+    """Called between the steps of the long loops (inverted lists, row blocks): when the running
+    budget's limit is near, the table's pages are dropped now. The watcher thread polls too, but
+    a busy interpreter (several compute threads on two cores) can keep it waiting for the GIL
+    long enough for a pass to fill the mapping: one 1 GB-budget run at 1M peaked at 3.1 GB."""
+    budget = _active
+    if budget is not None:
+        budget.check()
+
+
 class Budget:
     """Keeps the mapped table's resident pages under `limit` while `watch`ed (a context manager
     around the run). `trims`: how often pages were dropped; `peak`: the largest resident size seen."""
@@ -105,10 +196,19 @@ class Budget:
         mm = getattr(array, "_mmap", None)
         if mm is None or not hasattr(mm, "madvise") or array.nbytes == 0:
             return
+        global _active
         self._maps.append(mm)
         if self._thread is None and array.nbytes > self.limit * (1 - HEADROOM):
             self._thread = threading.Thread(target=self._run, name="dataset_checks memory budget", daemon=True)
             self._thread.start()
+            _active = self
+
+    def check(self) -> None:
+        """Trim now if resident memory is past the headroom (the watcher's test, run inline)."""
+        rss = resident_bytes()
+        self.peak = max(self.peak, rss)
+        if rss > self.limit * HEADROOM:
+            self.trim()
 
     def trim(self) -> None:
         with self._lock:
@@ -120,14 +220,13 @@ class Budget:
             self.trims += 1
 
     def _run(self) -> None:
-        high = self.limit * HEADROOM
         while not self._stop.wait(POLL_SECONDS):
-            rss = resident_bytes()
-            self.peak = max(self.peak, rss)
-            if rss > high:
-                self.trim()
+            self.check()
 
     def close(self) -> None:
+        global _active
+        if _active is self:
+            _active = None
         self._stop.set()
         if self._thread is not None:
             self._thread.join()

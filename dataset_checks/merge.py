@@ -138,20 +138,27 @@ def folder_means(vectors: np.ndarray, owner: np.ndarray, n_identities: int, bloc
     return means / np.where(norms > 0, norms, 1.0)[:, None]
 
 
-def _crowding(means: np.ndarray, rows: np.ndarray, k: int, block: int = 1024) -> np.ndarray:
-    """Mean cosine of each of `rows`' mean vectors to its k nearest other (non-empty) means."""
-    present = np.flatnonzero(np.linalg.norm(means, axis=1) > 0)
+def _crowding(means: np.ndarray, rows: np.ndarray, k: int, block: int = 256) -> np.ndarray:
+    """Mean cosine of each of `rows`' mean vectors to its k nearest other (non-empty) means.
+
+    float32 products (a ranking signal; 4x less memory traffic than float64 blocks, which cost
+    1.6 s at 20k identities), blocks of `block` rows."""
+    present = np.flatnonzero(np.einsum("ij,ij->i", means, means) > 0)
     k = min(k, present.size - 1)
     out = np.zeros(rows.size)
     if k <= 0:
         return out
-    m = means[present]
+    m = np.ascontiguousarray(means[present], dtype=np.float32)
+    column = np.full(len(means), -1, dtype=np.int64)  # identity -> its column of m
+    column[present] = np.arange(present.size)
     for s in range(0, rows.size, block):
         q = rows[s : s + block]
-        sims = means[q] @ m.T
-        sims[present[None, :] == q[:, None]] = -np.inf  # not itself
-        top = -np.partition(-sims, k - 1, axis=1)[:, :k]
-        out[s : s + block] = top.mean(axis=1)
+        sims = np.asarray(means[q], dtype=np.float32) @ m.T
+        own = column[q]
+        mine = np.flatnonzero(own >= 0)
+        sims[mine, own[mine]] = -np.inf  # not itself
+        top = np.partition(sims, sims.shape[1] - k, axis=1)[:, -k:]
+        out[s : s + block] = top.mean(axis=1, dtype=np.float64)
     return out
 
 
@@ -163,11 +170,13 @@ def merge_candidates(
     k: int = CSLS_K,
     examples: int = EXAMPLES,
     name_matches: Mapping[tuple[str, str], str] | None = None,
+    means: np.ndarray | None = None,
 ) -> list[MergeCandidate]:
     """Every identity pair with at least one finding (waived ones included), best evidence first.
 
     name_matches: (identity, other_identity) -> rule for folder names that match, either order
-    (checks.names: `matches_of(check_results.values())`); such candidates rank higher."""
+    (checks.names: `matches_of(check_results.values())`); such candidates rank higher.
+    means: `folder_means` when the caller has them (the checks' CheckData.folder_means)."""
     index = {name: i for i, name in enumerate(names)}
     sizes = np.bincount(np.asarray(owner, dtype=np.int64), minlength=len(names))
     groups: dict[tuple[str, str], list[Finding]] = {}
@@ -176,7 +185,8 @@ def merge_candidates(
         groups.setdefault((a, b), []).append(f)
     if not groups:
         return []
-    means = folder_means(vectors, owner, len(names))
+    if means is None:
+        means = folder_means(vectors, owner, len(names))
     keys = list(groups)
     rows_a = np.array([index[a] for a, _ in keys])
     rows_b = np.array([index[b] for _, b in keys])

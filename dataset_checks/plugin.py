@@ -302,6 +302,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         _HTML_CONFIG.clear()  # no run's config outlives it (in-process runs in one interpreter)
 
 
+@pytest.hookimpl(trylast=True, specname="pytest_unconfigure")  # after pytest's own, and its collections
+def pytest_unconfigure_release() -> None:
+    from . import gc_policy
+
+    gc_policy.release()
+
+
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     # The dataset may live inside the rootdir; its folders are data, never test files.
     session = config.stash.get(SESSION, None)
@@ -317,12 +324,15 @@ def _run_once(config: pytest.Config, session: CheckSession) -> None:
     """The one load + search + judgement, with capture suspended so that progress bars reach the
     terminal. Runs before the header is printed (the header shows the threshold actually used),
     or at the first test when pytest prints no header."""
+    from . import gc_policy
+
     capture = config.pluginmanager.getplugin("capturemanager")
     if capture is not None:
         with capture.global_and_fixture_disabled():
             session.findings()
     else:
         session.findings()
+    gc_policy.keep()  # the results live until the end: later collections need not walk them
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:

@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .arrays import nonzero
 from .backends import (  # noqa: F401  (the defaults, importable from here as before)
     CALIBRATION_CELLS, CALIBRATION_QUERIES, CALIBRATION_SAME_KEPT, CLEAR_MATCH_MARGIN, DEFAULT_TUNING, GPU_K_MAX,
     GPU_K_START, KMEANS_NITER, PROBES_KEPT, QUERY_BATCH, RADIUS_MARGIN, RANGE_BATCH_PROBED, SCAN_CELLS, SPLIT_MIN,
@@ -96,7 +97,7 @@ def exact_pairs(vectors: np.ndarray, labels: np.ndarray, threshold: float, block
         hit = sims >= threshold - 1e-9
         hit &= labels[s : s + rows, None] != labels[None, s:]
         hit &= np.arange(s, s + len(sims))[:, None] < np.arange(s, n)[None, :]
-        r, c = np.nonzero(hit)
+        r, c = nonzero(hit)
         out_i.append(r + s)
         out_j.append(c + s)
     if not out_i:

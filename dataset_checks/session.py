@@ -252,8 +252,9 @@ class CheckSession:
                 self._candidates = []
                 return self._candidates
             t0 = time.perf_counter()
+            means = self.pipeline.folder_means if self.pipeline is not None else None
             self._candidates = merge_candidates(t.vectors, t.identity_of, [i.name for i in t.identities], f.pairs,
-                                                name_matches=matches_of(self.check_results.values()))
+                                                name_matches=matches_of(self.check_results.values()), means=means)
             self.timings["merge"] = seconds = time.perf_counter() - t0
             if isinstance(f.metadata.get("timings"), dict):  # a stage of the run like the others (findings.json)
                 f.metadata["timings"]["merge"] = round(seconds, 4)

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from .memory import gather
+
 # Defaults (rules.yaml `calibration:`); the measurements behind them are in benchmarks/lfw_threshold.py.
 CHANCE_PAIRS = 1.0  # expected different-person pairs at/above the threshold, whole dataset
 # The same photo filed twice must always fail. On LFW (dlib) such pairs scored 0.984-0.998 raw
@@ -227,7 +229,7 @@ def sample_cross_similarities(vectors: np.ndarray, labels: np.ndarray, sample_pa
     out, keys = [], []
     for s in range(0, blocks, chunk):
         rr = rows[s : s + chunk]
-        b = np.asarray(x[rr], dtype=np.float32)
+        b = np.asarray(gather(x, rr), dtype=np.float32)
         gram = np.matmul(b[:, 0], np.swapaxes(b[:, 1], 1, 2))
         lab = labels[rr].astype(np.int64)
         la, lb = lab[:, 0, :, None], lab[:, 1, None, :]

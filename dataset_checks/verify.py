@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .arrays import nonzero
 from .search import pair_similarity
 
 RANDOM_QUERIES = 256
@@ -68,7 +69,7 @@ def verify_search(
             sims = xq @ x[cs : cs + cols].T
             hit = sims >= threshold - MARGIN
             hit &= lq != labels[None, cs : cs + cols]
-            r, c = np.nonzero(hit)
+            r, c = nonzero(hit)
             if not r.size:
                 continue
             rows_, cols_ = q[r], c + cs

@@ -63,6 +63,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from ..arrays import nonzero
+
 U32 = 2.0**-24  # float32 unit roundoff
 SLACK = 1e-9  # added outward to every float64 quantity the bounds are computed from
 CHUNK_ROWS = 1 << 15  # rows gathered at a time
@@ -391,7 +393,7 @@ def _score_caps(xb: np.ndarray, qid: np.ndarray, need: np.ndarray, caps: Caps, m
     Cap by cap (one product per needed cap's members) when few caps are needed; one product
     with the union of the needed caps, masked, when many are (a low threshold, where caps
     exclude little): whichever costs fewer cells, counting a BLAS call as GEMM_CALL_CELLS."""
-    r, g = np.nonzero(need)
+    r, g = nonzero(need)
     if not r.size:
         return
     size = caps.size
@@ -409,7 +411,7 @@ def _score_caps(xb: np.ndarray, qid: np.ndarray, need: np.ndarray, caps: Caps, m
             rows = col_rows[cs : cs + step]
             sims = xb @ members[rows].T
             hit = (sims >= radius) & need[:, col_cap[cs : cs + step]]
-            rr, cc = np.nonzero(hit)
+            rr, cc = nonzero(hit)
             yield qid[rr], member_id[rows[cc]], sims[rr, cc], sims.size
         return
     order = np.argsort(g, kind="stable")
@@ -424,7 +426,7 @@ def _score_caps(xb: np.ndarray, qid: np.ndarray, need: np.ndarray, caps: Caps, m
         for s in range(0, len(rs), step):
             rr_ = rs[s : s + step]
             sims = xb[rr_] @ vm.T
-            rr, cc = np.nonzero(sims >= radius)
+            rr, cc = nonzero(sims >= radius)
             yield qid[rr_[rr]], member_id[mem[cc]], sims[rr, cc], sims.size
 
 
@@ -447,7 +449,7 @@ def caps_scan(xq: np.ndarray, queries: np.ndarray, labels: np.ndarray, vecs: np.
         lq = labels[q]
         if M:
             hit = (sims[:, G:] >= radius) & (lq[:, None] != loose_lab[None, :])
-            r, c = np.nonzero(hit)
+            r, c = nonzero(hit)
             if r.size:
                 yield q[r].astype(np.int64), ids[caps.loose[c]].astype(np.int64), sims[:, G:][r, c]
         need = (sims[:, :G] >= caps.cutoff[None, :]) & (lq[:, None] != caps.group[None, :])
@@ -502,7 +504,7 @@ class Certifier:
                 sims = xq @ self.loose_vecs[l0:].T
                 scored += sims.size
                 hit = (sims >= self.radius) & (fq[:, None] < self.loose_folder[None, l0:])
-                r, c = np.nonzero(hit)
+                r, c = nonzero(hit)
                 if r.size:
                     emit(q[r], self.loose[l0 + c], sims[r, c])
             if g0 < G:

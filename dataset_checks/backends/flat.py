@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..arrays import nonzero
 from . import DEFAULT_TUNING, SCAN_CELLS, Emit, SearchTuning, _bar, _faiss, _span
 
 
@@ -45,7 +46,7 @@ def _flat_scan(x: np.ndarray, labels: np.ndarray, radius: float, emit: Emit, pro
                 hit &= lq[:, None] != ls[None, cs:ce]
                 if cs < qe:  # the diagonal block: each pair once
                     hit &= np.arange(qs, qe)[:, None] < np.arange(cs, ce)[None, :]
-            r, c = np.nonzero(hit)
+            r, c = nonzero(hit)
             if r.size:
                 emit(order[qs + r], order[cs + c], sims[r, c])
         bar.update(qe - qs)
@@ -64,7 +65,7 @@ def _exact_rows(x: np.ndarray, labels: np.ndarray, rows: np.ndarray, radius: flo
         xq = x[q]
         for cs in range(0, n, cols):
             sims = xq @ x[cs : cs + cols].T
-            r, c = np.nonzero(sims >= radius)  # few hits: their labels are compared, not the block's
+            r, c = nonzero(sims >= radius)  # few hits: their labels are compared, not the block's
             cross = labels[q[r]] != labels[c + cs]
             r, c = r[cross], c[cross]
             if r.size:

@@ -8,6 +8,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..arrays import nonzero
 from . import DEFAULT_TUNING, Emit, SearchTuning, _bar, _faiss, _span
 
 
@@ -34,7 +35,7 @@ def _gpu_scan(gpu_index, x: np.ndarray, labels: np.ndarray, radius: float, emit:
                 saturated = (dist[:, -1] >= radius) & (k < gpu_index.ntotal)
                 hit = (dist >= radius) & ~saturated[:, None] & (nb >= 0)
                 hit &= labels[rows][:, None] != labels[np.maximum(nb, 0)]
-                r, c = np.nonzero(hit)
+                r, c = nonzero(hit)
                 if r.size:
                     emit(rows[r], nb[r, c].astype(np.int64), dist[r, c].astype(np.float32))
                 saturated_all.append(rows[saturated])

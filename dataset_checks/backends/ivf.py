@@ -14,6 +14,8 @@ from typing import Callable
 
 import numpy as np
 
+from ..arrays import nonzero
+from ..memory import checkpoint
 from ..rules import IndexRules
 from . import (CLEAR_MATCH_MARGIN, DEFAULT_TUNING, RADIUS_MARGIN, Emit, SearchTuning, _bar, _faiss, _span,
                _stage)
@@ -113,6 +115,7 @@ def _nearest_lists(quantizer, x: np.ndarray, k: int, block: int = 65536, scores:
     out = np.empty((len(x), k), dtype=np.int32)
     dist = np.empty((len(x), k), dtype=np.float32) if scores else None
     for s in range(0, len(x), block):
+        checkpoint()  # the memory budget, between blocks
         d, near = quantizer.search(np.ascontiguousarray(x[s : s + block]), k)
         out[s : s + block] = near
         if dist is not None:
@@ -159,6 +162,7 @@ def _list_scan_chunks(faiss, index, radius: float, xq: np.ndarray, labels: np.nd
     del where, inside
     bar = _bar(progress, last - first, "searching", "list")
     for lst in range(first, last):
+        checkpoint()  # the memory budget, between lists
         vecs, ids = lists[lst]
         queries = query_of[bounds[lst] : bounds[lst + 1]]
         # --- bounds: the list through per-folder caps ---
@@ -193,7 +197,7 @@ def _list_scan_chunks(faiss, index, radius: float, xq: np.ndarray, labels: np.nd
                     hit = sims >= radius
                     if labels is not None:
                         hit &= labels[q][:, None] != lab_ids
-                    r, c = np.nonzero(hit)
+                    r, c = nonzero(hit)
                     if r.size:
                         yield q[r].astype(np.int64), ids_[c].astype(np.int64), sims[r, c]
         bar.update(1)
@@ -304,7 +308,7 @@ def _choose_nprobe(faiss, cpu_index, gpu_index, x, labels, radius, rules: IndexR
     a_cols = min(nlist, 1024)
     _, near_q = cpu_index.quantizer.search(xq, a_cols)
     rank_q = np.full((m, nlist), a_cols, dtype=np.int16)  # a's place of each list (a_cols: unknown)
-    rows, cols_ = np.nonzero(near_q >= 0)
+    rows, cols_ = nonzero(near_q >= 0)
     rank_q[rows, near_q[rows, cols_]] = cols_
     b_cols = probes.shape[1] if probes is not None else min(nlist, tuning.probes_kept)
     unknown = max(a_cols, b_cols)  # first_p - 1 for a pair not found at any known place
@@ -320,12 +324,12 @@ def _choose_nprobe(faiss, cpu_index, gpu_index, x, labels, radius, rules: IndexR
         own = (sample >= cs) & (sample < ce)
         hit[np.flatnonzero(own), sample[own] - cs] = False  # a vector is not its own neighbour
         cross = lq[:, None] != labels[None, cs:ce]
-        r_c, c_c = np.nonzero(hit & cross)
+        r_c, c_c = nonzero(hit & cross)
         hit &= ~cross
         n_same = int(np.count_nonzero(hit))
         total_count += n_same + r_c.size
         if n_same <= same_kept:
-            r_s, c_s = np.nonzero(hit)
+            r_s, c_s = nonzero(hit)
             w_s = 1.0
         else:
             where = np.flatnonzero(hit)  # at most `cells` int64

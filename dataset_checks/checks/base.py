@@ -7,6 +7,7 @@ baseline keys each issue by (check, key) so that every check ratchets on its own
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -111,15 +112,23 @@ class CheckData:
     cache: dict[str, Any] = field(default_factory=dict)  # shared lazily computed values (folder means...)
     # calibview: threshold.ThresholdChoice when `threshold: auto` was resolved, else None
     threshold_choice: Any = None
+    # checks run in parallel lanes (check_run): a shared value is computed once, under this lock
+    lock: Any = field(default_factory=threading.RLock, repr=False, compare=False)
 
     def folder_means(self) -> "np.ndarray":
-        """Unit mean vector of every identity after centring (zero rows for empty identities)."""
-        if "folder_means" not in self.cache:
-            from ..merge import folder_means
+        """Unit mean vector of every identity after centring (zero rows for empty identities):
+        the folder sums of misfiled's folder_fit (one pass over the table, shared with misfiled,
+        consistency and the merge ranking), normalised."""
+        with self.lock:
+            if "folder_means" not in self.cache:
+                import numpy as np
 
-            t = self.table
-            self.cache["folder_means"] = folder_means(t.vectors, t.identity_of, len(t.identities))
-        return self.cache["folder_means"]
+                from .misfiled import folder_fit
+
+                sums = folder_fit(self).sums
+                norms = np.sqrt(np.einsum("ij,ij->i", sums, sums))
+                self.cache["folder_means"] = sums / np.where(norms > 0, norms, 1.0)[:, None]
+            return self.cache["folder_means"]
 
 
 @dataclass
@@ -148,6 +157,9 @@ class Check:
     # configured like any check, but with their own test functions, files and report rows
     builtin: ClassVar[bool] = False
     columns: ClassVar[dict[str, str]] = {"score": "score"}  # CSV header names for score (e.g. similarity)
+    # checks naming the same lane run one after another in one thread (they share mutable state,
+    # e.g. misfiled's folder fit); lanes run in parallel. None: a lane of its own
+    lane: ClassVar[str | None] = None
 
     @classmethod
     def test_name(cls) -> str:

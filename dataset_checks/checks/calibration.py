@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import svg
 from ..discover import display_name
+from ..memory import gather
 from . import register
 from .base import Check, CheckData, CheckSettings, Issue, Param
 
@@ -77,8 +78,8 @@ def sample_same_similarities(vectors: np.ndarray, labels: np.ndarray, max_pairs:
     x = np.asarray(vectors)
     out = np.empty(a.size, dtype=np.float64)
     for s in range(0, a.size, CHUNK):
-        xa = np.asarray(x[a[s : s + CHUNK]], dtype=np.float32)
-        xb = np.asarray(x[b[s : s + CHUNK]], dtype=np.float32)
+        xa = np.asarray(gather(x, a[s : s + CHUNK]), dtype=np.float32)
+        xb = np.asarray(gather(x, b[s : s + CHUNK]), dtype=np.float32)
         out[s : s + CHUNK] = np.einsum("ij,ij->i", xa, xb)
     return out, total
 

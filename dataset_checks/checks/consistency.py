@@ -35,6 +35,7 @@ def outlier_rows(fit, settings: CheckSettings):
 @register
 class Consistency(Check):
     name = "consistency"
+    lane = "folder_fit"  # shares FolderFit and its best-other state with misfiled
     title = "inconsistent folders"
     doc = ("A face far from every other face of its folder and close to no other folder (a "
            "stranger, a non-face, a bad crop), or a folder whose faces do not look like one "

@@ -231,6 +231,8 @@ class ExactDuplicates(Check):
         compared byte by byte. The table is only read."""
         import numpy as np
 
+        from ..memory import release
+
         table = data.table
         owner = table.identity_of
         x = table.vectors
@@ -246,6 +248,7 @@ class ExactDuplicates(Check):
         for s in range(0, n, block):
             words = np.ascontiguousarray(x[s : s + block]).view(word)
             prints[s : s + block] = np.einsum("ij,j->i", words.astype(np.uint64, copy=False), weights)
+            release(x, s, s + block)  # a mapped table's rows, given back once read (peak memory)
         rows = np.flatnonzero(~backed)
         prints = prints[rows]
         order = np.argsort(prints, kind="stable")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..arrays import nonzero
 from . import register
 from .base import Check, CheckData, CheckSettings, Issue, Param
 from ..discover import display_name
@@ -148,7 +149,7 @@ def mean_pairs(a: np.ndarray, b: np.ndarray, level: float) -> tuple[np.ndarray, 
     rows = max(1, SCAN_CELLS // max(len(b), 1))
     for s in range(0, len(a), rows):
         cos = a[s : s + rows] @ b.T
-        r, c = np.nonzero(cos >= level)
+        r, c = nonzero(cos >= level)
         out_i.append(r + s)
         out_j.append(c)
         out_s.append(cos[r, c])

@@ -88,7 +88,9 @@ class FolderFit:
         table is only read."""
         import numpy as np
 
-        x = vectors[rows].astype(np.float64) - self.centre
+        from ..memory import gather
+
+        x = gather(vectors, rows).astype(np.float64) - self.centre
         norms = np.sqrt(np.einsum("ij,ij->i", x, x))
         return x / np.where(norms > 0, norms, 1.0)[:, None]
 
@@ -205,9 +207,19 @@ class _BestOther:
             return
         block = max(1, QUERY_CELLS // len(self.ids))
         bounded = np.isfinite(floor)
-        for part in (np.flatnonzero(~bounded), np.flatnonzero(bounded)):
-            for s in range(0, part.size, block):
-                self._block(vectors, rows[part[s : s + block]], floor[part[s : s + block]])
+        blocks = [part[s : s + block] for part in (np.flatnonzero(~bounded), np.flatnonzero(bounded))
+                  for s in range(0, part.size, block)]
+        workers = min(len(blocks), _cores())
+        if workers <= 1:
+            for b in blocks:
+                self._block(vectors, rows[b], floor[b])
+            return
+        # blocks on every core: each writes only its own rows' entries (rows are distinct), and
+        # the stage statistics they share only choose which bounds to try, never a result
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="misfiled") as pool:
+            list(pool.map(lambda b: self._block(vectors, rows[b], floor[b]), blocks))
 
     def _block(self, vectors, rows, floor):
         """Score the rows against the folder means, stage by stage of dimensions. With a floor,
@@ -264,8 +276,10 @@ class _BestOther:
                 return
             live, cols = live[open_rows], cols[open_cols]
         # every dimension scored: the folders within float32 error of each row's best, in float64
+        from ..arrays import nonzero
+
         top = scores.max(axis=1)
-        r, c = np.nonzero((scores >= (top - 2 * SCORE_TOL)[:, None]) & (scores > -np.inf))
+        r, c = nonzero((scores >= (top - 2 * SCORE_TOL)[:, None]) & (scores > -np.inf))
         at, g = live[r], self.ids[cols[c]]
         sim = np.einsum("ij,ij->i", qd[at], fit.sums[g]) / fit.counts[g]
         # per row: the highest score, then the lowest folder index
@@ -335,6 +349,12 @@ class _BestOther:
         return open_rows, left[open_rows].any(axis=0)
 
 
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def folder_fit(data: CheckData) -> FolderFit:
     """own(i) for every face and each folder's mean pairwise similarity, shared by the checks.
 
@@ -343,8 +363,13 @@ def folder_fit(data: CheckData) -> FolderFit:
     centred face is w_i (x_i - c), so a folder's sum is S = sum w_i x_i - (sum w_i) c and a
     face's dot product with it w_i (x_i . S - c . S): two matrix-vector products per folder on
     the block's float64 rows, no centred copy of them. The table is only read."""
-    if "folder_fit" in data.cache:
+    with data.lock:
+        if "folder_fit" not in data.cache:
+            data.cache["folder_fit"] = _folder_fit(data)
         return data.cache["folder_fit"]
+
+
+def _folder_fit(data: CheckData) -> FolderFit:
     import numpy as np
 
     t = data.table
@@ -360,17 +385,24 @@ def folder_fit(data: CheckData) -> FolderFit:
     if len(owner) and (owner[1:] < owner[:-1]).any():
         fit._order = np.argsort(owner, kind="stable")
     rows_per_block = max(1, BLOCK_BYTES // (8 * max(d, 1)))
+    from ..memory import release, release_rows
+
     first = 0
     while first < n_ids:
         # the folders [first, last) fill one block; one folder larger than a block is alone
         last = int(np.searchsorted(fit._starts, fit._starts[first] + rows_per_block, side="right")) - 1
         last = min(max(last, first + 1), n_ids)
         lo, hi = int(fit._starts[first]), int(fit._starts[last])
+        # each block's rows are given back once read (a mapped table): the pass leaves no
+        # resident copy of the table behind it (peak memory)
         if hi - lo > rows_per_block:
             _big_folder(fit, x, first, rows_per_block)
+            if fit._order is None:
+                release(x, lo, hi)
         elif hi > lo:
             rows = slice(lo, hi) if fit._order is None else fit._order[lo:hi]
             xb, w = _weighted(fit, x, rows)
+            release_rows(x, rows)
             dot = np.empty(hi - lo)
             for k in np.flatnonzero(counts[first:last]).tolist():
                 a, b = int(fit._starts[first + k]) - lo, int(fit._starts[first + k + 1]) - lo
@@ -382,7 +414,6 @@ def folder_fit(data: CheckData) -> FolderFit:
     sq = np.einsum("ij,ij->i", fit.sums, fit.sums)
     with np.errstate(invalid="ignore", divide="ignore"):
         fit.folder_mean = np.where(counts > 1, (sq - counts) / (counts * (counts - 1.0)), np.nan)
-    data.cache["folder_fit"] = fit
     return fit
 
 
@@ -428,6 +459,7 @@ def _big_folder(fit: FolderFit, x, folder: int, rows_per_block: int) -> None:
 @register
 class Misfiled(Check):
     name = "misfiled"
+    lane = "folder_fit"  # shares FolderFit and its best-other state with consistency
     title = "misfiled faces"
     doc = ("A face far from the rest of its own folder but as close to another folder as that "
            "folder's own faces are to it: probably the other person's photo, filed under the "

@@ -52,6 +52,7 @@ def folder_pairs(x, threshold: float, keep: int, block_cells: int = BLOCK_CELLS)
     total = 0
     if n < 2:
         return best_a, best_b, best_s, total, degree
+    from ..arrays import nonzero
     x = np.ascontiguousarray(x, dtype=np.float32)
     rows = max(1, min(n, block_cells // n))
     for s in range(0, n - 1, rows):
@@ -64,7 +65,7 @@ def folder_pairs(x, threshold: float, keep: int, block_cells: int = BLOCK_CELLS)
         sure = sims >= threshold + MARGIN
         near = (sims >= threshold - MARGIN) & ~sure
         if near.any():
-            r, c = np.nonzero(near)
+            r, c = nonzero(near)
             exact = np.einsum("ij,ij->i", x[s + r].astype(np.float64), x[s + c].astype(np.float64))
             ok = exact >= threshold
             sure[r[ok], c[ok]] = True
@@ -83,7 +84,7 @@ def folder_pairs(x, threshold: float, keep: int, block_cells: int = BLOCK_CELLS)
             r, c = np.divmod(top, sims.shape[1])
             vals = sims[r, c]
         else:
-            r, c = np.nonzero(sure)
+            r, c = nonzero(sure)
             vals = sims[r, c]
         best_a = np.concatenate([best_a, r + s])
         best_b = np.concatenate([best_b, c + s])
@@ -106,6 +107,8 @@ def batch_pairs(x, folders: list, threshold: float, keep: int) -> list:
     pair within MARGIN of the threshold is then settled in float64."""
     import numpy as np
 
+    from ..arrays import nonzero
+
     sizes = np.array([len(r) for r in folders], dtype=np.int64)
     size = int(sizes.max()) if len(folders) else 0
     out = []
@@ -118,7 +121,7 @@ def batch_pairs(x, folders: list, threshold: float, keep: int) -> list:
     stack = np.full((len(folders), size, x.shape[1]), np.nan, np.float32)
     stack[slot, pos] = x[rows]
     sims = np.matmul(stack, stack.transpose(0, 2, 1))
-    f, a, b = np.nonzero(sims >= threshold - MARGIN)
+    f, a, b = nonzero(sims >= threshold - MARGIN)
     del sims
     ok = a < b
     f, a, b = f[ok], a[ok], b[ok]
@@ -170,6 +173,8 @@ class NearDuplicates(Check):
     def run(self, data: CheckData, settings: CheckSettings) -> list[Issue]:
         import numpy as np
 
+        from ..memory import release_rows
+
         table = data.table
         threshold = float(settings["threshold"]) or auto_threshold(table.key, data.rules.centre)
         keep = int(settings["max_per_folder"])
@@ -188,14 +193,18 @@ class NearDuplicates(Check):
             per = max(1, BATCH_BYTES // (size * (table.vectors.shape[1] + size) * 4))
             for s in range(0, group.size, per):
                 part = group[s : s + per].tolist()
-                results = batch_pairs(table.vectors, [order[bounds[k] : bounds[k + 1]] for k in part], threshold, keep)
+                members = [order[bounds[k] : bounds[k + 1]] for k in part]
+                results = batch_pairs(table.vectors, members, threshold, keep)
                 found_in.update((k, r) for k, r in zip(part, results) if r[3])
+                for rows in members:  # a mapped table's rows, given back once read (peak memory)
+                    release_rows(table.vectors, rows)
         for k in np.flatnonzero(sizes > SMALL).tolist():
             rows = order[bounds[k] : bounds[k + 1]]
             lo, hi = int(rows[0]), int(rows[-1]) + 1
             # a folder in table order is one slice (no gather)
             vecs = table.vectors[lo:hi] if hi - lo == rows.size else table.vectors[rows]
             r = folder_pairs(vecs, threshold, keep)
+            release_rows(table.vectors, rows)
             if r[3]:
                 found_in[k] = r
         for idx in sorted(found_in):
