@@ -61,3 +61,11 @@ def single_threaded() -> Iterator[None]:
     finally:
         for (set_, _), n in zip(libs, before):
             set_(n)
+
+
+def cores() -> int:
+    """The CPUs this process may run on (its affinity, where the system says; else the count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Iterable
 
-from .blas import single_threaded
+from .blas import cores, single_threaded
 from .checks import Check, CheckData, CheckSettings, Issue, all_checks
 from .discover import display_name
 from .text import terminal_line
@@ -102,7 +102,6 @@ def run_checks(data: CheckData, waivers: dict[tuple, str] | None = None, accept:
     in `workers` threads (default: the CPU count): the checks are numpy passes that release the
     GIL, and each runs on one BLAS thread, so one lane per core keeps the cores busy where one
     check at a time left all but one idle."""
-    import os
     from concurrent.futures import ThreadPoolExecutor
 
     rules = data.rules
@@ -119,8 +118,7 @@ def run_checks(data: CheckData, waivers: dict[tuple, str] | None = None, accept:
     lanes: dict[str, list[CheckResult]] = {}
     for result in todo:
         lanes.setdefault(getattr(result.check, "lane", None) or f"check:{result.name}", []).append(result)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    workers = max(1, min(workers or cores or 1, len(lanes)))
+    workers = max(1, min(workers or cores(), len(lanes)))
     # one BLAS thread: the checks make many mid-sized products between numpy passes that run on
     # one core anyway; threads woken per product cost more than they save (3x on the 2-core
     # benchmark machine with other work running; see dataset_checks.blas). Set once around the

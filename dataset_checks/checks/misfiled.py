@@ -209,7 +209,9 @@ class _BestOther:
         bounded = np.isfinite(floor)
         blocks = [part[s : s + block] for part in (np.flatnonzero(~bounded), np.flatnonzero(bounded))
                   for s in range(0, part.size, block)]
-        workers = min(len(blocks), _cores())
+        from ..blas import cores
+
+        workers = min(len(blocks), cores())
         if workers <= 1:
             for b in blocks:
                 self._block(vectors, rows[b], floor[b])
@@ -347,12 +349,6 @@ class _BestOther:
         left = reach >= self._need(floor)[:, None]
         open_rows = left.any(axis=1)
         return open_rows, left[open_rows].any(axis=0)
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def folder_fit(data: CheckData) -> FolderFit:

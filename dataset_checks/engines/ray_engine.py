@@ -37,10 +37,9 @@ def _range_task(parts: tuple, table: Any, start: int, end: int, threshold: float
 
 
 def _local_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    from ..blas import cores
+
+    return cores()
 
 
 class RayExecutor(Executor):
