@@ -7,13 +7,12 @@ and the one at interpreter exit. At 1M faces / 20k identities those walks cost 6
 (measured with benchmarks/scale.py; 53 s without them).
 
 `keep()` runs once the results exist: one full collection (the run's cyclic garbage, 120 MB at
-1M faces, must not be frozen with them), the C heap's free pages back to the system
-(glibc's malloc_trim: the checks' threads leave ~100 MB free but held in their arenas), then
-everything alive moves into the collector's permanent generation (gc.freeze): later
-collections skip it. `release()` gives them back to the
-collector (an in-process pytest run, as pytester makes, must not pin its objects for the life of
-the interpreter), and one exit handler freezes again just before the interpreter's final
-collection, which would otherwise walk everything only to free it.
+1M faces, must not be frozen with them), the C heap's free pages back to the system (glibc's
+malloc_trim: the checks' threads leave ~100 MB free but held in their arenas), then everything
+alive moves into the collector's permanent generation (gc.freeze): later collections skip it.
+`release()` gives it back to the collector (an in-process pytest run, as pytester makes, must
+not pin its objects for the life of the interpreter), and one exit handler freezes again just
+before the interpreter's final collection, which would otherwise walk everything only to free it.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import mmap
 import os
 import re
 import threading
+import weakref
 
 import numpy as np
 
@@ -117,7 +118,8 @@ def file_resident_bytes() -> int:
         return 0
 
 
-_base: dict[int, int] = {}  # mapping -> resident file bytes right after its last trim
+_base: "weakref.WeakKeyDictionary[mmap.mmap, int]" = weakref.WeakKeyDictionary()  # mapping -> resident
+# file bytes right after its last trim (0 before the first)
 _gather_lock = threading.Lock()
 
 
@@ -142,14 +144,12 @@ def gather(array: np.ndarray, rows, limit: int = GATHER_BYTES) -> np.ndarray:
 
 def _bound(mm: mmap.mmap, limit: int) -> None:
     with _gather_lock:
-        now = file_resident_bytes()
-        base = _base.setdefault(id(mm), 0)
-        if now - base > limit:
+        if file_resident_bytes() - _base.get(mm, 0) > limit:
             try:
                 mm.madvise(mmap.MADV_DONTNEED)
             except (OSError, ValueError):
                 pass
-            _base[id(mm)] = file_resident_bytes()
+            _base[mm] = file_resident_bytes()
 
 
 def release_rows(array: np.ndarray, rows) -> None:

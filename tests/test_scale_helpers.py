@@ -90,7 +90,6 @@ def test_gather_drops_the_mapping_each_time_resident_pages_grow_by_the_limit(map
     rows = np.arange(9 * memory.GATHER_PIECE) % len(m)
     with mock.patch.object(memory, "_mapping", return_value=fake), \
             mock.patch.object(memory, "file_resident_bytes", side_effect=fake.resident_bytes):
-        memory._base.pop(id(fake), None)
         out = memory.gather(m, rows, limit=25 * 2**20)
     assert fake.dropped == 3
     assert np.array_equal(out, x[rows])
