@@ -28,6 +28,12 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.enviro
 
 from helpers import ARC, write_dataset  # noqa: E402
 
+# pytester's in-process runs restore sys.modules afterwards, dropping every module first imported
+# inside them; faiss imported again in the same process re-registers its SWIG types over the
+# live ones, and the next faiss call crashes (a segfault in leakage's range search after an
+# in-process run). Imported here, before any test, it is never dropped.
+import faiss  # noqa: E402, F401
+
 
 @pytest.fixture
 def rng() -> np.random.Generator:
