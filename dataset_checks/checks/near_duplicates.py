@@ -26,6 +26,7 @@ SMALL = 128  # folders up to this size are compared many at a time (batch_pairs)
 BATCH_BYTES = 16 << 20  # padded rows and their similarities per stack
 DENSE = 256  # a folder with more candidate pairs than this in a stack is settled by folder_pairs
 MARGIN = 1e-5  # float32 GEMM error on unit vectors is ~1e-6: pairs this close are recomputed in float64
+RESCORE_PAIRS = 1 << 13  # pairs re-scored in float64 at a time (two 32 MiB gathers at d = 512)
 # `threshold: 0` (auto), measured on LFW's dlib descriptors: raw, pairs >= 0.993 are bursts and
 # re-crops of one photo while 0.985-0.99 is mostly different photos of one person (dlib packs
 # everyone near 0.95); centred, the same photo stays >= ~0.93 and different photos spread out.
@@ -76,25 +77,25 @@ def folder_pairs(x, threshold: float, keep: int, block_cells: int = BLOCK_CELLS)
         total += count
         degree[s:e] += sure.sum(axis=1)
         degree[s:] += sure.sum(axis=0)
+        # the kept pairs are the `keep` most similar in float64: a pair can only be among them
+        # if its float32 score is within 2 MARGIN of the keep-th best (float32 errs by at most
+        # MARGIN each way), so only those are re-scored (in a burst of frames, not every pair)
+        floor = best_s.min() - 2 * MARGIN if len(best_s) >= keep else -np.inf
         if count > keep:
-            # a crowded block (video frames): pick the top straight from the block, no index
-            # arrays of every pair
             sims[~sure] = -2.0
-            top = np.argpartition(sims.ravel(), -keep)[-keep:]
-            r, c = np.divmod(top, sims.shape[1])
-            vals = sims[r, c]
-        else:
-            r, c = nonzero(sure)
-            vals = sims[r, c]
-        best_a = np.concatenate([best_a, r + s])
-        best_b = np.concatenate([best_b, c + s])
-        best_s = np.concatenate([best_s, vals.astype(np.float64)])
-        if len(best_s) > keep:
-            top = np.argpartition(-best_s, keep - 1)[:keep]
-            best_a, best_b, best_s = best_a[top], best_b[top], best_s[top]
+            kth = np.partition(sims.ravel(), -keep)[-keep]
+            floor = max(floor, float(kth) - 2 * MARGIN)
+        r, c = nonzero(sure & (sims >= floor))
+        for k in range(0, r.size, RESCORE_PAIRS):
+            rk, ck = r[k : k + RESCORE_PAIRS] + s, c[k : k + RESCORE_PAIRS] + s
+            exact = np.einsum("ij,ij->i", x[rk].astype(np.float64), x[ck].astype(np.float64))
+            best_a, best_b = np.concatenate([best_a, rk]), np.concatenate([best_b, ck])
+            best_s = np.concatenate([best_s, exact])
+            if len(best_s) > keep:
+                top = np.argpartition(-best_s, keep - 1)[:keep]
+                best_a, best_b, best_s = best_a[top], best_b[top], best_s[top]
     if len(best_s):
-        # reported similarities in float64, ranked; ties by row for a stable order
-        best_s = np.einsum("ij,ij->i", x[best_a].astype(np.float64), x[best_b].astype(np.float64))
+        # ranked; ties by row for a stable order
         order = np.lexsort((best_b, best_a, -best_s))
         best_a, best_b, best_s = best_a[order], best_b[order], best_s[order]
     return best_a, best_b, best_s, total, degree
