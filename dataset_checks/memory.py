@@ -212,6 +212,8 @@ class Budget:
 
     def trim(self) -> None:
         with self._lock:
+            if not self._maps:  # nothing mapped (a table in memory): nothing to drop, nothing to count
+                return
             for mm in self._maps:
                 try:
                     mm.madvise(mmap.MADV_DONTNEED)
