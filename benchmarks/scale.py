@@ -22,6 +22,7 @@ from the sample's measured GEMM rate.
     python benchmarks/scale.py --workdir /tmp/scale                  # 100k and 1M
     python benchmarks/scale.py --workdir /tmp/scale --sizes 5000000  # one more size
     python benchmarks/scale.py --workdir /tmp/scale --runs local-warm,budget
+    python benchmarks/scale.py --workdir /tmp/scale --sizes 10000000 --dtype float16 --runs local-cold
 """
 
 from __future__ import annotations
@@ -49,17 +50,19 @@ THRESHOLD = 0.85
 RUNS = ("local-cold", "local-warm", "budget", "ray")
 
 
-def generate(root: Path, n: int) -> dict:
+def generate(root: Path, n: int, dtype: str = "float32") -> dict:
     params = dict(n_identities=max(200, n // 50), n_vectors=n, n_planted=max(60, n // 500), crowded_every=50,
                   crowd_size=400)
+    if dtype != "float32":
+        params["dtype"] = dtype
     marker = root / ".benchmark.json"
     if marker.is_file() and json.loads(marker.read_text()) == params:
         return params
     if root.exists():
         shutil.rmtree(root)
     t0 = time.perf_counter()
-    # in a process of its own: the generator holds every vector (10 GB at 5M), and memory freed
-    # in small blocks stays with the process that freed it, away from the runs' page cache
+    # folder by folder, in a process of its own: memory the generator freed in small blocks
+    # stays with the process that freed it, away from the runs' page cache
     import multiprocessing
 
     with multiprocessing.get_context("forkserver").Pool(1) as pool:
@@ -70,9 +73,9 @@ def generate(root: Path, n: int) -> dict:
 
 
 def _write(root: str, params: dict) -> None:
-    from dataset_checks.synthetic import seed_scale
+    from dataset_checks.synthetic import write_seed_scale
 
-    seed_scale(**params).write(Path(root))
+    write_seed_scale(Path(root), **params)
 
 
 def read_pairs(report_dir: Path) -> set:
@@ -166,6 +169,8 @@ def render(rows: list[dict], env: str) -> str:
            "sampled recall | brute force (est.) |",
            "|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        if r.get("archive_dtype", "float32") != "float32":
+            r = {**r, "run": f"{r['run']} ({r['archive_dtype']} archives)"}
         out.append(f"| {r['vectors']:,} | {r['identities']:,} | {r['run']} | {r['wall_s']} | {r['peak_rss_mb']:,} | "
                    f"{r['rss_over_table']} | {r['pytest_s']} ({r['pytest_ms_per_identity']}) | "
                    f"{r['recall_recall']:.4f} ({r['recall_exact_pairs']} pairs) | "
@@ -185,6 +190,8 @@ def main(argv=None) -> int:
     p.add_argument("--runs", default=",".join(RUNS), help="any of " + ", ".join(RUNS))
     p.add_argument("--recall-queries", type=int, default=500)
     p.add_argument("--out", type=Path, default=HERE / "scale_results")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16"),
+                   help="of the archives written (float16: half the disk; the table is float32 either way)")
     args = p.parse_args(argv)
     runs = [r for r in args.runs.split(",") if r]
     rows = []
@@ -192,19 +199,26 @@ def main(argv=None) -> int:
         work = args.workdir / f"n{n}"
         dataset = work / "dataset"
         work.mkdir(parents=True, exist_ok=True)
-        params = generate(dataset, n)
+        params = generate(dataset, n, args.dtype)
         for kind in runs:
             print(f"{n:,} {kind} ...", flush=True)
             row = one_run(kind, dataset, work, n, params["n_identities"], args.recall_queries)
             if row is None:
                 print("  skipped (ray is not installed)")
                 continue
+            row["archive_dtype"] = args.dtype
             print("  " + json.dumps({k: v for k, v in row.items() if k not in ("timings", "memory")}), flush=True)
             rows.append(row)
     env = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
            f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM, Python "
            f"{platform.python_version()}")
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    # rows of other sizes and runs measured earlier stay (a 10M run need not redo 100k)
+    out_json = args.out.with_suffix(".json")
+    done = {(r["vectors"], r["run"]) for r in rows}
+    if out_json.is_file():
+        earlier = [r for r in json.loads(out_json.read_text()) if (r["vectors"], r["run"]) not in done]
+        rows = sorted(earlier + rows, key=lambda r: (r["vectors"], RUNS.index(r["run"]) if r["run"] in RUNS else 9))
+    out_json.write_text(json.dumps(rows, indent=1))
     args.out.with_suffix(".md").write_text(render(rows, env))
     print(render(rows, env))
     return 0

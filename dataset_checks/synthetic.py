@@ -56,51 +56,104 @@ def seed_scale(
 ) -> SyntheticDataset:
     """A dataset shaped like the one that started this project: heavy-tailed folder sizes,
     crowded folders of near-identical frames, and photos copied into other folders."""
-    rng = np.random.default_rng(seed)
-    sizes = rng.lognormal(3.3, 0.8, n_identities)
-    sizes = np.maximum(2, sizes / sizes.sum() * n_vectors).astype(int)
-    crowded = np.arange(0, n_identities, crowded_every) if crowded_every else np.array([], int)
-    sizes[crowded] = crowd_size
-    # the largest non-crowded folders absorb the rounding so the total is exact
-    diff = n_vectors - int(sizes.sum())
-    order = [k for k in np.argsort(-sizes) if k not in set(crowded.tolist())]
-    k = 0
-    while diff:
-        step = 1 if diff > 0 else -1
-        if sizes[order[k % len(order)]] + step >= 2:
-            sizes[order[k % len(order)]] += step
-            diff -= step
-        k += 1
-    names = [f"person_{i:04d}" for i in range(n_identities)]
-    files, vectors = [], []
-    for i, m in enumerate(sizes):
-        centre = unit(rng, dim)
-        if i in set(crowded.tolist()):
-            # a video: frames scatter tightly around one face
-            base = faces(rng, centre, 1, intra)[0]
-            vecs = faces(rng, base / np.linalg.norm(base), int(m), 0.97)
-        else:
-            vecs = faces(rng, centre, int(m), intra)
-        vectors.append(vecs)
-        files.append([f"{names[i]}_{j:04d}.jpg" for j in range(int(m))])
-    planted = []
-    owners = np.repeat(np.arange(n_identities), sizes)
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
-    for _ in range(n_planted):
-        # copy one face into another folder (re-encoded: a little noise), half of them out of
-        # crowded folders, where top-k searches cannot see them
-        if len(crowded) and rng.random() < 0.5:
-            a = int(rng.choice(crowded))
-            ja = int(rng.integers(sizes[a]))
-        else:
-            flat = int(rng.integers(n_vectors))
-            a, ja = int(owners[flat]), int(flat - offsets[owners[flat]])
-        b = int(rng.integers(n_identities))
-        if b == a:
-            continue
-        jb = int(rng.integers(sizes[b]))
+    plan = _Plan(n_identities, n_vectors, dim, n_planted, crowded_every, crowd_size, intra, seed)
+    vectors = [plan.folder(i) for i in range(n_identities)]
+    for a, ja, b, jb, noise in plan.plants():
         src = vectors[a][ja] / np.linalg.norm(vectors[a][ja])
-        noise = rng.uniform(0.02, 0.9) / np.sqrt(dim)
-        vectors[b][jb] = (src + noise * rng.standard_normal(dim)).astype(np.float32)
-        planted.append((names[a], files[a][ja], names[b], files[b][jb]))
-    return SyntheticDataset(names, files, vectors, planted)
+        vectors[b][jb] = (src + noise).astype(np.float32)
+    return SyntheticDataset(plan.names, [plan.files(i) for i in range(n_identities)], vectors, plan.planted)
+
+
+def write_seed_scale(root: Path, dtype: str = "float32", key: str = "efficientnetv2_arcface", **params) -> int:
+    """seed_scale(**params) written to root folder by folder, never all of it in memory (10M
+    faces are 20 GB). With float32 the files are those of seed_scale(...).write(root); float16
+    halves them (what fits on a small disk; the loader reads either). Returns the planted copies."""
+    root = Path(root)
+    plan = _Plan(**params)
+    dt = np.dtype(dtype)
+
+    def path(i: int) -> Path:
+        return root / plan.names[i] / FACE01_FILE
+
+    def save(i: int, vecs: np.ndarray) -> None:
+        path(i).parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path(i), name=np.array(plan.files(i), dtype=str), **{key: vecs[:, None, :].astype(dt)})
+
+    def read(i: int) -> np.ndarray:
+        with np.load(path(i)) as z:
+            return z[key][:, 0, :].astype(np.float32)
+
+    for i in range(plan.n_identities):
+        save(i, plan.folder(i))
+    for a, ja, b, jb, noise in plan.plants():
+        src = read(a)[ja]
+        src = src / np.linalg.norm(src)
+        vecs = read(b)
+        vecs[jb] = (src + noise).astype(np.float32)
+        save(b, vecs)
+    return len(plan.planted)
+
+
+class _Plan:
+    """seed_scale's random choices, in one fixed order: folder sizes, each folder's faces, then
+    the planted copies (the same dataset whether it is built in memory or written folder by folder)."""
+
+    def __init__(self, n_identities: int = 1291, n_vectors: int = 57_637, dim: int = 512, n_planted: int = 300,
+                 crowded_every: int = 50, crowd_size: int = 400, intra: float = 0.65, seed: int = 0):
+        rng = self.rng = np.random.default_rng(seed)
+        self.n_identities, self.n_vectors, self.dim, self.n_planted, self.intra = (
+            n_identities, n_vectors, dim, n_planted, intra)
+        sizes = rng.lognormal(3.3, 0.8, n_identities)
+        sizes = np.maximum(2, sizes / sizes.sum() * n_vectors).astype(int)
+        crowded = np.arange(0, n_identities, crowded_every) if crowded_every else np.array([], int)
+        sizes[crowded] = crowd_size
+        # the largest non-crowded folders absorb the rounding so the total is exact
+        diff = n_vectors - int(sizes.sum())
+        crowded_set = set(crowded.tolist())
+        order = [k for k in np.argsort(-sizes) if k not in crowded_set]
+        k = 0
+        while diff:
+            step = 1 if diff > 0 else -1
+            if sizes[order[k % len(order)]] + step >= 2:
+                sizes[order[k % len(order)]] += step
+                diff -= step
+            k += 1
+        self.sizes, self.crowded, self.crowded_set = sizes, crowded, crowded_set
+        self.names = [f"person_{i:04d}" for i in range(n_identities)]
+        self.planted: list[tuple[str, str, str, str]] = []
+
+    def files(self, i: int) -> list[str]:
+        return [f"{self.names[i]}_{j:04d}.jpg" for j in range(int(self.sizes[i]))]
+
+    def folder(self, i: int) -> np.ndarray:
+        """Folder i's faces; folders must be asked for in order, 0 first."""
+        centre = unit(self.rng, self.dim)
+        m = int(self.sizes[i])
+        if i in self.crowded_set:
+            # a video: frames scatter tightly around one face
+            base = faces(self.rng, centre, 1, self.intra)[0]
+            return faces(self.rng, base / np.linalg.norm(base), m, 0.97)
+        return faces(self.rng, centre, m, self.intra)
+
+    def plants(self):
+        """(a, ja, b, jb, noise): face jb of folder b becomes a copy of face ja of folder a (unit
+        length) plus noise (re-encoded), in order; a later copy may take an earlier one's face."""
+        rng, sizes, crowded, dim = self.rng, self.sizes, self.crowded, self.dim
+        owners = np.repeat(np.arange(self.n_identities), sizes)
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        for _ in range(self.n_planted):
+            # half of them out of crowded folders, where top-k searches cannot see them
+            if len(crowded) and rng.random() < 0.5:
+                a = int(rng.choice(crowded))
+                ja = int(rng.integers(sizes[a]))
+            else:
+                flat = int(rng.integers(self.n_vectors))
+                a, ja = int(owners[flat]), int(flat - offsets[owners[flat]])
+            b = int(rng.integers(self.n_identities))
+            if b == a:
+                continue
+            jb = int(rng.integers(sizes[b]))
+            noise = rng.uniform(0.02, 0.9) / np.sqrt(dim)
+            yield a, ja, b, jb, noise * rng.standard_normal(dim)
+            self.planted.append((self.names[a], f"{self.names[a]}_{ja:04d}.jpg", self.names[b],
+                                 f"{self.names[b]}_{jb:04d}.jpg"))

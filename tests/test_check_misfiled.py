@@ -271,6 +271,37 @@ def test_best_other_with_a_floor_equals_brute_force(c, min_other, level, seed):
 
 
 @FAST
+@given(clusters(max_folders=12, max_dim=96), st.integers(1, 3), st.integers(1, 8), st.integers(1, 40),
+       st.integers(0, 2**32 - 1))
+def test_best_other_in_tiles_of_folders_equals_brute_force(c, min_other, row_tile, cells, seed):
+    """Faces in blocks of any size against the folder means in tiles of any width (each tile's
+    best, then the best over tiles): the same best folders and floors as brute force."""
+    from unittest import mock
+
+    from dataset_checks.checks import misfiled
+
+    if not usable(c):
+        return
+    data = make_data(c.vectors, c.labels, c.names, c.files)
+    _, to_folder, _, _ = reference(c.vectors, c.labels, len(c.names), min_other)
+    rows = np.arange(len(c.vectors))
+    best = to_folder.max(axis=1)
+    none = ~np.isfinite(best)
+    floor = np.where(none, 0.0, best) + np.random.default_rng(seed).uniform(-0.05, 0.05, rows.size)
+    with mock.patch.object(misfiled, "ROW_TILE", row_tile), mock.patch.object(misfiled, "QUERY_CELLS", cells):
+        fit = folder_fit(data)
+        other, sim = fit.best_other(data, rows, min_other)
+        fit_floor = folder_fit(make_data(c.vectors, c.labels, c.names, c.files))
+        f_other, f_sim = fit_floor.best_other(data, rows, min_other, floor=floor)
+    assert set(np.flatnonzero(other < 0)) == set(np.flatnonzero(none))
+    np.testing.assert_allclose(sim[~none], best[~none], atol=TOL)
+    np.testing.assert_allclose(to_folder[rows[~none], other[~none]], best[~none], atol=TOL)
+    above, below = ~none & (best >= floor + TOL), none | (best < floor - TOL)
+    assert (f_other[below] == -1).all() and (f_other[above] >= 0).all()
+    np.testing.assert_allclose(f_sim[above], best[above], atol=TOL)
+
+
+@FAST
 @given(clusters(max_folders=6, max_size=12), st.integers(0, 2**32 - 1), st.integers(1, 5))
 def test_folder_fit_in_any_row_order_and_block_size(c, seed, block_rows):
     """Rows need not be in folder order, and a folder larger than a block is summed over blocks:
