@@ -52,6 +52,7 @@ from .search_state import (FORMAT, Damaged, IndexState, SearchState, imbalance, 
 
 AUTO_MARGIN = 0.01  # threshold: auto moves by a few thousandths between runs on LFW-like data
 DEFAULT_NPROBE = 8  # for the auto limit, before any full run has calibrated one
+KEY_ROWS = 1 << 16  # rows keyed at a time (128 MiB of 512-d float32), their pages given back after
 
 
 @dataclass
@@ -188,6 +189,8 @@ class Incremental:
         """Every row's content key, and which stored row it is (before the table is centred)."""
         if not self.enabled:
             return
+        from .memory import release
+
         t0 = time.perf_counter()
         state = self.state
         n = len(table)
@@ -213,8 +216,12 @@ class Incremental:
                 same.add(k)
             else:
                 changed.append(idx)
-                if b > a:
-                    keys[a:b] = row_keys(table.vectors[a:b])
+                # a first run keys every row: the pass leaves no resident copy of the table
+                # (nor of one crowded folder)
+                for s in range(a, b, KEY_ROWS):
+                    e = min(b, s + KEY_ROWS)
+                    keys[s:e] = row_keys(table.vectors[s:e])
+                    release(table.vectors, s, e)
         removed = moved = 0
         gone_folders = 0
         if state is not None:

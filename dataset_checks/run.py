@@ -123,8 +123,8 @@ class Pipeline:
         inc.acquire()
         # -- incremental: end --
         self.table = table = self._table(identities, prepared, progress)
+        self.budget.watch(table.vectors)  # before anything reads the whole table
         inc.match(table, prepared)  # incremental: which rows are new since the stored state
-        self.budget.watch(table.vectors)
         self._model_rules(table, prepared)
         self.timings["load"] = time.perf_counter() - t0 - self.timings.get("embed", 0.0)
         error = None

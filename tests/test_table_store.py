@@ -10,6 +10,7 @@ from __future__ import annotations
 import mmap
 import tracemalloc
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -236,3 +237,33 @@ def test_releasing_rows_gives_their_pages_back_and_they_read_back(tmp_path, rng)
     assert touched - memory.resident_bytes() > arr.nbytes * 0.8
     assert float(np.asarray(arr).sum(dtype=np.float64)) == total
     memory.release(np.zeros((4, 4)), 0, 4)  # not a mapping: nothing to do
+
+
+@pytest.mark.skipif(not hasattr(mmap, "MADV_DONTNEED") or memory.resident_bytes() == 0,
+                    reason="needs madvise and /proc/self/statm (Linux)")
+def test_keying_every_row_of_a_first_run_leaves_the_mapped_table_out_of_memory(tmp_path, rng):
+    """A first run hashes every row (incremental state): on a 20 GB table that pass made the whole
+    table resident before the budget watched it. Now each block's pages are given back."""
+    from types import SimpleNamespace
+
+    from dataset_checks import incremental
+    from dataset_checks.incremental import Incremental
+    from dataset_checks.search_state import row_keys
+
+    rows, dim, folders = 1 << 15, 512, 4  # 64 MiB; folders larger than one block of keys
+    path = tmp_path / "t.f32"
+    rng.standard_normal((rows, dim)).astype(np.float32).tofile(path)
+    vectors = np.memmap(path, dtype=np.float32, mode="r", shape=(rows, dim))
+    class Table(SimpleNamespace):
+        def __len__(self):
+            return len(self.vectors)
+
+    table = Table(vectors=vectors, identity_of=np.repeat(np.arange(folders), rows // folders),
+                  identities=[SimpleNamespace(name=f"p{k}") for k in range(folders)])
+    inc = Incremental(tmp_path / "cache", tmp_path / "ds", parse_rules({}))
+    assert inc.enabled and inc.state is None  # a first run: no stored state, every row keyed
+    base = memory.file_resident_bytes()
+    with mock.patch.object(incremental, "KEY_ROWS", 1 << 12):
+        inc.match(table, SimpleNamespace(folder_versions=[], version=""))
+    assert memory.file_resident_bytes() - base < vectors.nbytes / 4
+    np.testing.assert_array_equal(inc.change.keys, row_keys(np.asarray(vectors)))
