@@ -26,11 +26,17 @@ class SyntheticDataset:
         """FACE01 layout: root/<identity>/npKnown.npz with `name` and `key`."""
         root = Path(root)
         for name, files, vecs in zip(self.names, self.files, self.vectors):
-            folder = root / name
-            folder.mkdir(parents=True, exist_ok=True)
-            arr = vecs[:, None, :] if shape_3d and key == "efficientnetv2_arcface" else vecs
-            np.savez(folder / FACE01_FILE, name=np.array(files, dtype=str), **{key: arr.astype(np.float32)})
+            save_folder(root / name, files, vecs, key, shape_3d)
         return root
+
+
+def save_folder(folder: Path, files: list[str], vecs: np.ndarray, key: str = "efficientnetv2_arcface",
+                shape_3d: bool = True, dtype: str = "float32") -> Path:
+    """One identity folder's npKnown.npz (FACE01: ArcFace arrays are (N, 1, D))."""
+    folder.mkdir(parents=True, exist_ok=True)
+    arr = vecs[:, None, :] if shape_3d and key == "efficientnetv2_arcface" else vecs
+    np.savez(folder / FACE01_FILE, name=np.array(files, dtype=str), **{key: arr.astype(dtype)})
+    return folder / FACE01_FILE
 
 
 def faces(rng: np.random.Generator, centre: np.ndarray, n: int, intra: float) -> np.ndarray:
@@ -70,18 +76,14 @@ def write_seed_scale(root: Path, dtype: str = "float32", key: str = "efficientne
     halves them (what fits on a small disk; the loader reads either). Returns the planted copies."""
     root = Path(root)
     plan = _Plan(**params)
-    dt = np.dtype(dtype)
-
-    def path(i: int) -> Path:
-        return root / plan.names[i] / FACE01_FILE
 
     def save(i: int, vecs: np.ndarray) -> None:
-        path(i).parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path(i), name=np.array(plan.files(i), dtype=str), **{key: vecs[:, None, :].astype(dt)})
+        save_folder(root / plan.names[i], plan.files(i), vecs, key, dtype=dtype)
 
     def read(i: int) -> np.ndarray:
-        with np.load(path(i)) as z:
-            return z[key][:, 0, :].astype(np.float32)
+        with np.load(root / plan.names[i] / FACE01_FILE) as z:
+            arr = z[key]
+        return arr.reshape(len(arr), -1).astype(np.float32)
 
     for i in range(plan.n_identities):
         save(i, plan.folder(i))

@@ -367,3 +367,17 @@ def test_permission_error_names_the_file(tmp_path, vecs, monkeypatch):
     p = only_problem(table, "B")
     assert p.file == "B/npKnown.npz" and p.message == "cannot be read: Permission denied"
     assert table.counts.tolist() == [2, 0]
+
+
+def test_the_benchmark_dataset_written_folder_by_folder_is_the_one_built_in_memory(tmp_path):
+    """benchmarks/scale.py writes 10M faces folder by folder (they do not fit in memory): the same
+    files, byte for byte, as the in-memory generator, planted copies included."""
+    from dataset_checks.synthetic import seed_scale, write_seed_scale
+
+    params = dict(n_identities=40, n_vectors=900, dim=16, n_planted=30, crowded_every=10, crowd_size=50, seed=3)
+    built = seed_scale(**params)
+    built.write(tmp_path / "memory")
+    assert write_seed_scale(tmp_path / "streamed", **params) == len(built.planted) > 0
+    for name in built.names:
+        a = (tmp_path / "memory" / name / "npKnown.npz").read_bytes()
+        assert (tmp_path / "streamed" / name / "npKnown.npz").read_bytes() == a, name
