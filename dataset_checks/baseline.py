@@ -3,7 +3,8 @@
 `--baseline FILE`: whatever FILE lists is waived (reported as `baseline: FILE`, never failing);
 only new findings and new problems fail. `--update-baseline`: the run accepts the current state
 and rewrites FILE, so fixed findings drop out and the file only grows when someone accepts new
-ones in review. Allowlisted findings (rules.yaml `allow`) never go into the baseline: the rules
+ones in review. A run that checked nothing never rewrites FILE, and a run that saw part of the
+dataset keeps the rows of what it did not see as they were (`Coverage`). Allowlisted findings (rules.yaml `allow`) never go into the baseline: the rules
 already cover them.
 
 The file is a CSV, one accepted item per row, sorted by (check, key) so that a diff shows what
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .findings import (CSV_HEADER, INPUT_CHECK, PAIR_CHECK, Findings, Key, _atomic_write, problem_key)
-from .text import cell_name, csv_cell, csv_uncell, name_cell, unshown
+from .text import cell_name, csv_cell, csv_uncell, file_text, name_cell, unshown
 
 BASELINE_PREFIX = "baseline"
 HEADER = ("check", "identity", "file", "other_identity", "other_file", "similarity", "code", "detail")
@@ -152,29 +153,27 @@ class Baseline:
         not already allow, and input problems."""
         return [(e.full_key, reason) for e in current_entries(findings)]
 
-    def _unseen(self, findings: Findings) -> set[str]:
-        """Identities this run could not see (unreadable folders; every one when the search
-        failed): their accepted entries are neither stale nor dropped."""
-        if findings.error is not None:
-            return set(findings.verdicts)
-        return {name for name, v in findings.verdicts.items() if v.unreadable}
-
     def stale(self, findings: Findings) -> list[Entry]:
         """Accepted entries this run no longer finds (fixed, or below the threshold now); what
-        --update-baseline would drop."""
+        --update-baseline would drop. An entry about something this run did not see is not stale."""
         current = {e.full_key for e in current_entries(findings)}
-        unseen = self._unseen(findings)
-        return [e for e in self.entries
-                if e.full_key not in current and not unseen.intersection(e.identities)]
+        seen = Coverage(findings)
+        return [e for e in self.entries if e.full_key not in current and seen.saw(e)]
 
     def updated(self, findings: Findings) -> list[Entry]:
-        """The new baseline: the current state, plus what was accepted before about identities
-        this run could not read (an unreadable folder must not shrink the baseline)."""
+        """The new baseline: the current state, plus every earlier entry this run did not see
+        (`Coverage`): a partial run never shrinks the baseline. A run that checked nothing (no
+        identity folder, none checkable, the search failed) is refused: BaselineError."""
         if findings.error is not None:
             raise BaselineError(f"baseline {self.path} not updated: this run could not check everything "
                                 f"({findings.error}); fix that and run --update-baseline again")
-        unseen = self._unseen(findings)
-        entries = {e.full_key: e for e in self.entries if unseen.intersection(e.identities)}
+        if not any(v.checkable for v in findings.verdicts.values()):
+            what = (f"none of the {len(findings.verdicts)} identity folder(s) could be checked" if findings.verdicts
+                    else "the dataset holds no identity folder")
+            raise BaselineError(f"baseline {self.path} not updated: this run checked nothing ({what}); "
+                                f"the file is left as it was")
+        seen = Coverage(findings)
+        entries = {e.full_key: e for e in self.entries if not seen.saw(e)}
         entries.update((e.full_key, e) for e in current_entries(findings))
         return sorted(entries.values(), key=lambda e: e.full_key)
 
@@ -198,13 +197,54 @@ class Baseline:
         return self.path
 
 
+class Coverage:
+    """What one run evaluated. An accepted entry about anything else is kept by --update-baseline
+    and never called stale:
+
+    * an identity that could not be checked (no usable vectors: unreadable folder, broken or
+      truncated embeddings file, dangling link, empty) -- every entry naming it, of every check;
+    * a face that is not in this run's table of an identity checked only in part
+      (`Findings.partial`: NaN rows, an unreadable image) -- pair and check entries naming it;
+    * a registered check that did not run (off, failed, nothing to compare with) or that says it
+      could not have found the entry (`Check.evaluated`: leakage against a dataset not given).
+
+    Pairs and input problems are evaluated whenever the search ran (otherwise nothing is written).
+    """
+
+    def __init__(self, findings: Findings):
+        self.unseen = {name for name, v in findings.verdicts.items() if not v.checkable}
+        self.partial = findings.partial
+        self.checks = findings.evaluated
+
+    def saw(self, e: Entry) -> bool:
+        if self.unseen.intersection(e.identities):
+            return False
+        if e.check not in KEY_COLUMNS:  # a registered check
+            judge = (self.checks or {}).get(e.check)
+            if judge is None or not judge(e.key):
+                return False
+        if e.check != INPUT_CHECK and self.partial:
+            cols = dict(zip(key_columns(e.check) or ISSUE_COLUMNS, e.key))
+            for ident, file in ((cols.get("identity"), cols.get("file")),
+                                (cols.get("other_identity"), cols.get("other_file"))):
+                if file and ident in self.partial and file not in self.partial[ident]:
+                    return False
+        return True
+
+
 def is_baselinable(f) -> bool:
     return f.waived is None or f.waived.startswith(BASELINE_PREFIX)
 
 
 def check_writable(path: Path) -> None:
     """Raise BaselineError unless a file can be created next to `path` (the atomic write's temp)."""
+    from .discover import display_name
+    from .safe_write import target_problem
+
     folder = path.parent
+    why = target_problem(path)  # the writer refuses it too (safe_write): never write through a link
+    if why:
+        raise BaselineError(f"baseline {display_name(str(path))} cannot be updated: {why}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".probe")
@@ -251,7 +291,7 @@ def _parse(path: Path, reader: Iterable[list[str]]) -> list[Entry]:
         return _parse_old(path, reader)
     if header != HEADER:
         raise BaselineError(f"baseline {path}: expected the header {','.join(HEADER)} "
-                            f"(or the old {','.join(CSV_HEADER)}), found {','.join(header) or 'an empty file'}")
+                            f"(or the old {','.join(CSV_HEADER)}), found {file_text(','.join(header), 200) or 'an empty file'}")
     out = []
     for line, row in _rows(path, reader, len(HEADER)):
         cells = dict(zip(HEADER, row))
@@ -261,7 +301,7 @@ def _parse(path: Path, reader: Iterable[list[str]]) -> list[Entry]:
             from .checks import all_checks
 
             known = sorted({*KEY_COLUMNS, *(c.name for c in all_checks())})
-            raise BaselineError(f"baseline {path}: line {line}: unknown check {check!r} "
+            raise BaselineError(f"baseline {path}: line {line}: unknown check {file_text(check, 100)!r} "
                                 f"(known: {', '.join(known)})")
         key = tuple(cell_name(cells[c]) if c in NAME_COLUMNS else csv_uncell(cells[c]) for c in columns)
         sim = _number(path, line, cells["similarity"]) if cells["similarity"] else None
@@ -295,4 +335,4 @@ def _number(path: Path, line: int, cell: str) -> float:
     try:
         return float(cell)
     except ValueError:
-        raise BaselineError(f"baseline {path}: line {line}: similarity is not a number: {cell!r}") from None
+        raise BaselineError(f"baseline {path}: line {line}: similarity is not a number: {file_text(cell, 100)!r}") from None

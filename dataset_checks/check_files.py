@@ -13,7 +13,7 @@ from typing import Any
 from .check_run import CheckResult, issue_line
 from .discover import display_name
 from .findings import _atomic_write
-from .text import csv_cell, name_cell
+from .text import csv_cell, name_cell, own_text
 
 REPORT_ROWS = 50
 THUMBS = True
@@ -32,7 +32,7 @@ def write_issues_csv(result: CheckResult, path: Path) -> Path:
         w.writerow(csv_header(result))
         for i in result.issues:
             w.writerow((name_cell(i.identity), name_cell(i.file), name_cell(i.other_identity), name_cell(i.other_file),
-                        f"{i.score:.6f}", i.severity, csv_cell(display_name(i.detail)), csv_cell(i.waived or "")))
+                        f"{i.score:.6f}", i.severity, csv_cell(own_text(i.detail)), csv_cell(i.waived or "")))
 
     _atomic_write(path, write)
     return path
@@ -51,7 +51,7 @@ def issues_json(results: dict[str, CheckResult]) -> dict[str, Any]:
                 {k: v for k, v in (("identity", display_name(i.identity)), ("file", display_name(i.file)),
                                    ("other_identity", display_name(i.other_identity)),
                                    ("other_file", display_name(i.other_file)), ("score", round(i.score, 6)),
-                                   ("severity", i.severity), ("detail", display_name(i.detail)),
+                                   ("severity", i.severity), ("detail", own_text(i.detail)),
                                    ("waived", i.waived)) if v not in ("", None)}
                 for i in r.issues
             ],
@@ -71,7 +71,7 @@ def issues_html(result: CheckResult, thumbs=None, limit: int = REPORT_ROWS) -> s
     head = f"<h3>{escape(c.title[:1].upper() + c.title[1:])} ({escape(c.name)})</h3><p>{escape(c.doc)}</p>"
     if result.error:
         return f"<div class='dc-check' id='{anchor}'>{head}<p class='dc-bad'>The check failed to run: " \
-               f"{escape(display_name(result.error))}</p></div>"
+               f"{'<br>'.join(escape(own_text(line)) for line in result.error.splitlines())}</p></div>"
     extra = result.instance.report_html() if result.instance is not None else ""
     if not result.issues:
         return f"<div class='dc-check' id='{anchor}'>{head}{extra}<p>Nothing found.</p></div>"

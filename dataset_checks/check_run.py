@@ -15,6 +15,13 @@ from .discover import display_name
 from .text import terminal_line
 
 MESSAGE_ISSUES = 3  # issues shown per identity in the terminal; the rest in <check>.csv / report.html
+# The modules the checks import inside their functions, imported here before the lanes start:
+# imported for the first time in two lanes at once, under pytest's assertion rewriting (which
+# parses a module's source with `ast`), CPython 3.11 raises a spurious "SystemError: AST
+# constructor recursion depth mismatch" (cpython gh-106905), and the check fails. A test holds
+# this list to what the checks' sources import.
+LANE_IMPORTS = ("arrays", "blas", "discover", "embed", "folderscan", "memory", "merge", "rules", "search",
+                "table_store", "text", "threshold", "vectors")
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,13 @@ def run_checks(data: CheckData, waivers: dict[tuple, str] | None = None, accept:
     for result in todo:
         lanes.setdefault(getattr(result.check, "lane", None) or f"check:{result.name}", []).append(result)
     workers = max(1, min(workers or cores(), len(lanes)))
+    if workers > 1:
+        import importlib
+
+        for name in LANE_IMPORTS:
+            importlib.import_module(f"{__package__}.{name}")
+        if any(cls.name == "leakage" for cls in (r.check for r in todo)):
+            importlib.import_module("faiss")
     # one BLAS thread: the checks make many mid-sized products between numpy passes that run on
     # one core anyway; threads woken per product cost more than they save (3x on the 2-core
     # benchmark machine with other work running; see dataset_checks.blas). Set once around the

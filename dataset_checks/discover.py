@@ -140,3 +140,25 @@ def discover_identities(root: str | Path) -> list[Identity]:
         probs = tuple(found[name]) + tuple(_name_problems(name, clash))
         identities.append(Identity(name=name, path=root / name, problems=probs))
     return identities
+
+
+def why_no_identities(root: Path, what: str = "--dataset") -> str:
+    """Why `root` gave no identity folder, in words (test_dataset's message; the leakage check's for
+    an --against dataset): it cannot be listed, is empty (not mounted?), is one identity folder, or
+    holds only files and hidden or side folders. `what`: the option that named it."""
+    from .folderscan import FACE01_FILE, PLAIN_FILE, is_image_name
+
+    root = Path(root)
+    shown_root = display_name(str(root))
+    try:
+        entries = sorted(os.listdir(root))
+    except OSError as exc:
+        return f"{shown_root} cannot be listed: {exc.strerror or exc}"
+    own = [e for e in entries if e in (FACE01_FILE, PLAIN_FILE) or is_image_name(e)]
+    if own:
+        return (f"{shown_root} holds {display_name(own[0])} itself: it looks like ONE identity folder. {what} must "
+                f"be the folder that holds one folder per identity (its parent, {display_name(str(root.parent))}?)")
+    if not entries:
+        return f"{shown_root} is empty: no identity folders (storage not mounted, or the wrong path?)"
+    return (f"{shown_root} holds no identity folder ({len(entries)} entr{'y' if len(entries) == 1 else 'ies'}: "
+            "files, hidden folders or FACE01 side folders only)")

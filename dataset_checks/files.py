@@ -22,6 +22,18 @@ class Written:
     errors: list[str] = field(default_factory=list)  # "<file>: <why>" for each file not written
 
 
+def planned_files(report_dir: Path, rules) -> list[Path]:
+    """Every file `write_files` may write (one <check>.csv per enabled check), and the report
+    folder's lock file: checked for planted links before the run (plugin._check_writable)."""
+    from .checks import all_checks
+    from .outputs import LOCK_NAME
+
+    names = ["findings.csv", "findings.json", "merge_candidates.csv", LOCK_NAME]
+    names += [f"{c.name}.csv" for c in all_checks() if not c.builtin and rules.check_settings(c.name).enabled
+              and ("against" not in c.needs or rules.against)]  # as check_run.run_checks
+    return [Path(report_dir) / n for n in names]
+
+
 def write_files(report_dir: Path, findings: Findings, candidates: list[MergeCandidate], check_results: dict
                 ) -> Written:
     """findings.csv, findings.json, merge_candidates.csv and one <check>.csv per check that ran.

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .discover import Identity, display_name
+from .problems import capped
 from .rules import Rules
+from .safe_write import atomic_write
 from .search import SearchResult
 from .text import cell_name, name_cell, unshown
 from .vectors import Problem, VectorTable
@@ -200,6 +200,14 @@ class Findings:
     metadata: dict[str, Any]
     # issues of the registered checks (dataset_checks.checks), every check, ranked within each
     issues: list = field(default_factory=list)
+    # What this run could evaluate, for --update-baseline (baseline.Coverage): a baseline row about
+    # anything else is kept as it was. `evaluated`: check name -> Check.evaluated (a predicate on
+    # an entry's key) for each registered check that ran without error; a check absent here was
+    # off, had nothing to compare with, or failed. None: not known (findings built without the
+    # checks). `partial`: identity -> the files of its faces in the table, for an identity checked
+    # only in part (vectors, and a fatal input problem: NaN rows, an unreadable image, ...).
+    evaluated: dict[str, Callable[[tuple], bool]] | None = None
+    partial: dict[str, frozenset[str]] = field(default_factory=dict)
 
     @property
     def active(self) -> list[Finding]:
@@ -295,23 +303,28 @@ def build_findings(
     pairs.sort(key=lambda f: (-f.similarity, f.identity, f.file, f.other_identity, f.other_file))
     for v in verdicts.values():
         v.matches.sort(key=lambda m: (-m.similarity, m.file, m.other_identity, m.other_file))
-    return Findings(pairs=pairs, verdicts=verdicts, metadata=dict(metadata or {}))
+    return Findings(pairs=pairs, verdicts=verdicts, metadata=dict(metadata or {}), partial=_partial(table, verdicts))
+
+
+def _partial(table: VectorTable, verdicts: dict[str, Verdict]) -> dict[str, frozenset[str]]:
+    """Identity -> the files of its faces in the table, for identities checked only in part
+    (some vectors, and a fatal problem): a baseline update keeps their rows about other files."""
+    import numpy as np
+
+    index = {ident.name: k for k, ident in enumerate(table.identities)}
+    wanted = [index[n] for n, v in verdicts.items() if v.vectors > 0 and v.fatal_problems]
+    if not wanted:
+        return {}
+    rows = np.flatnonzero(np.isin(table.identity_of, wanted))
+    out: dict[str, set[str]] = {table.identities[k].name: set() for k in wanted}
+    for r, k in zip(rows.tolist(), table.identity_of[rows].tolist()):
+        out[table.identities[k].name].add(table.files[r])
+    return {n: frozenset(f) for n, f in out.items()}
 
 
 def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    # mkstemp creates 0600 files; report files are meant to be read by others (CI artifacts).
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """A report file (readable by others), through the one writer: never through a planted link."""
+    atomic_write(path, write, readable=True)
 
 
 def write_csv(findings: Findings, path: Path) -> Path:
@@ -346,7 +359,7 @@ def write_json(findings: Findings, path: Path) -> Path:
                 "vectors": v.vectors,
                 "threshold": v.threshold,
                 "matches": len(v.failing_matches),
-                "problems": [str(p) for p in v.problems],
+                "problems": [str(p) for p in capped(v.problems, v.identity.display + "/")],
                 **({"waived_problems": [{"file": p.file, "code": p.code, "message": p.message, "waived": why}
                                         for p, why in v.waived_problems]} if v.problem_waivers else {}),
             }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,9 +31,64 @@ class FolderScan:
     images: list[Path] = field(default_factory=list)  # sorted by name
     problems: list[Problem] = field(default_factory=list)
     unreadable: bool = False  # the folder itself could not be listed: nothing else is known
-    # (name, size, mtime_ns, inode) of the files read, when asked: what a dataset version is made of
+    # (name, size, mtime_ns, ctime_ns, inode, device, zip_index or None) of the files read, when
+    # asked: what a dataset version is made of
     stamps: list[tuple] = field(default_factory=list)
     names: frozenset[str] = frozenset()  # every entry of the folder, whatever it is
+
+
+def _special_kind(entry: os.DirEntry) -> str | None:
+    """What an entry that is not a regular file is ("a FIFO (named pipe)", "a folder", ...),
+    following a link; None when it cannot be told."""
+    try:
+        mode = entry.stat().st_mode
+    except OSError:
+        return None
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return None if stat.S_ISREG(mode) else "an entry of an unknown kind"
+
+
+TAIL = 4096  # bytes read from the end of an archive for zip_index (numpy's central directory fits)
+MAX_INDEX = 1 << 20  # a central directory larger than this is not read: its last TAIL bytes count
+
+
+def zip_index(path: str, size: int) -> str | None:
+    """A digest of a zip archive's central directory, read from the end of the file: the CRC-32
+    and size of every member as its writer computed them. So an archive rewritten in place with
+    the same size, its mtime set back (utime), changes its listing all the same (hostile cache;
+    the ctime says so too, but not on every file system). One small read per archive, the
+    dataset's files are otherwise not read when their folder did not change; None when the file
+    cannot be read (its folder is then read and says why)."""
+    import hashlib
+    import struct
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        tail = os.pread(fd, min(size, TAIL), max(0, size - TAIL))
+        start = max(0, size - len(tail))
+        data = tail
+        at = tail.rfind(b"PK\x05\x06")
+        if at >= 0 and at + 22 <= len(tail):
+            offset = struct.unpack_from("<I", tail, at + 16)[0]
+            if offset == 0xFFFFFFFF and at >= 20 and tail[at - 20 : at - 16] == b"PK\x06\x07":  # zip64
+                record = os.pread(fd, 56, struct.unpack_from("<Q", tail, at - 12)[0])
+                offset = struct.unpack_from("<Q", record, 48)[0] if record[:4] == b"PK\x06\x06" else start
+            if start <= offset < size:
+                data = tail[offset - start :]
+            elif 0 <= offset < start and size - offset <= MAX_INDEX:
+                data = os.pread(fd, size - offset, offset)
+        return hashlib.sha256(data).hexdigest()[:32]
+    except (OSError, struct.error):
+        return None
+    finally:
+        os.close(fd)
 
 
 def scan_folder(folder: Path, where: str, stamps: bool = False) -> FolderScan:
@@ -64,8 +120,12 @@ def scan_folder(folder: Path, where: str, stamps: bool = False) -> FolderScan:
                     if exc.errno not in (errno.ENOENT, errno.ELOOP):
                         raise
                     target = os.readlink(entry.path)
-                    out.problems.append(Problem(file, f"dangling symbolic link to {display_name(target)}: "
-                                                      "storage not mounted?", code="dangling-link"))
+                    if exc.errno == errno.ELOOP:  # a link to itself, a -> b -> a: nothing is missing
+                        out.problems.append(Problem(file, f"symbolic link loop ({display_name(target)})",
+                                                    code="dangling-link"))
+                    else:
+                        out.problems.append(Problem(file, f"dangling symbolic link to {display_name(target)}: "
+                                                          "storage not mounted?", code="dangling-link"))
                     continue
                 if real_folder is None:
                     real_folder = Path(os.path.realpath(folder))
@@ -76,6 +136,12 @@ def scan_folder(folder: Path, where: str, stamps: bool = False) -> FolderScan:
                     out.problems.append(Problem(file, f"symbolic link to {display_name(str(real))}, outside "
                                                       "its identity folder; read", fatal=False, code="outside-folder"))
             if not entry.is_file():
+                kind = _special_kind(entry)
+                if kind is not None and (wanted or kind != "a folder"):
+                    # never opened (a FIFO would block the run), never skipped silently either; an
+                    # embeddings file that is not a file leaves the folder without its vectors
+                    out.problems.append(Problem(file, f"not a regular file: {kind}; not read", fatal=wanted,
+                                                code="not-a-file"))
                 continue
         except OSError as exc:
             out.problems.append(Problem(file, f"cannot be read: {why(exc)}", code="unreadable"))
@@ -83,7 +149,10 @@ def scan_folder(folder: Path, where: str, stamps: bool = False) -> FolderScan:
         if stamps:
             try:
                 st = entry.stat()
-                out.stamps.append((name, st.st_size, st.st_mtime_ns, st.st_ino))
+                # hostile cache: ctime (which utime cannot set back), inode and device beside size
+                # and mtime; for the embeddings file also the archive's own checksums (zip_index)
+                out.stamps.append((name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev,
+                                   zip_index(entry.path, st.st_size) if wanted else None))
             except OSError as exc:
                 out.stamps.append((name, why(exc)))
         if wanted:
@@ -95,6 +164,9 @@ def scan_folder(folder: Path, where: str, stamps: bool = False) -> FolderScan:
             out.embeddings = folder / name
             break
     out.images.sort(key=lambda p: p.name)
+    if stamps:  # what is wrong is part of the dataset version too: a new broken link is a change
+        # ("!problem" sorts apart from the names: only image and embeddings file names are stamped)
+        out.stamps.extend(("!problem", p.file, p.code, p.message) for p in out.problems)
     out.stamps.sort()
     out.problems.sort(key=lambda p: p.file)
     return out

@@ -49,6 +49,7 @@ import numpy as np
 from . import __version__
 from .search_state import (FORMAT, Damaged, IndexState, SearchState, imbalance, load, lock_folder, newest_other,
                            row_keys, save, state_folder)
+from .text import file_text, shown as display_name
 
 AUTO_MARGIN = 0.01  # threshold: auto moves by a few thousandths between runs on LFW-like data
 DEFAULT_NPROBE = 8  # for the auto limit, before any full run has calibrated one
@@ -92,6 +93,7 @@ class Incremental:
         self._kind: str | None = None
         self._versions: list[str] | None = None  # the folders' listing digests, saved with the state
         self._version = ""  # the dataset version of this run's table
+        self.on_cache_error: Callable[[Path, OSError], None] | None = None  # hostile cache: state not written
 
     # -- lock and state ---------------------------------------------------------------------
     def acquire(self) -> None:
@@ -116,11 +118,13 @@ class Incremental:
             self.enabled = False
             self.record["reason"] = f"the cache {where} cannot be locked ({exc.strerror or exc}); no search state"
             return
+        if self.forced:  # hostile cache: --full trusts nothing stored (every row keyed, a new state)
+            return
         try:
             self.state = load(self.folder)
         except Damaged as exc:
-            self.damaged = str(exc)
-            self.notes.append(f"the search state in {self.folder} is damaged ({exc}); a full run rebuilds it")
+            self.damaged = file_text(exc)  # it may quote state.json: shown as names are
+            self.notes.append(f"the search state in {self.folder} is damaged ({self.damaged}); a full run rebuilds it")
             return
         other = newest_other(self.folder) if self.state is None else None
         if other is not None:
@@ -129,7 +133,8 @@ class Incremental:
             except Damaged:
                 return  # someone else's damaged state: this run is a full one, as without it
             if self.state is not None:
-                self.notes.append(f"no search state for this dataset path; the one left by {self.state.root or other} "
+                # the state's folder, never its `root` (state.json text that no digest covers)
+                self.notes.append(f"no search state for this dataset path; the one in {display_name(str(other))} "
                                   "is used (rows are matched by folder and content)")
 
     def release(self) -> None:
@@ -412,7 +417,7 @@ class Incremental:
         now, then = imbalance(probes[:, 0], index.nlist), float(index.trained.get("imbalance", 1.0))
         limit = self.rules.incremental.max_imbalance_growth
         if now > limit * then:
-            return None, f"list balance {now:.2f} > {limit:g} x {then:.2f} when trained"
+            return None, f"list balance {now:.2f} over {limit:g} x {then:.2f} when trained"
         return (index.centroids, probes), None
 
     def _probes(self, table, index: IndexState) -> np.ndarray:
@@ -471,7 +476,7 @@ class Incremental:
             limit = self.rules.incremental.max_imbalance_growth
             nlist = _auto_nlist(len(table), self.rules.index)
             if now > limit * then:
-                updated.rebuild = f"list balance {now:.2f} > {limit:g} x {then:.2f} when trained"
+                updated.rebuild = f"list balance {now:.2f} over {limit:g} x {then:.2f} when trained"
             elif nlist != index.nlist:
                 updated.rebuild = f"the table of {len(table):,} faces takes nlist {nlist}, the index has {index.nlist}"
         self._index = updated
@@ -552,6 +557,9 @@ class Incremental:
         try:
             save(self.folder, state)
         except OSError as exc:
+            if self.on_cache_error is not None:  # hostile cache: the run says once that the cache failed
+                self.on_cache_error(self.folder, exc)
+                return
             self.notes.append(f"the search state could not be written to {self.folder} ({exc.strerror or exc}); "
                               "the next run is a full one")
 
@@ -620,12 +628,13 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
         if isinstance(a, dict) and isinstance(b, dict):
             out += _differences(a, b, f"{prefix}{k}.")
         elif a != b:
-            out.append(f"{names.get(prefix + k, prefix + k)} {_text(a)} -> {_text(b)}")
+            out.append(f"{file_text(names.get(prefix + k, prefix + k))} {_text(a)} -> {_text(b)}")
     return out
 
 
 def _text(value) -> str:
-    return "auto" if value is None else str(value)
+    """A setting for a message; the stored one is state.json text: shown as names are."""
+    return "auto" if value is None else file_text(value, 100)
 
 
 def _kind(n: int, labels, rules) -> str:

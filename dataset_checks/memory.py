@@ -61,6 +61,23 @@ def default_budget() -> int:
     return max(MINIMUM, int(machine_memory() * DEFAULT_SHARE))
 
 
+# One identity folder's arrays may declare at most this share of the run's budget: reading a
+# folder holds its file's bytes, its arrays and their normalised float32 copy at once (about
+# three times what the arrays declare when the file is stored, less when compressed), on top
+# of the interpreter and the table's trimmed pages. A folder over it is refused before a byte
+# of its arrays is read or decompressed (vectors.read_folder): that identity fails, the run
+# goes on.
+FOLDER_SHARE = 0.25
+
+
+def folder_bound(budget: int | None = None) -> int:
+    """The most one folder's arrays may declare: FOLDER_SHARE of `budget` (the run's, from
+    --memory / rules `memory:`; None: the default budget), the budget itself capped at the
+    machine's memory or its cgroup's limit (machine_memory)."""
+    limit = default_budget() if budget is None else min(int(budget), machine_memory())
+    return max(1, int(limit * FOLDER_SHARE))
+
+
 def resident_bytes() -> int:
     try:
         with open("/proc/self/statm", "rb") as fp:

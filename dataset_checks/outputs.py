@@ -68,10 +68,14 @@ class FolderLock:
         self._fd: int | None = None
 
     def acquire(self, wait: bool = False) -> str | None:
-        """None on success, else who holds the lock. `wait`: block until it is free."""
+        """None on success, else who holds the lock. `wait`: block until it is free. Raises
+        safe_write.UnsafeTarget (an OSError naming it) when the lock file is a symbolic link or
+        not a regular file: it is never opened through a link."""
         import fcntl
 
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        from .safe_write import open_lock
+
+        fd = open_lock(self.path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError as exc:

@@ -19,6 +19,7 @@ from .baseline import Baseline, BaselineError
 from .discover import display_name
 from .text import terminal_line
 from .outputs import FolderLock, is_inside, user_cache_dir, writable_dir_problem
+from .safe_write import LINK, UnsafeTarget, private_temp, publish, target_problem
 from .rules import RulesError, load_rules
 from .session import CheckSession, DatasetError
 
@@ -181,12 +182,14 @@ def pytest_configure(config: pytest.Config) -> None:
             config.option.htmlpath = str(report_dir / "report.html")
             config.option.self_contained_html = True
         session.html_path = Path(config.option.htmlpath).expanduser().absolute()
-        # pytest-html writes in place (a killed run leaves a 0-byte report): it writes a temporary
-        # file beside the report instead, renamed over it once complete (pytest_sessionfinish).
-        config.option.htmlpath = str(session.html_path.with_name(f".{session.html_path.name}.{os.getpid()}.tmp"))
     _check_writable(config, session)
     lock = FolderLock(report_dir)
-    held = lock.acquire()
+    try:
+        held = lock.acquire()
+    except OSError as exc:  # safe_write.UnsafeTarget: a link or a folder at the lock file's name
+        why = str(exc) if isinstance(exc, UnsafeTarget) else f"{display_name(str(lock.path))}: {exc.strerror or exc}"
+        raise pytest.UsageError(f"report folder {display_name(str(report_dir))} cannot be locked: {why}; "
+                                "nothing was checked") from None
     if held:
         raise pytest.UsageError(f"report folder {display_name(str(report_dir))} is {held}; "
                                 "give this run its own --report-dir")
@@ -198,6 +201,17 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     # .dataset_checks_cache/ goes to the rootdir unless rules.yaml says otherwise (never the dataset)
     session.cache_root = config.rootpath
+    notes += _linked_cache_note(session)
+    if session.html_path is not None:
+        # pytest-html writes in place (a killed run leaves a 0-byte report) and opens the path it
+        # is given: it gets a new file at an unpredictable name beside the report (mkstemp, never a
+        # planted link), renamed over the report once complete (pytest_sessionfinish)
+        try:
+            config.option.htmlpath = str(private_temp(session.html_path))
+        except OSError as exc:
+            lock.release()
+            raise pytest.UsageError(f"--html: {display_name(str(session.html_path.parent))}: "
+                                    f"{exc.strerror or exc}; nothing was checked") from None
     config.stash[SESSION] = session
     if config.option.durations is None:  # --durations reads every phase's report
         config.pluginmanager.register(_PassedPhases(config), "dataset_checks_passed_phases")
@@ -251,8 +265,9 @@ def _keep_out_of_dataset(config: pytest.Config, dataset: Path) -> list[str]:
     if config.inipath is not None and is_inside(config.inipath, dataset):
         raise pytest.UsageError(
             f"pytest read its configuration from {display_name(str(config.inipath))}, inside the dataset {shown}: "
-            f"a dataset must not configure its own check. Write the option as --dataset={shown} (with '='), "
-            "or run with --rootdir (or -c) pointing outside the dataset")
+            f"a dataset must not configure its own check, and pytest has already applied it (addopts, pythonpath). "
+            f"Run `dataset-checks --dataset {shown}` instead, which never reads a configuration from the dataset "
+            f"(or, from a folder outside the dataset, write --dataset={shown} with '=')")
     for option, flag in (("htmlpath", "--html"), ("xmlpath", "--junitxml"), ("basetemp", "--basetemp")):
         value = getattr(config.option, option, None)
         if value and is_inside(Path(value), dataset):
@@ -289,6 +304,39 @@ def _check_writable(config: pytest.Config, session: CheckSession) -> None:
         problem = writable_dir_problem(folder)
         if problem:
             raise pytest.UsageError(f"{flag}: {display_name(problem)}; nothing was checked")
+    # every file this run will write: a link (or a folder) at its name is refused now, not after
+    # the search (the writers refuse it too); the baseline's is checked by Baseline.load
+    from .files import planned_files
+
+    targets = {path: "--report-dir" for path in planned_files(session.report_dir, session.rules)}
+    if session.html_path is not None:
+        targets[session.html_path] = "--html"
+    if xml:  # pytest's junitxml opens the path itself: a link there would be written through
+        targets[Path(xml).expanduser().absolute()] = "--junitxml"
+    if session.html_path is not None and not getattr(config.option, "self_contained_html", False):
+        assets = session.html_path.parent / "assets"  # pytest-html writes assets/style.css itself
+        if assets.is_symlink():
+            raise pytest.UsageError(f"--html: {display_name(str(assets))}: {LINK}; nothing was checked")
+        targets[assets / "style.css"] = "--html"
+    for path, flag in targets.items():
+        why = target_problem(path)
+        if why:
+            raise pytest.UsageError(f"{flag}: {display_name(str(path))}: {why}; nothing was checked")
+
+
+def _linked_cache_note(session: CheckSession) -> list[str]:
+    """The cache folder may come with a checkout as a symbolic link: it is followed (a cache on
+    a bigger disk is a common setup) and said in the header; files in it are never written
+    through links (safe_write)."""
+    try:
+        cache = session.cache_dir
+        if not cache.is_symlink():
+            return []
+        target = os.readlink(cache)
+    except OSError:
+        return []
+    return [f"the cache folder {display_name(str(cache))} is a symbolic link to {display_name(target)}; "
+            "the cache is written there"]
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest's own unconfigure, which runs a full gc.collect
@@ -296,6 +344,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     session = config.stash.get(SESSION, None)
     if session is not None:
         session.close()
+        html_tmp = getattr(config.option, "htmlpath", None)
+        if session.html_path is not None and html_tmp and Path(html_tmp) != session.html_path:
+            Path(html_tmp).unlink(missing_ok=True)  # not published (pytest-html did not write it)
         if session.lock is not None:
             session.lock.release()
     if _HTML_CONFIG and _HTML_CONFIG[0] is config:
@@ -493,13 +544,12 @@ def _light_rows(config: pytest.Config) -> None:
 
 def _publish_html(config: pytest.Config, check: CheckSession) -> None:
     tmp = Path(config.option.htmlpath)
-    if not tmp.is_file():
+    if tmp == check.html_path or not os.path.lexists(tmp):
         return
     try:
-        os.replace(tmp, check.html_path)
+        publish(tmp, check.html_path)  # refuses a link or a folder at report.html (left as it is)
     except OSError as exc:
         check.write_errors.append(f"{display_name(str(check.html_path))}: {exc.strerror or exc}")
-        tmp.unlink(missing_ok=True)
         return
     for plugin in config.pluginmanager.get_plugins():  # so pytest-html's own line names the real file
         if getattr(plugin, "_report_path", None) == tmp:

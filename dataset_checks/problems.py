@@ -1,4 +1,6 @@
-"""`Problem`: something wrong with the input, and the bound on how many one identity carries."""
+"""`Problem`: something wrong with the input, and the bound on how many one identity's message
+shows. The bound is for display only: a verdict holds every problem, and a baseline keys each
+one on its own, so a new problem never hides behind the count of the rest."""
 
 from __future__ import annotations
 
@@ -28,10 +30,10 @@ class Problem:
 
 
 def capped(problems: Sequence[Problem], where: str, limit: int = MAX_PROBLEMS) -> list[Problem]:
-    """At most `limit` problems: the first `limit - 1` and one counting the rest.
+    """At most `limit` problems to show: the first `limit - 1` and one counting the rest.
 
-    The counting problem is fatal when any problem it hides is, so capping never changes a verdict.
-    """
+    For display only (warnings, findings.json's list): never a verdict's or a baseline's list.
+    The counting problem is fatal when any problem it hides is."""
     problems = list(problems)
     if len(problems) <= limit:
         return problems

@@ -26,13 +26,54 @@ class _Text(str):
         return str(self)
 
 
+# What a rules error shows of a value or a key: at most this many characters, whatever the
+# value's size or nesting (a repr of an alias bomb's value would take minutes and gigabytes).
+SHOWN_CHARS = 200
+
+
+def brief(value: Any, room: int = SHOWN_CHARS, depth: int = 3) -> str:
+    """repr(value) cut to about `room` characters, in work bounded by `room` and `depth` (never a
+    full repr of a large or deep value; lists and mappings show their first items, then ...)."""
+    if isinstance(value, (list, tuple, dict)):
+        opening, closing = ("{", "}") if isinstance(value, dict) else \
+            ("(", ")") if isinstance(value, tuple) else ("[", "]")
+        if depth <= 0:
+            return opening + "..." + closing if value else opening + closing
+        parts, used = [], 2
+        for item in (value.items() if isinstance(value, dict) else value):
+            if used >= room:
+                parts.append("...")
+                break
+            if isinstance(value, dict):
+                part = brief(item[0], room - used, depth - 1) + ": " + brief(item[1], room - used, depth - 1)
+            else:
+                part = brief(item, room - used, depth - 1)
+            parts.append(part)
+            used += len(part) + 2
+        return opening + ", ".join(parts) + ("," if isinstance(value, tuple) and len(parts) == 1 else "") + closing
+    if isinstance(value, (str, bytes)) and not isinstance(value, _Text) and len(value) > room:
+        return repr(value[:room])[:-1] + "..." + repr(value[:1])[-1]
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * room:
+        return f"a whole number of {value.bit_length()} bits"
+    return _cut(repr(value), room)
+
+
+def _cut(text: str, room: int = SHOWN_CHARS) -> str:
+    return text if len(text) <= room else text[: max(room - 1, 0)] + "…"
+
+
 class RulesError(ValueError):
-    """A rules.yaml that cannot be used; the message is meant for the user as is."""
+    """A rules.yaml that cannot be used; the message is meant for the user as is.
+
+    The message is one bounded line: the key is shown as names are (dataset_checks.text), the
+    value found by `brief` (at most SHOWN_CHARS characters)."""
 
     def __init__(self, file: str | Path | None, key: str, expected: str, found: Any):
+        from .text import shown
+
         self.file, self.key, self.expected, self.found = file, key, expected, found
-        where = f"{file}: " if file else ""
-        super().__init__(f"{where}key '{key}': expected {expected}, found {found!r}")
+        where = f"{shown(str(file))}: " if file else ""
+        super().__init__(f"{where}key '{_cut(shown(str(key)))}': expected {expected}, found {brief(found)}")
 
 
 @dataclass(frozen=True)
@@ -462,19 +503,164 @@ def _is_callable_spec(text: str) -> bool:
     return bool(sep) and all(p.isidentifier() for p in parts)
 
 
+# -- reading the YAML: bounded -------------------------------------------------------------
+# A rules file is a few kilobytes; these bounds are far above any real one and keep a hostile or
+# mistaken one (an alias bomb, /dev/zero, a generated 100 MB file) to a clear error in bounded
+# time and memory.
+MAX_RULES_BYTES = 1 << 20  # bytes read of a rules file
+MAX_NODES = 100_000  # YAML values (scalars, lists, mappings) after expanding every alias
+MAX_DEPTH = 64  # lists and mappings nested in one another
+
+
+class _Refused(yaml.YAMLError):
+    """A rules file beyond the bounds above, or with a key twice: `line` (1-based), expected, found."""
+
+    def __init__(self, line: int, expected: str, found: str):
+        super().__init__(found)
+        self.line, self.expected, self.found = line, expected, found
+
+
+try:
+    from yaml.cyaml import CParser as _CParser  # libyaml's parser, when PyYAML was built with it
+except ImportError:  # pragma: no cover - PyYAML without libyaml
+    _CParser = None
+
+
+_PARSER = (_CParser,) if _CParser is not None else (yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser)
+
+
+class _RulesLoader(yaml.composer.Composer, *_PARSER, yaml.constructor.SafeConstructor, yaml.resolver.Resolver):
+    """yaml.safe_load's loader, composing with a count: every alias counts the values it stands for,
+    so that an alias bomb ("billion laughs": 345 bytes that expand to billions of values) is refused
+    at the alias that crosses MAX_NODES, and nesting past MAX_DEPTH is refused before Python's
+    recursion limit. libyaml parses when it is there (5x faster); composing is PyYAML's own."""
+
+    def __init__(self, stream: str):
+        if _CParser is not None:
+            _CParser.__init__(self, stream)
+        else:
+            yaml.reader.Reader.__init__(self, stream)
+            yaml.scanner.Scanner.__init__(self)
+            yaml.parser.Parser.__init__(self)
+        yaml.composer.Composer.__init__(self)
+        yaml.constructor.SafeConstructor.__init__(self)
+        yaml.resolver.Resolver.__init__(self)
+        self._nodes = 0  # values so far, aliases expanded
+        self._depth = 0
+        self._sizes: dict[int, int] = {}  # id(anchored node) -> the values it expands to
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            size = self._sizes.get(id(node))
+            if size is None:
+                raise _Refused(event.start_mark.line + 1, "aliases to values defined before them",
+                               f"alias *{_cut(event.anchor, 60)} inside the value it names (a recursive alias)")
+            self._count(size, event, f"alias *{_cut(event.anchor, 60)}")
+            return node
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise _Refused(event.start_mark.line + 1, f"lists and mappings nested at most {MAX_DEPTH} deep",
+                           f"a value nested {self._depth} deep")
+        before = self._nodes
+        self._count(1, event, "a value")
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        if event.anchor is not None:
+            self._sizes[id(node)] = self._nodes - before
+        return node
+
+    def _count(self, size: int, event, what: str) -> None:
+        self._nodes += size
+        if self._nodes > MAX_NODES:
+            raise _Refused(event.start_mark.line + 1,
+                           f"at most {MAX_NODES} values in all, aliases (*name) counted at the size of what they name",
+                           f"{what}, which makes {self._nodes} values (an alias bomb?)")
+
+    def construct_yaml_int(self, node):
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+            raise _Refused(node.start_mark.line + 1, "a number",
+                           f"a whole number of {len(node.value)} digits") from None
+
+
+_RulesLoader.add_constructor("tag:yaml.org,2002:int", _RulesLoader.construct_yaml_int)
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+def _duplicate_keys(loader: _RulesLoader, root) -> tuple[str, int, int] | None:
+    """(dotted key, first line, second line) of the first key given twice in one mapping, at any
+    level (PyYAML keeps the last silently). Keys merged in with `<<: *alias` may be overridden."""
+    seen: set[int] = set()
+    stack = [(root, "")]
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE:
+                    try:
+                        key = loader.construct_object(key_node)
+                        hash(key)
+                    except (yaml.YAMLError, TypeError, ValueError):
+                        continue  # construct_document says what is wrong with it
+                    line = key_node.start_mark.line + 1
+                    where = f"{path}.{key}" if path else str(key)
+                    if key in first:
+                        return where, first[key], line
+                    first[key] = line
+                    stack.append((value_node, where))
+                else:
+                    stack.append((value_node, path))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, f"{path}[{k}]") for k, item in enumerate(node.value))
+    return None
+
+
+def _read_yaml(path: Path, text: str) -> Any:
+    loader = _RulesLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        dup = _duplicate_keys(loader, node)
+        if dup is not None:
+            key, a, b = dup
+            raise RulesError(path, key, "each key once (YAML would keep only the last)",
+                             _Text(f"the key on line {a} and again on line {b}"))
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def load_rules(path: str | Path | None) -> Rules:
     """Read and validate a rules file; `None` or a missing default gives the built-in defaults."""
     if path is None:
         return parse_rules({})  # exactly what an empty rules file means: the documented defaults
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as fh:  # at most MAX_RULES_BYTES + 1: /dev/zero or a FIFO ends too
+            raw = fh.read(MAX_RULES_BYTES + 1)
+        if len(raw) > MAX_RULES_BYTES:
+            raise RulesError(path, "(file)", f"a rules file of at most {MAX_RULES_BYTES // 1024} KiB",
+                             _Text(f"a file of more than {MAX_RULES_BYTES // 1024} KiB"))
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise RulesError(path, "(file)", "an existing rules file", "no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RulesError(path, "(file)", "a readable UTF-8 YAML file", str(exc)) from None
     try:
-        data = yaml.safe_load(text)
+        data = _read_yaml(path, text)
+    except _Refused as exc:
+        raise RulesError(path, f"line {exc.line}", exc.expected, _Text(exc.found)) from None
+    except RecursionError:  # not reached within MAX_DEPTH; a last guard
+        raise RulesError(path, "(file)", f"lists and mappings nested at most {MAX_DEPTH} deep",
+                         _Text("deeper nesting")) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "(file)"

@@ -79,6 +79,7 @@ class Pipeline:
         self.notes: list[str] = []  # for the header: what the run did not do as asked, and why
         self.full = full  # incremental: --full (search everything, whatever the stored state)
         self.incremental = None  # incremental.Incremental while the run executes
+        self.cache_error: str | None = None  # hostile cache: the first write into the cache that failed
         self.folder_means = None  # unit mean of every folder (float32), for the merge ranking
 
     def identities(self) -> list[Identity]:
@@ -120,6 +121,7 @@ class Pipeline:
         # (not for the demo: its dataset is a new temporary folder every time)
         self.incremental = inc = Incremental(None if self.is_demo else self.cache_dir, self.root, self.rules,
                                              full=self.full)
+        inc.on_cache_error = self.cache_unusable  # hostile cache: one note for every failed write
         inc.acquire()
         # -- incremental: end --
         self.table = table = self._table(identities, prepared, progress)
@@ -172,7 +174,10 @@ class Pipeline:
         of dataset_checks.engines (Ray), checkpointing its ranges in the cache folder."""
         from .engines import make_engine
 
-        return make_engine(self.rules.engine, self.cache_dir)
+        engine = make_engine(self.rules.engine, self.cache_dir)
+        if engine is not None and self.full:  # hostile cache: --full resumes from no checkpoint
+            engine.resume = False
+        return engine
 
     def _add_missed(self, table, rows, verification: dict) -> None:
         """Pairs the exact check found and the search did not: into the result. The sampled
@@ -218,6 +223,8 @@ class Pipeline:
             self.folder_means = np.asarray(data.folder_means(), dtype=np.float32)
         data.cache.clear()
         findings.issues = [i for r in self.check_results.values() for i in r.issues]
+        findings.evaluated = {name: r.instance.evaluated for name, r in self.check_results.items()
+                              if r.error is None and r.instance is not None}  # baseline
         from .check_files import issues_json
 
         findings.metadata["checks"] = issues_json(self.check_results)
@@ -239,42 +246,50 @@ class Pipeline:
 
         if self.table is None or not len(self.table):  # nothing of ours to compare (test_dataset says why)
             return []
+        from .checks.leakage import judge_against
+
         key, dim = self.table.key, self.table.dim
         out = []
         for root in self.rules.against:
             shown = display_name(str(root))
             try:
                 identities = discover_identities(root)
-            except OSError as exc:
-                raise DatasetError(f"--against dataset {shown} cannot be read: {exc.strerror or exc}") from None
+            except OSError as exc:  # the leakage check fails saying so (not mounted, no permission)
+                out.append(AgainstData(root, [], None, unusable=f"{shown} cannot be listed: {exc.strerror or exc}"))
+                continue
             cache = self.cache_dir
             if is_inside(cache, root):
                 cache = user_cache_dir() / "embeddings"
             prepared = prepare(root, identities, key, self.rules.embedder, cache,
-                               workers=self.rules.embed_workers)
-            seen: set = set()
-
-            def noted(folders):  # what each folder holds, for the message below
-                for f in folders:
-                    seen.update((k, int(a.shape[-1])) for k, a in f.arrays.items())
-                    yield f
-
-            table = load_table(root, identities, key, folders=noted(prepared.folders))
-            if not len(table) or table.dim != dim:
-                found = ", ".join(f"{k} {d}-d" for k, d in sorted(seen)) or "no usable vectors"
-                raise DatasetError(f"--against dataset {shown}: no vectors of this dataset's model ({key}, {dim}-d); "
-                                   f"it holds {found}. Both datasets must be embedded by the same model")
+                               workers=self.rules.embed_workers, max_bytes=self.folder_bytes())
+            table = load_table(root, identities, key, folders=prepared.folders)
+            # empty, not mounted, another model, mostly unreadable: the leakage check fails saying so
+            unusable, lost = judge_against(root, identities, table, key, dim,
+                                           other_model=lambda: load_table(root, identities, None,
+                                                                          max_bytes=self.folder_bytes()))
+            if unusable is not None:
+                out.append(AgainstData(root, identities, None, unusable=unusable, lost=lost))
+                continue
             if self.rules.centre and self._centre_shift is not None and len(table):
                 table.vectors, _ = normalise(table.vectors, shift=self._centre_shift)
-            out.append(AgainstData(root=root, identities=identities, table=table))
+            out.append(AgainstData(root=root, identities=identities, table=table, lost=lost))
         return out
     # -- leakage: end -----------------------------------------------------------------------
+
+    def folder_bytes(self) -> int:
+        """The most one folder's arrays may declare in this run: a quarter of its memory budget
+        (memory.folder_bound: --memory / rules `memory:`, else the default; capped at the
+        machine's memory or cgroup limit). A folder over it is refused unread: that identity fails."""
+        from .memory import folder_bound
+
+        return folder_bound(self.budget.limit if self.budget is not None else self.rules.memory)
 
     def _embed(self, identities, progress):
         from .embed import prepare
 
         prepared = prepare(self.root, identities, self.rules.vector_key, self.rules.embedder, self.cache_dir,
-                           workers=self.rules.embed_workers, progress=progress)
+                           workers=self.rules.embed_workers, progress=progress, max_bytes=self.folder_bytes(),
+                           refresh=self.full)  # hostile cache: --full embeds every image again
         if prepared.stats is not None:
             self.timings["embed"] = prepared.embed_seconds
         self.faces = prepared.faces
@@ -291,14 +306,20 @@ class Pipeline:
         from .table_store import TableStore
         from .vectors import stored_table
 
+        from .table_store import CacheUnwritable
+
         store = TableStore(self.cache_dir, self.root) if self.cache_dir is not None else None
-        if store is not None:
+        if store is not None and not self.full:  # hostile cache: --full reads every file again
             stored = store.open(prepared.version)
             if stored is not None and [i.name for i in identities] == stored.get("identities"):
                 self.table_source = "stored"
                 return stored_table(self.root, identities, stored)
             # -- incremental: begin -- (only the changed folders read, the rest copied)
-            table = self.incremental.update_table(store, identities, prepared) if self.incremental else None
+            try:
+                table = self.incremental.update_table(store, identities, prepared) if self.incremental else None
+            except CacheUnwritable as exc:  # hostile cache: a full disk midway: in memory below
+                self.cache_unusable(exc.where, exc.error)
+                table, store = None, None
             if table is not None:
                 self.table_source = "updated"
                 return table
@@ -306,12 +327,35 @@ class Pipeline:
         folders = prepared.folders
         if progress is not None:
             folders = progress(folders, total=len(identities), desc="loading", unit="folder")
-        table = load_table(self.root, identities, self.rules.vector_key, folders=folders, store=store,
-                           version=prepared.version, meta={"folder_versions": prepared.folder_versions})
+        try:
+            table = load_table(self.root, identities, self.rules.vector_key, folders=folders, store=store,
+                               version=prepared.version, meta={"folder_versions": prepared.folder_versions})
+        except CacheUnwritable as exc:  # hostile cache: writing failed midway: every folder again, in memory
+            if prepared.read is None:
+                raise
+            self.cache_unusable(exc.where, exc.error)
+            folders = prepared.read(list(range(len(identities))))
+            if progress is not None:
+                folders = progress(folders, total=len(identities), desc="loading", unit="folder")
+            table = load_table(self.root, identities, self.rules.vector_key, folders=folders)
         self.table_source = "loaded"
+        if store is not None and store.unwritable is not None:  # no staging folder: held in memory
+            self.cache_unusable(store.unwritable.where, store.unwritable.error)
         if store is not None and store.note:
             self.notes.append(store.note)
         return table
+
+    # -- hostile cache: begin ---------------------------------------------------------------
+    def cache_unusable(self, where, exc: OSError) -> None:
+        """A write into the cache failed (a full disk, a quota, a read-only file system, no
+        permission): the run goes on without it, and says so once."""
+        if self.cache_error is not None:
+            return
+        self.cache_error = f"{where}: {exc.strerror or exc}"
+        self.notes.append(f"the cache {self.cache_dir} could not be written ({exc.strerror or exc}); the cache "
+                          "was not used: this run goes on in memory and checks every identity (the next run "
+                          "may read and search everything again)")
+    # -- hostile cache: end -----------------------------------------------------------------
 
     def _model_rules(self, table, prepared) -> None:
         """Centre the vectors (embeddings.centre) and resolve `threshold: auto` for the model."""

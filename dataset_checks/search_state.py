@@ -27,14 +27,14 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .table_store import dataset_folder
+from .table_store import OWNER, dataset_folder, drop_staging, make_staging, sweep_staging
 
 FORMAT = 1  # bump when the files or their meaning change: older states are then rebuilt
 STATE = "state.json"
@@ -142,8 +142,9 @@ class SearchState:
 def save(folder: Path, state: SearchState) -> None:
     """Write the state into a temporary folder beside `folder`, then rename it into place."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
+    started = time.time()
+    staging = make_staging(folder.parent)  # hostile cache: locked while written, swept if killed
+    sweep_staging(folder.parent, started)
     try:
         arrays = {"keys": state.keys, "pair_i": state.pair_i, "pair_j": state.pair_j, "pair_sim": state.pair_sim}
         if state.index is not None:
@@ -165,9 +166,10 @@ def save(folder: Path, state: SearchState) -> None:
         if folder.exists():
             folder.rename(old)
         staging.rename(folder)
+        (folder / OWNER).unlink(missing_ok=True)
         shutil.rmtree(old, ignore_errors=True)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        drop_staging(staging)  # gone when renamed; else removed, whatever failed (a full disk)
 
 
 class Damaged(ValueError):
@@ -217,16 +219,37 @@ def load(folder: Path) -> SearchState | None:
             if cent.ndim != 2 or cent.dtype != np.float32 or probes.ndim != 2 or probes.shape[0] != rows \
                     or probes.dtype.kind != "i" or (probes.size and (probes.min() < 0 or probes.max() >= len(cent))):
                 raise Damaged("the index's centroids and lists do not fit the table")
-            index = IndexState(cent, probes, int(meta["nprobe"]), dict(meta["trained"]), meta.get("rebuild"))
+            rebuild = meta.get("rebuild")
+            index = IndexState(cent, probes, int(meta["nprobe"]), _shown_strings(dict(meta["trained"])),
+                               None if rebuild is None else _shown_strings(str(rebuild)))
         return SearchState(key=dict(doc["key"]), radius=float(doc["radius"]), threshold=float(doc["threshold"]),
                            folders=folders, folder_versions=list(doc["folder_versions"]), folder_rows=folder_rows,
-                           keys=keys, pair_i=i, pair_j=j, pair_sim=sim, info=dict(doc.get("info") or {}),
-                           index=index, history=dict(doc.get("history") or {}), root=str(doc.get("root", "")),
+                           keys=keys, pair_i=i, pair_j=j, pair_sim=sim,
+                           info=_shown_strings(dict(doc.get("info") or {})),
+                           index=index, history=_shown_strings(dict(doc.get("history") or {})),
+                           # never shown: no digest covers it (the note names the state's folder)
+                           root=str(doc.get("root", "")),
                            version=str(doc.get("version", "")))
     except Damaged:
         raise
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: json nested deep
         raise Damaged(f"{type(exc).__name__}: {exc}") from None
+
+
+def _shown_strings(value: Any) -> Any:
+    """`value` with every string in it (keys too) shown as names are (text.shown): the parts of
+    state.json that only describe (the last search's info, the index's history, why it is to be
+    rebuilt) reach the header, findings.json and report.html, and no digest covers them. The
+    tool's own strings there hold nothing that `shown` changes, so a state saved again is the same."""
+    from .text import shown
+
+    if isinstance(value, str):
+        return shown(value)
+    if isinstance(value, dict):
+        return {_shown_strings(k) if isinstance(k, str) else k: _shown_strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shown_strings(v) for v in value]
+    return value
 
 
 def _digest(path: Path) -> str:

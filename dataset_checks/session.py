@@ -177,23 +177,9 @@ class CheckSession:
         return out
 
     def _why_no_identities(self) -> str:
-        from .folderscan import is_image_name
-        from .vectors import FACE01_FILE, PLAIN_FILE
+        from .discover import why_no_identities
 
-        root = self.root
-        shown = display_name(str(root))
-        try:
-            entries = sorted(os.listdir(root))
-        except OSError as exc:
-            return f"{shown} cannot be listed: {exc.strerror or exc}"
-        own = [e for e in entries if e in (FACE01_FILE, PLAIN_FILE) or is_image_name(e)]
-        if own:
-            return (f"{shown} holds {display_name(own[0])} itself: it looks like ONE identity folder. --dataset must be "
-                    f"the folder that holds one folder per identity (its parent, {display_name(str(root.parent))}?)")
-        if not entries:
-            return f"{shown} is empty: no identity folders (storage not mounted, or the wrong path?)"
-        return (f"{shown} holds no identity folder ({len(entries)} entr{'y' if len(entries) == 1 else 'ies'}: "
-                "files, hidden folders or FACE01 side folders only)")
+        return why_no_identities(self.root)
 
     def threshold_source(self) -> str:
         """Where the threshold in use came from, in words (header, summary, report, findings.json)."""
@@ -454,6 +440,7 @@ class CheckSession:
             failing = {x for i in r.active if i.severity == "fail" for x in (i.identity, i.other_identity if r.check.symmetric else "") if x}
             what = f"{len(r.issues)} issue(s)" + (f", {len(failing)} failing identities" if failing else "")
             lines.append(f"check {name} ({r.check.title}): {what}")
+            lines += [f"check {name}: note: {note}" for note in (r.instance.notes() if r.instance is not None else ())]
         lines += [f"wrote {display_name(str(p))}" for p in self.report_files()]
         lines += [f"COULD NOT WRITE {e}" for e in self.write_errors]
         return lines

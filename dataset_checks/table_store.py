@@ -6,8 +6,8 @@ appended to a file in the cache folder (never inside the dataset); the run then 
 read-only. Its pages are the page cache's: the memory budget (`memory.Budget`) can drop them
 from this process at any time and they come back from the file.
 
-A dataset version is the listing of every identity folder (names, sizes, mtimes and inodes of
-its embeddings file and images) plus the settings that change what is read. When the next run
+A dataset version is the listing of every identity folder (names, sizes, mtimes, ctimes, inodes
+and devices of its embeddings file and images, and its zip index: folderscan.zip_index) plus the settings that change what is read. When the next run
 finds the same version, the table is mapped as it is and no archive is read. Everything is
 written into a temporary folder and renamed into place, and validated when opened: a table
 that does not match its metadata is rebuilt, with a note, never trusted.
@@ -20,18 +20,112 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from .problems import Problem
+from .safe_write import atomic_write
 
 # Bump when the files or their meaning change: older tables are then rebuilt, and since every
 # folder's version includes it, no stored folder is copied into a new table (incremental).
 # 2: rows normalised as float32 times the float32 reciprocal of the float64 norm.
-FORMAT = 2
+# 3: every input problem stored (no "... and N more problems" entry: the cap is for display only).
+FORMAT = 3
 VECTORS, META, IDENTITY_OF = "vectors.f32", "meta.json", "identity_of.npy"
+STAGING, OWNER = ".staging-", ".owner"  # hostile cache: a folder being written, and its writer's lock
+ORPHAN_GRACE = 600  # s: how much older than the run a staging folder without an owner file must be
+
+
+class CacheUnwritable(Exception):
+    """Writing into the cache failed (a full disk, a quota, a read-only file system, no
+    permission): the run goes on without the cache, in memory (run.Pipeline says so once)."""
+
+    def __init__(self, where, exc: OSError):
+        super().__init__(f"{where}: {exc.strerror or exc}")
+        self.where, self.error = where, exc
+
+    @property
+    def reason(self) -> str:
+        return str(self.error.strerror or self.error)
+
+
+# -- hostile cache: begin -- (staging folders: made with their writer's lock, swept when orphaned)
+_OWNERS: dict[str, int] = {}  # staging folder -> the descriptor of its locked owner file
+
+
+def make_staging(parent: Path) -> Path:
+    """A new `.staging-*` folder in `parent` (one of this tool's cache folders) holding
+    `.owner`, locked (flock) by this process until `drop_staging` or `release_staging`: a run
+    that is killed releases the lock, and `sweep_staging` of a later run removes its folder."""
+    import fcntl
+
+    parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=STAGING, dir=parent))
+    try:
+        fd = os.open(path / OWNER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    _OWNERS[str(path)] = fd
+    return path
+
+
+def release_staging(path: Path) -> None:
+    """Give up the owner lock of a staging folder (renamed into place, or removed)."""
+    fd = _OWNERS.pop(str(path), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def drop_staging(path: Path | None) -> None:
+    """Remove a staging folder of this process, whatever is in it; never raises."""
+    if path is None:
+        return
+    shutil.rmtree(path, ignore_errors=True)
+    release_staging(path)
+
+
+def sweep_staging(parent: Path, before: float) -> list[str]:
+    """Remove the staging folders in `parent` that killed runs left: only `.staging-*` folders
+    (not links) last changed before `before` (this run's start) whose owner lock nobody holds
+    (one without an owner file: older than ORPHAN_GRACE before it). The names removed."""
+    import fcntl
+
+    removed = []
+    try:
+        entries = [e for e in os.scandir(parent) if e.name.startswith(STAGING) and str(Path(e.path)) not in _OWNERS]
+    except OSError:
+        return removed
+    for entry in entries:
+        fd = None
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if not entry.is_dir(follow_symlinks=False) or st.st_mtime >= before:
+                continue
+            try:
+                fd = os.open(os.path.join(entry.path, OWNER), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                if st.st_mtime >= before - ORPHAN_GRACE:  # its writer may be about to lock it
+                    continue
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while its writer lives
+            shutil.rmtree(entry.path)
+            removed.append(entry.name)
+        except OSError:
+            continue
+        finally:
+            if fd is not None:
+                os.close(fd)
+    return removed
+# -- hostile cache: end --
 
 
 def dataset_folder(cache_dir: Path, root: Path) -> Path:
@@ -76,7 +170,10 @@ class Rows:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if self._fp is not None:
             if vectors.size:  # a folder whose every row was bad adds none (and an empty view cannot be cast)
-                self._fp.write(memoryview(vectors).cast("B"))
+                try:
+                    self._fp.write(memoryview(vectors).cast("B"))
+                except OSError as exc:  # hostile cache: a full disk, a quota, ...
+                    raise CacheUnwritable(self.path, exc) from exc
         else:
             self.blocks.append(vectors)
         self.identity_of.append(np.full(len(vectors), identity, dtype=np.int32))
@@ -91,14 +188,19 @@ class Rows:
             vectors = np.concatenate(self.blocks) if self.blocks else np.zeros((0, self.dim), np.float32)
             self.blocks = []
             return vectors, identity_of
-        self._fp.close()
-        self._fp = None
+        self.close()
         return open_vectors(self.path, self.n, self.dim), identity_of
 
     # -- incremental: begin --
     def copy_rows(self, source, start: int, end: int) -> None:
         """Append rows [start, end) of a stored table's vectors file (`source`, open for reading),
         copied by the kernel where it can (copy_file_range), else read and written in blocks."""
+        try:
+            self._copy_rows(source, start, end)
+        except OSError as exc:  # hostile cache: the stored file or the new one (a full disk, ...)
+            raise CacheUnwritable(self.path, exc) from exc
+
+    def _copy_rows(self, source, start: int, end: int) -> None:
         self._fp.flush()
         row = self.dim * 4
         offset, left = start * row, (end - start) * row
@@ -125,15 +227,25 @@ class Rows:
 
     def close(self) -> None:
         if self._fp is not None:
-            self._fp.close()
-            self._fp = None
+            fp, self._fp = self._fp, None
+            try:
+                fp.close()  # flushes the last rows: a full disk says so here
+            except OSError as exc:
+                raise CacheUnwritable(self.path, exc) from exc
 
     def discard(self) -> None:
+        """Close and remove the file; never raises (a full disk cannot flush the last rows)."""
         if self._fp is not None:
-            self._fp.close()
-            self._fp = None
+            fp, self._fp = self._fp, None
+            try:
+                fp.close()
+            except OSError:
+                pass  # (the descriptor is closed all the same)
         if self.path is not None:
-            self.path.unlink(missing_ok=True)
+            try:
+                self.path.unlink(missing_ok=True)
+            except OSError:
+                pass
 
 
 def open_vectors(path: Path, n: int, dim: int) -> np.ndarray:
@@ -149,21 +261,32 @@ class TableStore:
     def __init__(self, cache_dir: Path, root: Path):
         self.folder = dataset_folder(cache_dir, root)
         self.note: str | None = None  # why a stored table was not used (shown in the header)
+        self.unwritable: CacheUnwritable | None = None  # hostile cache: why no table could be written
+        self.started = time.time()  # hostile cache: staging folders older than this may be a killed run's
+        self.swept: list[str] = []
         self._parsed: tuple | None = None  # incremental: (stat of meta.json, its parsed text), read once
 
     def staging(self) -> Path | None:
         """A new temporary folder beside the published one, or None when the cache cannot be
         written (the table is then built in memory)."""
         try:
-            self.folder.parent.mkdir(parents=True, exist_ok=True)
-            return Path(tempfile.mkdtemp(prefix=".staging-", dir=self.folder.parent))
+            staging = make_staging(self.folder.parent)
         except OSError as exc:
-            self.note = f"the table cache {self.folder.parent} cannot be written ({exc.strerror or exc}); " \
-                        "vectors are held in memory"
+            self.unwritable = CacheUnwritable(self.folder.parent, exc)
             return None
+        self.swept += sweep_staging(self.folder.parent, self.started)  # killed runs' leftovers
+        return staging
 
     def publish(self, staging: Path, rows: Rows, version: str, meta: dict) -> np.ndarray:
-        """Move the finished group's file and the table's metadata into place; the mapped vectors."""
+        """Move the finished group's file and the table's metadata into place; the mapped vectors.
+        Raises CacheUnwritable when that fails (the staging folder is then the caller's to drop)."""
+        try:
+            self._publish(staging, rows, version, meta)
+        except OSError as exc:  # hostile cache: a full disk, a quota, a read-only file system
+            raise CacheUnwritable(self.folder.parent, exc) from exc
+        return open_vectors(self.folder / VECTORS, rows.n, rows.dim)
+
+    def _publish(self, staging: Path, rows: Rows, version: str, meta: dict) -> None:
         rows.close()
         vectors_path = staging / VECTORS
         rows.path.rename(vectors_path)
@@ -177,8 +300,9 @@ class TableStore:
         if self.folder.exists():
             self.folder.rename(old)
         staging.rename(self.folder)
+        release_staging(staging)
+        (self.folder / OWNER).unlink(missing_ok=True)
         shutil.rmtree(old, ignore_errors=True)
-        return open_vectors(self.folder / VECTORS, rows.n, rows.dim)
 
     def open(self, version: str | None) -> dict | None:
         """The stored table of this version (None: of any version; incremental): its metadata
@@ -204,7 +328,10 @@ class TableStore:
             meta["identity_of"] = identity_of
             return meta
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            self.note = f"the stored vector table in {self.folder} is damaged ({exc}); rebuilt from the dataset"
+            from .text import file_text  # the error may quote meta.json: shown as names are
+
+            self.note = (f"the stored vector table in {self.folder} is damaged ({file_text(exc)}); rebuilt from "
+                         "the dataset")
             return None
 
 
@@ -227,13 +354,19 @@ def centred(folder: Path, vectors: np.ndarray, block: int = 1 << 16) -> tuple[np
     for s in range(0, n, block):
         mean += vectors[s : s + block].sum(axis=0, dtype=np.float64)
     mean /= max(n, 1)
-    fd, tmp = tempfile.mkstemp(prefix=".centred-", dir=folder)
-    with os.fdopen(fd, "wb") as fp:
+
+    def rows(fp):
         for s in range(0, n, block):
             out, _ = normalise(vectors[s : s + block], shift=mean)
             fp.write(memoryview(out).cast("B"))
-    np.save(mean_path, mean)
-    os.replace(tmp, path)
+
+    # the table folder already exists (it may come with a checkout): the one writer, which
+    # refuses a link planted at either name instead of writing through it
+    try:
+        atomic_write(mean_path, lambda fp: np.save(fp, mean), binary=True)
+        atomic_write(path, rows, binary=True)
+    except OSError:  # a read-only cache, or a link at either name (refused): centred in memory
+        return normalise(vectors, shift=mean)[0], mean
     return open_vectors(path, n, dim), mean
 
 

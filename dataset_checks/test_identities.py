@@ -22,7 +22,9 @@ def test_identity(identity, dataset_checks_session):
     if status != "pass":
         pytest.fail(session.message(identity), pytrace=False)
     if session.rules.bad_input != "info":
-        for problem in verdict.problems:
+        from .problems import capped
+
+        for problem in capped(verdict.problems, verdict.identity.display + "/"):  # at most 20, the rest counted
             warnings.warn(DatasetWarning(str(problem)), stacklevel=1)
 
 
@@ -64,6 +66,9 @@ def _judge(session, name: str, identity: str | None) -> None:
         if session.run_error:  # the run broke before the checks: never a skip that reads as a pass
             pytest.fail(f"check {name} did not run: the run failed: {session.run_error}", pytrace=False)
         pytest.skip(f"check {name} did not run (off in the rules, or nothing to check)")
+    if not result.error and result.instance is not None:  # what the check could not look at, never silent
+        for note in result.instance.notes():
+            warnings.warn(DatasetWarning(note), stacklevel=1)
     if identity is None and result.check.level == "identity":  # every identity the check did not flag
         if result.error:
             pytest.fail(result.outcome(None).message(), pytrace=False)

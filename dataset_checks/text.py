@@ -89,3 +89,21 @@ def terminal_line(text: str, limit: int = 300) -> str:
     """A line for the terminal: no control characters, at most `limit` characters."""
     text = "".join(ch if ch.isprintable() else f"%{ord(ch):02X}" if ord(ch) < 256 else "?" for ch in text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def file_text(value: object, limit: int = 300) -> str:
+    """Text read from a file rather than written by the tool (npz member names, a dtype's field
+    names, a reader's error quoting the archive, strings in a cache's json): shown as names are
+    (`shown`), at most `limit` characters."""
+    text = shown(str(value))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def own_text(text: str) -> str:
+    """The tool's own wording (a check's detail, a problem's message), which holds names already
+    shown: it is not a name, so it is not escaped again (`>=` stays `>=`, a shown `%25` stays
+    `%25`); only characters that are not printable (controls, bidi marks) become `%XX`, as a
+    last guard for text a check did not build through `shown`."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else shown(ch) for ch in text)

@@ -31,7 +31,8 @@ from numpy.lib import format as npy_format
 
 from .discover import Identity, display_name, why
 from .folderscan import FACE01_FILE, PLAIN_FILE, FolderScan, scan_folder
-from .problems import SHOWN, Problem, capped, few
+from .memory import FOLDER_SHARE, folder_bound
+from .problems import SHOWN, Problem, few
 from .readahead import ordered_map
 from .rules import KNOWN_VECTOR_KEYS
 
@@ -53,9 +54,11 @@ def _physical_memory() -> int | None:
         return None
 
 
-# The most one folder's arrays may declare. A quarter of physical memory: the vectors are
-# copied once more into the table, and other folders are read ahead meanwhile.
-MEMORY_LIMIT = (_physical_memory() or 16 * 2**30) // 4
+# The most one folder's arrays may declare when no bound is given (a run passes its own:
+# memory.folder_bound of its budget): a quarter of the default budget, which is half of the
+# machine's memory or of its cgroup's limit. The vectors are copied once more into the table,
+# and other folders are read ahead meanwhile.
+MEMORY_LIMIT = folder_bound()
 
 
 class TooLarge(MemoryError):
@@ -96,7 +99,7 @@ class VectorTable:
     files: list[str]  # (n,): file name inside the identity folder
     vectors: np.ndarray  # float32 (n, d), unit length
     key: str | None
-    problems: dict[int, list[Problem]]  # identity index -> problems (at most MAX_PROBLEMS each)
+    problems: dict[int, list[Problem]]  # identity index -> every problem (shown capped: problems.capped)
     counts: np.ndarray  # int (len(identities),): vectors loaded per identity
     sources: dict[int, Path] = field(default_factory=dict)
 
@@ -114,6 +117,14 @@ def _rel(root: Path, path: Path) -> str:
         return display_name(str(path.relative_to(root)))
     except ValueError:
         return display_name(str(path))
+
+
+def _file_text(value: object, limit: int = 300) -> str:
+    """Text that came out of a file (npz member names, a dtype's field names, a reader's error
+    quoting the archive): shown as names are, at most `limit` characters (text.file_text)."""
+    from .text import file_text
+
+    return file_text(value, limit)
 
 
 def embeddings_path(folder: Path) -> Path | None:
@@ -139,7 +150,12 @@ def read_bytes(path: Path | None, max_bytes: int | None = None) -> bytes | OSErr
         return None
     limit = MEMORY_LIMIT if max_bytes is None else max_bytes
     try:
-        size = path.stat().st_size
+        import stat
+
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block the run: never opened
+            return OSError(f"not a regular file: {'a folder' if stat.S_ISDIR(st.st_mode) else 'a FIFO or device'}")
+        size = st.st_size
         if size > limit:
             return TooLarge(size, limit)
         return path.read_bytes()
@@ -204,16 +220,19 @@ def _member(zf: zipfile.ZipFile, key: str, rel: str) -> tuple[tuple[int, ...], n
         elif version == (3, 0) and _read_header_3 is not None:  # utf-8 field names: no public reader
             shape, fortran, dtype = _read_header_3(fp, version)
         else:
-            raise _Refused(Problem(rel, f"corrupt or truncated archive: '{key}' has .npy format version {version}",
+            raise _Refused(Problem(rel, f"corrupt or truncated archive: '{_file_text(key)}' has .npy format "
+                                        f"version {version}",
                                    code="corrupt"))
         header = fp.tell()
     if dtype.hasobject:
-        raise _Refused(Problem(rel, f"'{key}' holds Python objects (pickled arrays); re-save names with dtype=str "
+        raise _Refused(Problem(rel, f"'{_file_text(key)}' holds Python objects (pickled arrays); re-save names "
+                                    "with dtype=str "
                                     "and vectors as float arrays", code="pickled"))
     declared = math.prod(shape) * dtype.itemsize
     held = info.file_size - header
     if declared != held:
-        raise _Refused(Problem(rel, f"corrupt or truncated archive: '{key}' declares shape {shape} {dtype} "
+        raise _Refused(Problem(rel, f"corrupt or truncated archive: '{_file_text(key)}' declares shape {shape} "
+                                    f"{_file_text(dtype)} "
                                     f"({size_text(declared)}) but holds {size_text(max(held, 0))}", code="corrupt"))
     return shape, dtype, declared, fortran, header
 
@@ -245,24 +264,28 @@ def _load_arrays(data: bytes, rel: str, names_key: str, wanted: list[str], limit
     """(names, {key: array}) read from the archive bytes, or None with the problem added to `out`."""
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         keys = list(npz.files)
-        there = f"(arrays present: {', '.join(keys) or 'none'})"
+        there = f"(arrays present: {_file_text(', '.join(keys), 1000) or 'none'})"  # member names: file text
         if names_key not in keys:
-            out.problems.append(Problem(rel, f"missing array '{names_key}' {there}", code="missing-array"))
+            out.problems.append(Problem(rel, f"missing array '{_file_text(names_key)}' {there}", code="missing-array"))
             return None
         present = [k for k in wanted if k in keys]
         if not present:
-            expected = " or ".join(f"'{k}'" for k in wanted)
+            expected = " or ".join(f"'{_file_text(k)}'" for k in wanted)
             out.problems.append(Problem(rel, f"missing vector array {expected} {there}", code="missing-array"))
             return None
-        total = 0
+        # every header first (only headers are decompressed): the folder's declared total is
+        # checked before any array is read or inflated
+        members = {k: _member(npz.zip, k, rel) for k in (names_key, *present)}
+        total = sum(m[2] for m in members.values())
+        if total > limit:
+            k, (shape, dtype, size, _, _) = max(members.items(), key=lambda m: m[1][2])
+            raise _Refused(Problem(rel, f"'{_file_text(k)}' declares shape {shape} {_file_text(dtype)} "
+                                        f"({size_text(size)}); this folder's arrays declare {size_text(total)}, over "
+                                        f"its memory bound of {size_text(limit)} (a quarter of the run's memory "
+                                        f"budget of {size_text(int(limit / FOLDER_SHARE))}: --memory / rules memory:); "
+                                        "not read", code="too-large"))
         read = {}
-        for k in (names_key, *present):
-            shape, dtype, size, fortran, header = _member(npz.zip, k, rel)
-            total += size
-            if total > limit:
-                raise _Refused(Problem(rel, f"'{k}' declares shape {shape} {dtype} ({size_text(size)}); this "
-                                            f"folder's arrays exceed the memory bound of {size_text(limit)}; not read",
-                                       code="too-large"))
+        for k, (shape, dtype, size, fortran, header) in members.items():
             arr = _stored_array(data, npz.zip, k, shape, dtype, fortran, header)
             read[k] = arr if arr is not None else npz[k]
         names = read[names_key]
@@ -342,17 +365,19 @@ def read_folder(
             out.problems.append(Problem(rel, "holds Python objects (pickled arrays); re-save names with dtype=str "
                                              "and vectors as float arrays", code="pickled"))
         else:
-            out.problems.append(Problem(rel, f"corrupt or truncated archive ({exc})", code="corrupt"))
+            out.problems.append(Problem(rel, f"corrupt or truncated archive ({_file_text(exc)})", code="corrupt"))
         return out
     except (zipfile.BadZipFile, EOFError, OSError, KeyError, zipfile.LargeZipFile) as exc:
-        out.problems.append(Problem(rel, f"corrupt or truncated archive ({type(exc).__name__}: {exc})", code="corrupt"))
+        out.problems.append(Problem(rel, f"corrupt or truncated archive ({type(exc).__name__}: {_file_text(exc)})",
+                                    code="corrupt"))
         return out
     if loaded is None:
         return out
     names, arrays = loaded
 
     if names.ndim != 1 or names.dtype.kind not in "US":
-        out.problems.append(Problem(rel, f"'{names_key}' must be a 1-D array of file names, found dtype {names.dtype} "
+        out.problems.append(Problem(rel, f"'{names_key}' must be a 1-D array of file names, found dtype "
+                                         f"{_file_text(names.dtype)} "
                                          f"shape {names.shape}", code="bad-names"))
         return out
     out.names = [n.decode("utf-8", "backslashreplace") if isinstance(n, bytes) else str(n) for n in names.tolist()]
@@ -361,7 +386,7 @@ def read_folder(
             arr = arr[:, 0, :]
         if arr.ndim != 2 or arr.dtype.kind not in "fiu":
             out.problems.append(Problem(rel, f"'{k}' must be an (N, D) or (N, 1, D) number array, found dtype "
-                                             f"{arr.dtype} shape {arr.shape}", code="bad-shape"))
+                                             f"{_file_text(arr.dtype)} shape {arr.shape}", code="bad-shape"))
             continue
         if arr.shape[0] != len(out.names):
             out.problems.append(Problem(rel, f"'{names_key}' lists {len(out.names)} files but '{k}' has "
@@ -559,7 +584,8 @@ class TableBuilder:
                 counts[idx] = chosen.counts.get(idx, 0)
                 if counts[idx] == 0 and not found:
                     probs.append(Problem(rel, "no usable vectors", code="empty"))
-        problems = {k: capped(v, _rel(root, identities[k].path) + "/") for k, v in problems.items() if v}
+        # every problem, uncapped: each is a baseline key of its own (problems.capped is for display)
+        problems = {k: v for k, v in problems.items() if v}
         files = chosen.files
         if self.staging is not None and chosen.path is not None:
             vectors = store.publish(self.staging, chosen, version or "", {
@@ -573,12 +599,11 @@ class TableBuilder:
                            key=key, problems=problems, counts=counts, sources=self.sources)
 
     def discard(self) -> None:
-        for rows in self.groups.values():
-            rows.discard()
-        if self.staging is not None:
-            import shutil
+        from .table_store import drop_staging
 
-            shutil.rmtree(self.staging, ignore_errors=True)
+        for rows in self.groups.values():
+            rows.discard()  # never raises (a full disk cannot flush the last rows)
+        drop_staging(self.staging)  # hostile cache: and its owner lock
 
 
 def load_table(

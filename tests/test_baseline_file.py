@@ -157,7 +157,7 @@ def test_write_is_atomic_and_a_failed_write_keeps_the_old_file(tmp_path, monkeyp
     def broken(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("dataset_checks.findings.os.replace", broken)
+    monkeypatch.setattr("dataset_checks.safe_write.os.replace", broken)  # the one writer's rename
     with pytest.raises(BaselineError, match="b.csv could not be written: No space left on device"):
         Baseline(path).write(findings([], [verdict("A"), verdict("B")]))
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["b.csv"]

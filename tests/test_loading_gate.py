@@ -15,7 +15,7 @@ from numpy.lib import format as npy_format
 
 from dataset_checks import vectors
 from dataset_checks.discover import discover_identities
-from dataset_checks.problems import MAX_PROBLEMS
+from dataset_checks.problems import MAX_PROBLEMS, capped
 from dataset_checks.rules import parse_rules
 from dataset_checks.session import CheckSession
 from dataset_checks import vectors as vectors_mod
@@ -319,11 +319,14 @@ def test_no_identity_carries_more_than_max_problems(tmp_path, fake):
         os.symlink(tmp_path / "unmounted" / f"{k}.png", ds / "A" / f"{k:02d}.png")
     _png(ds / "B" / "b.png", 2)
     v = session(tmp_path, ds, embedder=fake).findings().verdicts["A"]
-    assert len(v.problems) == MAX_PROBLEMS
-    assert all(p.code == "dangling-link" for p in v.problems[:-1])
-    last = v.problems[-1]
+    # the verdict holds every problem (each its own baseline key); what is shown is capped
+    assert len(v.problems) == 30 and all(p.code == "dangling-link" for p in v.problems)
+    shown = capped(v.problems, "A/")
+    assert len(shown) == MAX_PROBLEMS
+    last = shown[-1]
     assert last.code == "more-problems" and last.fatal and "and 11 more problems" in last.message
     assert v.status == "error"
+    assert len(v.message().splitlines()) <= MAX_PROBLEMS
 
 
 def test_face_problems_message_is_bounded(tmp_path, fake):

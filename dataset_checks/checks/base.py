@@ -36,7 +36,7 @@ class Issue:
     other_identity: str = ""
     other_file: str = ""
     score: float = 0.0
-    detail: str = ""
+    detail: str = ""  # the check's own words, names in it already shown (display_name): not escaped again
     severity: str = "fail"
     waived: str | None = None
 
@@ -133,11 +133,17 @@ class CheckData:
 
 @dataclass
 class AgainstData:
-    """Another dataset checked against this one (--against): its own table, never written."""
+    """Another dataset checked against this one (--against): its own table, never written.
+
+    `unusable`: why it cannot be checked at all (leakage.judge_against: empty, another model, most
+    folders unreadable), then the check fails; `lost`: its folders that gave no vectors, by their
+    first problem (named in the check's notes)."""
 
     root: Path
     identities: list["Identity"]
-    table: "VectorTable"
+    table: "VectorTable | None"
+    unusable: str | None = None
+    lost: list = field(default_factory=list)
 
 
 class Check:
@@ -172,6 +178,17 @@ class Check:
         """Extra HTML for the check's report section (a plot, a table), from what `run` kept on
         the instance. Must escape every name (html.escape(display_name(...)))."""
         return ""
+
+    def notes(self) -> list[str]:
+        """What the check could not look at, one line each (after `run`): warnings of every test of
+        its family and lines of the terminal summary (leakage: folders of the other dataset that
+        gave no vectors)."""
+        return []
+
+    def evaluated(self, key: tuple[str, ...]) -> bool:
+        """Whether this run (after `run`) could have found an issue with this baseline key: an
+        accepted row it could not is kept by --update-baseline (leakage: a dataset not given)."""
+        return True
 
     def summary(self) -> dict[str, Any]:
         """Extra JSON-ready facts for findings.json (thresholds chosen from the data, counts):

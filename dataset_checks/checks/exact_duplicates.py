@@ -263,11 +263,13 @@ class ExactDuplicates(Check):
             if e - s < 2:
                 continue
             members = np.sort(rows[order[s:e]])
-            block_rows = x[members]
-            # exact: group the rows by their full bytes
+            # exact: group the rows by their full bytes, read a block of rows at a time (a crowd
+            # of a million copies is not gathered at once)
             by_bytes: dict[bytes, list[int]] = defaultdict(list)
-            for r, b in zip(members.tolist(), block_rows):
-                by_bytes[b.tobytes()].append(r)
+            for k in range(0, members.size, block):
+                part = members[k : k + block]
+                for r, b in zip(part.tolist(), x[part]):
+                    by_bytes[b.tobytes()].append(r)
             groups.extend(rows for rows in by_bytes.values() if len(rows) > 1)
         groups.sort()  # by first row: an order that does not depend on the fingerprint
         return [[(table.identities[owner[r]].name, table.files[r], None, None, ("v", int(r))) for r in rows]

@@ -25,7 +25,9 @@ import numpy as np
 from ..arrays import nonzero
 from . import register
 from .base import Check, CheckData, CheckSettings, Issue, Param
-from ..discover import display_name
+from ..discover import display_name, why_no_identities
+from ..text import own_text
+from ..problems import MAX_PROBLEMS, SHOWN, Problem, few
 
 # The cross-dataset search bounds: score cells per BLAS product and pairs kept in total. A run
 # over the cap is an error of the check (its tests fail saying so), never an unbounded list.
@@ -47,6 +49,64 @@ def dataset_names(roots: list[Path]) -> list[str]:
     # the same root twice: only the position tells them apart
     names = [f"{p[-1] if p else 'dataset'}#{k + 1}" for k, p in enumerate(parts)]
     return names
+
+
+class AgainstDatasetError(RuntimeError):
+    """An --against dataset that cannot stand for itself: the leakage check fails (every test of
+    its family), as test_dataset fails for this dataset."""
+
+
+def lost_folders(identities: list, table) -> list[Problem]:
+    """The folders of another dataset that gave no vectors to `table`, each by its first fatal
+    problem (a dangling link, a symbolic link loop, no permission, another model, no embeddings)."""
+    out = []
+    for k, ident in enumerate(identities):
+        if table is not None and k < len(table.counts) and table.counts[k] > 0:
+            continue
+        probs = list(table.problems.get(k, ())) if table is not None else list(ident.problems)
+        first = next((p for p in probs if p.fatal), probs[0] if probs else None)
+        out.append(first or Problem(ident.display + "/", "no usable vectors", code="empty"))
+    return out
+
+
+def _listed(lost: list[Problem]) -> str:
+    from collections import Counter
+
+    codes = Counter(p.code for p in lost)
+    more = f"; ... first {SHOWN} of {len(lost)} shown" if len(lost) > SHOWN else ""
+    return ("(" + ", ".join(f"{n} {code}" for code, n in codes.most_common()) + "): "
+            + "; ".join(str(p) for p in lost[:SHOWN]) + more)
+
+
+def judge_against(root: Path, identities: list, table, key: str | None, dim: int,
+                  other_model=None) -> tuple[str | None, list[Problem]]:
+    """Whether another dataset can be checked for leakage, by the rule test_dataset applies to this
+    one, and more strictly: (why not, or None; the folders that gave no vectors).
+
+    It cannot when it holds no identity folder (empty: storage not mounted?), when its vectors are
+    of another model or dimension, when no folder gave vectors, or when more than half of its
+    folders gave none (dangling links, loops, no permission, ...): a leakage check that read a
+    fraction of the other dataset would pass on what it never saw. Fewer lost folders are named
+    in the check's notes. `other_model()`: the dataset read for any model's vectors (a table),
+    asked only when it gave none of this one's, to say what it holds instead."""
+    if not identities:
+        return why_no_identities(root, "--against"), []
+    lost = lost_folders(identities, table)
+    n = len(identities)
+    if table is not None and len(table) and table.dim != dim:
+        return (f"its {table.key} vectors are {table.dim}-d, this dataset's are {dim}-d ({key}): another model? "
+                "Both datasets must be embedded by the same model"), lost
+    if table is None or not len(table):
+        seen = other_model() if other_model is not None and len(lost) and not all(
+            any(p.fatal for p in i.problems) for i in identities) else None
+        if seen is not None and len(seen) and (seen.key, seen.dim) != (key, dim):
+            return (f"its vectors are {seen.dim}-d ({seen.key}), this dataset's are {dim}-d ({key}): another "
+                    "model? Both datasets must be embedded by the same model"), lost
+        return f"none of its {n} identity folder(s) gave vectors of this dataset's model " + _listed(lost), lost
+    if 2 * len(lost) > n:
+        return (f"{len(lost)} of its {n} identity folder(s) gave no vectors, more than half: not checked "
+                + _listed(lost)), lost
+    return None, lost
 
 
 def cross_pairs(queries: np.ndarray, base: np.ndarray, threshold: float,
@@ -181,6 +241,8 @@ class Leakage(Check):
 
     def __init__(self) -> None:
         self._summary: dict = {}
+        self._notes: list[str] = []  # folders of the other datasets that gave no vectors
+        self._lost: set[str] = set()  # those folders as `<dataset>/<folder>`
 
     def run(self, data: CheckData, settings: CheckSettings) -> list[Issue]:
         if not data.against:
@@ -188,6 +250,10 @@ class Leakage(Check):
             return []
         t = data.table
         names = dataset_names([o.root for o in data.against])
+        unusable = [f"--against dataset {display_name(n)}: {o.unusable}" for n, o in zip(names, data.against)
+                    if o.unusable]
+        if unusable:  # a dataset it could (mostly) not read: never a pass on what it never saw
+            raise AgainstDatasetError("\n".join(unusable))
         own = [i.name for i in t.identities]
         issues: list[Issue] = []
         per_dataset = []
@@ -202,18 +268,25 @@ class Leakage(Check):
             for a, b, s in zip(fi.tolist(), fj.tolist(), fs.tolist()):
                 issues.append(Issue(self.name, own[t.identity_of[a]], t.files[a],
                                     f"{name}/{theirs[o.identity_of[b]]}", o.files[b], score=s,
-                                    detail=f"face also in {name} (cosine {s:.4f} >= {data.threshold:g})",
+                                    detail=f"face also in {display_name(name)} (cosine {s:.4f} >= {data.threshold:g})",
                                     severity=settings.severity))
             facts = {"name": name, "root": display_name(str(other.root)), "identities": len(o.identities),
                      "faces": len(o), "face_pairs": int(fi.size),
-                     "leaking_identities": int(np.unique(t.identity_of[fi]).size) if fi.size else 0}
+                     "leaking_identities": int(np.unique(t.identity_of[fi]).size) if fi.size else 0,
+                     "lost_folders": len(other.lost), "lost": [str(p) for p in other.lost[:MAX_PROBLEMS]]}
+            if other.lost:  # named, never silent: leakage into these folders was not checked
+                self._lost.update(f"{name}/{i.name}" for k, i in enumerate(o.identities) if not o.counts[k])
+                self._notes.append(f"--against dataset {display_name(name)}: {len(other.lost)} of its "
+                                   f"{len(o.identities)} identity folder(s) gave no vectors, leakage into them not "
+                                   f"checked: {few([str(p) for p in other.lost])}")
             if overlap and len(o):
                 means_b = centred_means(o.vectors, o.identity_of, len(theirs), centre)
                 level, null = null_level(means_a, means_b, settings["overlap_sigmas"], settings["overlap_floor"])
                 mi, mj, ms = mean_pairs(means_a, means_b, level)
                 for a, b, s in zip(mi.tolist(), mj.tolist(), ms.tolist()):
                     issues.append(Issue(self.name, own[a], "", f"{name}/{theirs[b]}", "", score=float(s),
-                                        detail=f"same person as {name}/{theirs[b]}: centred folder means at cosine "
+                                        detail=f"same person as {display_name(name)}/{display_name(theirs[b])}: "
+                                               f"centred folder means at cosine "
                                                f"{s:.4f} >= {level:.4f} (median {null['median']:g} + "
                                                f"{settings['overlap_sigmas']:g} robust sd {null['robust_sd']:g} "
                                                f"of two folders here and there)",
@@ -223,8 +296,16 @@ class Leakage(Check):
         self._summary = {"against": per_dataset}
         return issues
 
+    def evaluated(self, key: tuple[str, ...]) -> bool:
+        # other_identity is `<dataset>/<folder>`: a row about a dataset not read this run stays
+        return (key[2].rpartition("/")[0] in {d["name"] for d in self._summary.get("against", [])}
+                and key[2] not in self._lost)  # a folder that gave no vectors was not evaluated either
+
     def summary(self) -> dict:
         return self._summary
+
+    def notes(self) -> list[str]:
+        return list(self._notes)
 
     def report_html(self) -> str:
         rows = []
@@ -232,9 +313,11 @@ class Leakage(Check):
             level = f"{d['overlap_level']:.4f}" if "overlap_level" in d else "off"
             rows.append(f"<tr><td>{escape(display_name(d['name']))}</td><td>{escape(d['root'])}</td>"
                         f"<td>{d['identities']}</td><td>{d['faces']}</td><td>{d['face_pairs']}</td>"
-                        f"<td>{d['leaking_identities']}</td><td>{level}</td><td>{d.get('overlaps', 0)}</td></tr>")
+                        f"<td>{d['leaking_identities']}</td><td>{level}</td><td>{d.get('overlaps', 0)}</td>"
+                        f"<td>{d.get('lost_folders', 0)}</td></tr>")
         if not rows:
             return "<p>No other dataset given (rules against:, --against): nothing to compare with.</p>"
         return ("<table><tr><th>Other dataset</th><th>Root</th><th>Folders</th><th>Faces</th><th>Face pairs</th>"
-                "<th>Leaking folders</th><th>Same-person level</th><th>Same-person folders</th></tr>"
-                + "".join(rows) + "</table>")
+                "<th>Leaking folders</th><th>Same-person level</th><th>Same-person folders</th>"
+                "<th>Folders not read</th></tr>" + "".join(rows) + "</table>"
+                + "".join(f"<p class='dc-bad'>{escape(own_text(note))}</p>" for note in self._notes))

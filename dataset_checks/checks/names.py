@@ -487,7 +487,7 @@ class Names(Check):
         elif self.cutoff is None:
             faces = f"mean-vector cosine {cos:.3f}; too few folders to tell the dataset's level, faces not judged"
         else:
-            # words, not > and <=: the CSV shows a detail through display_name, which escapes them
+            # words, not > and <= (details are written as they are: check_files, text.own_text)
             level = (f"mean-vector cosine {cos:.3f}, CSLS {csls:+.3f} {'above' if agree else 'not above'} "
                      f"{self.cutoff:+.3f}")
             faces = (f"faces agree ({level}, the level of random folder pairs)" if agree

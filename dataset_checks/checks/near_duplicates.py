@@ -7,6 +7,8 @@ Each folder is compared with itself by blocked float32 GEMM (memory bounded by `
 whatever the folder size); pairs within `MARGIN` of the threshold are settled in float64 so
 the result equals a float64 brute force. Per folder the `max_per_folder` most similar pairs
 are listed and the rest counted, so a folder of 20,000 video frames costs time, not memory.
+Bit-identical rows are multiplied once (`identical_rows`, weighted counts): a folder of a
+million copies of one vector costs a pass over its rows, not 5e11 pairs. Ties rank by (a, b).
 Folders of up to `SMALL` faces (most of them) go many at a time: zero-padded to a common size
 and multiplied as one stack (`batch_pairs`), which saves the per-folder overhead that dominated
 at 20,000 folders.
@@ -22,6 +24,7 @@ from .base import Check, CheckData, CheckSettings, Issue, Param
 from ..discover import display_name
 
 BLOCK_CELLS = 1 << 22  # similarities held at once (16 MiB of float32)
+HASH_BLOCK_BYTES = 8 << 20  # rows fingerprinted / compared at once (identical_rows)
 SMALL = 128  # folders up to this size are compared many at a time (batch_pairs)
 BATCH_BYTES = 16 << 20  # padded rows and their similarities per stack
 DENSE = 256  # a folder with more candidate pairs than this in a stack is settled by folder_pairs
@@ -38,11 +41,122 @@ def auto_threshold(key: str | None, centred: bool) -> float:
     return AUTO.get((key or "", bool(centred)), AUTO_OTHER)
 
 
+def identical_rows(x, block_bytes: int = HASH_BLOCK_BYTES):
+    """(first, group) for the rows of `x` (2-d, C-contiguous): `first` the smallest row index of
+    each distinct bit pattern (ascending), `group` (n,) each row's index into `first`.
+
+    A 64-bit fingerprint per row (its 32-bit words times fixed odd weights, summed mod 2^64), in
+    blocks of rows; rows whose fingerprints collide are then compared bit for bit against the
+    first row of their fingerprint, in blocks. O(n log n), memory O(n) indices plus one block."""
+    import numpy as np
+
+    from ..memory import checkpoint
+
+    n = len(x)
+    words = x.view(np.uint32) if x.dtype.itemsize == 4 else x.view(np.uint8)
+    rng = np.random.default_rng(0xD0B1E)
+    weights = rng.integers(1, 2**63, size=words.shape[1], dtype=np.uint64) | np.uint64(1)
+    block = max(1, block_bytes // max(8 * words.shape[1], 1))
+    prints = np.empty(n, dtype=np.uint64)
+    for s in range(0, n, block):
+        prints[s : s + block] = np.einsum("ij,j->i", words[s : s + block].astype(np.uint64), weights)
+        checkpoint()
+    order = np.argsort(prints, kind="stable")  # equal fingerprints: ascending rows
+    sp = prints[order]
+    del prints
+    start = np.r_[True, sp[1:] != sp[:-1]]
+    label = order[np.maximum.accumulate(np.where(start, np.arange(n), 0))]  # first row of the fingerprint
+    del sp, start
+    # bit for bit: each row against the first row of its fingerprint
+    differ = []
+    for s in range(0, n, block):
+        rows = order[s : s + block]
+        same = (words[rows] == words[label[s : s + block]]).all(axis=1)
+        differ.append(rows[~same])
+        checkpoint()
+    out = np.empty(n, dtype=np.int64)
+    out[order] = label
+    differ = np.sort(np.concatenate(differ))
+    if differ.size:  # fingerprint collisions of different rows (rare): grouped by their bytes
+        seen: dict[bytes, int] = {}
+        for r in differ.tolist():
+            out[r] = seen.setdefault(words[r].tobytes(), r)
+    first, group = np.unique(out, return_inverse=True)
+    return first, group.reshape(-1)
+
+
+def _first_pairs(p, q, keep: int) -> list[tuple[int, int]]:
+    """The `keep` smallest pairs (lo, hi), lo < hi, of rows p[i] and q[j] (sorted, disjoint), or
+    of two rows of p when q is None, in order."""
+    import numpy as np
+
+    out: list[tuple[int, int]] = []
+    u = p if q is None else np.sort(np.concatenate([p, q]))
+    from_p = None if q is None else np.isin(u, p)
+    for k, v in enumerate(u.tolist()):
+        other = p if q is None else (q if from_p[k] else p)
+        later = other[np.searchsorted(other, v, side="right") :][: keep - len(out)]
+        out.extend((v, int(t)) for t in later.tolist())
+        if len(out) >= keep:
+            break
+    return out
+
+
 def folder_pairs(x, threshold: float, keep: int, block_cells: int = BLOCK_CELLS):
     """Pairs a < b of rows of `x` (unit float32, one folder) with float64 cosine >= threshold.
 
-    Returns (a, b, sim) of the `keep` most similar pairs (sim descending), the total number of
-    pairs, and per row the number of near-identical partners."""
+    Returns (a, b, sim) of the `keep` most similar pairs (sim descending, ties by (a, b)), the
+    total number of pairs, and per row the number of near-identical partners.
+
+    Bit-identical rows are compared once: the distinct rows go through the blocked GEMM
+    (`_scored_pairs`) weighted by how often each occurs, and a row's copies count as partners
+    when its float64 self-similarity reaches the threshold. A folder of 200,000 copies of one
+    vector is one row to compare, not 2e10 pairs; the result is the brute force's."""
+    import numpy as np
+
+    n = len(x)
+    if n < 2:
+        return _scored_pairs(x, threshold, keep, block_cells)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    first, group = identical_rows(x)
+    if first.size == n:
+        return _scored_pairs(x, threshold, keep, block_cells)
+    w = np.bincount(group, minlength=first.size).astype(np.int64)
+    reps = x[first]
+    ra, rb, rs, total, deg = _scored_pairs(reps, threshold, keep, block_cells, weights=w)
+    members = np.argsort(group, kind="stable")  # each group's rows, ascending
+    starts = np.r_[0, np.cumsum(w)]
+    multi = np.flatnonzero(w > 1)
+    r64 = reps[multi].astype(np.float64)
+    self_sim = np.einsum("ij,ij->i", r64, r64)
+    ok = self_sim >= threshold
+    multi, self_sim = multi[ok], self_sim[ok]
+    total += int((w[multi] * (w[multi] - 1) // 2).sum())
+    deg[multi] += w[multi] - 1
+    degree = deg[group]
+    # the `keep` best row pairs come from the `keep` best group pairs ranked by (-sim, their
+    # smallest row pair): a group pair outside those has `keep` better row pairs before its best
+    second = members[starts[multi] + 1]
+    top = np.lexsort((second, first[multi], -self_sim))[:keep]
+    cand = [(float(s), int(i), None) for i, s in zip(multi[top], self_sim[top])]
+    cand += [(float(s), int(i), int(j)) for i, j, s in zip(ra.tolist(), rb.tolist(), rs.tolist())]
+    a, b, sims = [], [], []
+    for s, i, j in cand:
+        p = members[starts[i] : starts[i] + min(int(w[i]), keep + 1)]
+        q = None if j is None else members[starts[j] : starts[j] + min(int(w[j]), keep)]
+        for lo, hi in _first_pairs(p, q, keep):
+            a.append(lo)
+            b.append(hi)
+            sims.append(s)
+    a, b, sims = np.asarray(a, np.int64), np.asarray(b, np.int64), np.asarray(sims, np.float64)
+    order = np.lexsort((b, a, -sims))[:keep]
+    return a[order], b[order], sims[order], total, degree
+
+
+def _scored_pairs(x, threshold: float, keep: int, block_cells: int = BLOCK_CELLS, weights=None):
+    """folder_pairs by blocked GEMM over every pair of rows of `x`; with `weights` (each row
+    standing for that many identical rows), totals and degrees count the rows stood for, and
+    the kept pairs are the `keep` best pairs of rows of `x` by (-sim, a, b)."""
     import numpy as np
 
     n = len(x)
@@ -74,9 +188,16 @@ def folder_pairs(x, threshold: float, keep: int, block_cells: int = BLOCK_CELLS)
         count = int(sure.sum())
         if not count:
             continue
-        total += count
-        degree[s:e] += sure.sum(axis=1)
-        degree[s:] += sure.sum(axis=0)
+        if weights is None:
+            total += count
+            degree[s:e] += sure.sum(axis=1)
+            degree[s:] += sure.sum(axis=0)
+        else:  # exact in float64 below 2^53 pairs
+            wf = weights.astype(np.float64)
+            by_row = sure @ wf[s:]
+            total += int(round(float(wf[s:e] @ by_row)))
+            degree[s:e] += np.rint(by_row).astype(np.int64)
+            degree[s:] += np.rint(wf[s:e] @ sure).astype(np.int64)
         # the kept pairs are the `keep` most similar in float64: a pair can only be among them
         # if its float32 score is within 2 MARGIN of the keep-th best (float32 errs by at most
         # MARGIN each way), so only those are re-scored (in a burst of frames, not every pair)
@@ -91,8 +212,8 @@ def folder_pairs(x, threshold: float, keep: int, block_cells: int = BLOCK_CELLS)
             exact = np.einsum("ij,ij->i", x[rk].astype(np.float64), x[ck].astype(np.float64))
             best_a, best_b = np.concatenate([best_a, rk]), np.concatenate([best_b, ck])
             best_s = np.concatenate([best_s, exact])
-            if len(best_s) > keep:
-                top = np.argpartition(-best_s, keep - 1)[:keep]
+            if len(best_s) > keep:  # the best by (-sim, a, b): ties never depend on the blocks
+                top = np.lexsort((best_b, best_a, -best_s))[:keep]
                 best_a, best_b, best_s = best_a[top], best_b[top], best_s[top]
     if len(best_s):
         # ranked; ties by row for a stable order

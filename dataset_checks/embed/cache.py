@@ -10,13 +10,13 @@ does not match is reported as corrupt and recomputed.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ..safe_write import atomic_write, create_new
 
 DEFAULT_CACHE = ".dataset_checks_cache"
 FORMAT = "1"
@@ -85,28 +85,26 @@ class Cache:
         self._mark_root()
         vec = np.zeros(0, dtype=np.float32) if entry.vector is None else np.asarray(entry.vector, dtype=np.float32)
         error = entry.error or ""
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{digest[:8]}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(
-                    fh,
-                    vector=vec,
-                    faces=np.int64(entry.faces),
-                    error=np.array(error),
-                    notes=np.array(entry.notes, dtype=str),
-                    model=np.array(self.model_id),
-                    check=np.array(_checksum(self.model_id, vec, entry.faces, error, entry.notes)),
-                )
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # through the one writer: a link planted at the entry's name is refused (UnsafeTarget)
+        atomic_write(path, lambda fh: np.savez(
+            fh,
+            vector=vec,
+            faces=np.int64(entry.faces),
+            error=np.array(error),
+            notes=np.array(entry.notes, dtype=str),
+            model=np.array(self.model_id),
+            check=np.array(_checksum(self.model_id, vec, entry.faces, error, entry.notes)),
+        ), binary=True)
 
     def _mark_root(self) -> None:
-        tag = self.root / "CACHEDIR.TAG"
-        if not tag.exists():
+        # created only where nothing stands at the name (a planted link is left alone, never
+        # written through), and never overwritten: a user's own .gitignore stays theirs
+        if getattr(self, "_marked", False):
+            return
+        self._marked = True
+        for name, text in (("CACHEDIR.TAG", "Signature: 8a477f597d28d172789f06886806bc55\n"
+                                            "# dataset_checks embedding cache\n"), (".gitignore", "*\n")):
             try:
-                tag.write_text("Signature: 8a477f597d28d172789f06886806bc55\n# dataset_checks embedding cache\n")
-                (self.root / ".gitignore").write_text("*\n")
+                create_new(self.root / name, text.encode("ascii"))
             except OSError:
                 pass

@@ -128,6 +128,7 @@ def prepare(
     workers: int | None = None,
     progress: Callable | None = None,
     max_bytes: int | None = None,
+    refresh: bool = False,
 ) -> Prepared:
     """Every identity's vectors, read or embedded (see the module doc). `max_bytes`: memory bound
     for one folder's arrays (vectors.MEMORY_LIMIT by default).
@@ -178,7 +179,8 @@ def prepare(
             unavailable = str(exc)
         if embedder is not None:
             t0 = time.perf_counter()
-            entries, stats = embed_images(wanted, embedder, cache_dir, workers=workers, progress=progress)
+            entries, stats = embed_images(wanted, embedder, cache_dir, workers=workers, progress=progress,
+                                          refresh=refresh)
             embed_seconds = time.perf_counter() - t0
 
     faces = {}

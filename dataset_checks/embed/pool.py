@@ -86,8 +86,10 @@ def embed_images(
     cache_dir: Path,
     workers: int | None = None,
     progress: Callable | None = None,
+    refresh: bool = False,
 ) -> tuple[dict[Path, Entry], EmbedStats]:
-    """Every image's `Entry`, from the cache or freshly embedded (and then cached)."""
+    """Every image's `Entry`, from the cache or freshly embedded (and then cached). `refresh`
+    (--full): no cached entry is read, every image is embedded and its entry written anew."""
     import time
 
     t0 = time.perf_counter()
@@ -108,7 +110,7 @@ def embed_images(
     done: dict[str, Entry] = {}
     todo: dict[str, Path] = {}
     for d, p in by_digest.items():
-        e = cache.get(d)
+        e = None if refresh else cache.get(d)  # hostile cache: --full trusts no stored embedding
         if e is None:
             todo[d] = p
         else:

@@ -34,7 +34,6 @@ import os
 import pickle
 import shutil
 import socket
-import tempfile
 import time
 import types
 from dataclasses import dataclass, field
@@ -301,16 +300,9 @@ def partition(costs: np.ndarray, ranges: int) -> list[tuple[int, int]]:
 
 # -- checkpoints ------------------------------------------------------------------------------------
 def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fp:
-            write(fp)
-            fp.flush()
-            os.fsync(fp.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from ..safe_write import atomic_write  # the one writer: never through a link planted at `path`
+
+    atomic_write(path, write, binary=True, fsync=True)
 
 
 class Checkpoints:
@@ -401,7 +393,9 @@ class Checkpoints:
             if keys.size and (keys[0] < 0 or keys[-1] >= n * n or np.any(np.diff(keys) <= 0)):
                 raise ValueError("keys out of order or out of range")
         except Exception as exc:  # noqa: BLE001 - whatever is wrong with the file, it is recomputed
-            self.ignored.append(f"checkpoint {path.name} ignored (unreadable: {type(exc).__name__}: {exc}); "
+            from ..text import file_text  # the error may quote the file: shown as names are
+
+            self.ignored.append(f"checkpoint {path.name} ignored (unreadable: {type(exc).__name__}: {file_text(exc)}); "
                                 "the range is recomputed")
             return None
         if meta.get("key") != self.range_key(start, end) or meta.get("format") != FORMAT:
@@ -512,7 +506,8 @@ class RangeEngine:
         run = RangeRun(shipped, table, x, collector.threshold, collector.max_pairs)
         digest = run_digest(shipped, table_id, collector.threshold, collector.max_pairs, built)
         store = Checkpoints(self.checkpoints, digest) if self.checkpoints is not None else None
-        bounds = store.saved_plan(self.ranges) if store is not None else None
+        # hostile cache: --full (resume False) reads no checkpoint; its ranges are written anew
+        bounds = store.saved_plan(self.ranges) if store is not None and getattr(self, "resume", True) else None
         done: dict[tuple[int, int], dict] = {}
         if store is not None and bounds is not None:
             for start, end in bounds:
