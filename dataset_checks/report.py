@@ -23,7 +23,7 @@ from .discover import display_name
 from .findings import Findings, Match, Verdict
 from .merge import MergeCandidate
 from .patterns import Pattern, RankedIdentity, identity_patterns, merge_scores, rank_failing
-from .text import terminal_line
+from .text import own_text, terminal_line
 from .thumbnails import Thumbnails
 
 PAIRS_PER_IDENTITY = 4
@@ -63,7 +63,13 @@ body, #results-table, .dc-summary, .dc-merge, .dc-waived, .extras-container { fo
 
 
 def _e(text: Any) -> str:
+    """A name from the dataset (or a path), escaped as names are, then for HTML."""
     return escape(display_name(str(text)))
+
+
+def _t(text: Any) -> str:
+    """The tool's own wording (names in it already shown): for HTML, not escaped again as a name."""
+    return escape(own_text(str(text)))
 
 
 def _seconds(v: float) -> str:
@@ -111,14 +117,14 @@ def summary_html(findings: Findings, candidates: list[MergeCandidate], files: It
         ("Faces (vectors)", f"{meta.get('vectors', 0)} &times; {meta.get('dim') or '?'}-d "
                             f"(<code>{_e(meta.get('embedding_key'))}</code>)"),
         ("Threshold", f"cosine &ge; {meta.get('threshold')}"
-                      + (f" &mdash; {_e(meta['threshold_choice'])}" if isinstance(meta.get("threshold_choice"), str) else "")
+                      + (f" &mdash; {_t(meta['threshold_choice'])}" if isinstance(meta.get("threshold_choice"), str) else "")
                       + (f" ({len(meta['identity_thresholds'])} per-identity overrides)"
                          if meta.get("identity_thresholds") else "")),
         ("Findings", f"{c['findings']} cross-identity pair(s) fail, {c['waived']} waived"),
-        ("Index", _e(search_description(meta))),
-        ("Device", _e(str(meta.get("device") or "cpu").upper())),
-        ("Time per stage", ", ".join(f"{_e(k)} {_seconds(v)}" for k, v in timings.items()) or "&ndash;"),
-        ("Search recall (this run)", _e(verification_text(meta.get("verification")))),
+        ("Index", _t(search_description(meta))),
+        ("Device", _t(str(meta.get("device") or "cpu").upper())),
+        ("Time per stage", ", ".join(f"{_t(k)} {_seconds(v)}" for k, v in timings.items()) or "&ndash;"),
+        ("Search recall (this run)", _t(verification_text(meta.get("verification")))),
         ("Merge candidates", f"{len(candidates)} identity pair(s); see below and merge_candidates.csv"),
     ]
     if baseline:
@@ -129,7 +135,7 @@ def summary_html(findings: Findings, candidates: list[MergeCandidate], files: It
             text += f"; {baseline['stale']} no longer found (run --update-baseline to drop them)"
         rows.append(("Baseline", text))
     if meta.get("error"):
-        rows.append(("Error", _e(meta["error"])))
+        rows.append(("Error", _t(meta["error"])))
     files = list(files)
     if files:
         rows.append(("Files", "<br>".join(_e(f) for f in files)))
@@ -145,7 +151,7 @@ def _face(thumbs: Thumbnails | None, identity: str, file: str) -> str:
 
 def _pair(thumbs: Thumbnails | None, identity: str, m: Match) -> str:
     cls = "dc-pair dc-waived-pair" if m.waived else "dc-pair"
-    waived = f"<div>waived: {_e(m.waived)}</div>" if m.waived else ""
+    waived = f"<div>waived: {_t(m.waived)}</div>" if m.waived else ""
     return (f"<div class='{cls}'><div class='dc-sim'>cosine {m.similarity:.4f}</div>{waived}"
             f"<div class='dc-faces'>{_face(thumbs, identity, m.file)}"
             f"{_face(thumbs, m.other_identity, m.other_file)}</div></div>")
@@ -179,7 +185,7 @@ def identity_html(verdict: Verdict, thumbs: Thumbnails | None, limit: int = PAIR
                      f"{verdict.threshold:g}</b><div class='dc-pairs'>{shown}</div>{more}</div>")
     waived = verdict.waived_matches
     if waived:
-        items = "".join(f"<li>{_e(m.line())}</li>" for m in waived[:WAIVED_ROWS])
+        items = "".join(f"<li>{_t(m.line())}</li>" for m in waived[:WAIVED_ROWS])
         parts.append(f"<div class='dc-identity-waived'><b>{len(waived)} waived pair(s)</b><ul>{items}</ul></div>")
     return "".join(parts)
 
@@ -202,7 +208,7 @@ def merge_html(candidates: list[MergeCandidate], thumbs: Thumbnails | None, limi
     for rank, c in enumerate(candidates[:limit], start=1):
         a_files = list(dict.fromkeys(f.file for f in c.examples))[:per_side]
         b_files = list(dict.fromkeys(f.other_file for f in c.examples))[:per_side]
-        waived = f"<br><i>waived: {_e(c.waived)}</i>" if c.waived else ""
+        waived = f"<br><i>waived: {_t(c.waived)}</i>" if c.waived else ""
         p = c.pattern
         rows.append(
             f"<tr class='dc-candidate'><td>{rank}</td>"
@@ -231,7 +237,7 @@ def waived_html(findings: Findings, limit: int = WAIVED_ROWS) -> str:
         return ""
     rows = "".join(
         f"<tr><td>{_e(f.identity)}/{_e(f.file)}</td><td>{_e(f.other_identity)}/{_e(f.other_file)}</td>"
-        f"<td>{f.similarity:.4f}</td><td>{_e(f.waived)}</td></tr>"
+        f"<td>{f.similarity:.4f}</td><td>{_t(f.waived or '')}</td></tr>"
         for f in waived[:limit]
     )
     more = f"<p>&hellip; and {len(waived) - limit} more in findings.json</p>" if len(waived) > limit else ""

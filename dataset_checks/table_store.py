@@ -28,6 +28,7 @@ import numpy as np
 
 from .problems import Problem
 from .safe_write import atomic_write
+from .text import own_text
 
 # Bump when the files or their meaning change: older tables are then rebuilt, and since every
 # folder's version includes it, no stored folder is copied into a new table (incremental).
@@ -375,4 +376,7 @@ def problems_json(problems: dict[int, list[Problem]]) -> dict[str, list[dict]]:
 
 
 def problems_from_json(data: dict) -> dict[int, list[Problem]]:
-    return {int(k): [Problem(**p) for p in v] for k, v in data.items()}
+    # the cache is not the tool: a message read back from it is shown as the tool's own text
+    # (control and bidi characters escaped), never raw
+    return {int(k): [Problem(**{**p, "message": own_text(str(p.get("message", "")))}) for p in v]
+            for k, v in data.items()}

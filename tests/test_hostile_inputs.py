@@ -262,3 +262,14 @@ def test_search_state_text_is_never_shown_raw(pytester):
     _assert_clean({"terminal": text, **_outputs(pytester.path / "out3")})
     assert report["incremental"]["mode"] == "full" and "damaged" in report["incremental"]["reason"]
     assert "%3Cscript%3E" in report["incremental"]["reason"]
+
+
+def test_problems_read_back_from_a_cached_table_are_never_raw():
+    # meta.json of a cached table is the cache's text, not the tool's: a forged message with a
+    # terminal escape comes back with it escaped (the tool's own words otherwise unchanged)
+    from dataset_checks.table_store import problems_from_json
+
+    (p,) = problems_from_json({"0": [{"file": "A/x.npz", "message": "bad \x1b[2J\u202e <x> 100% >= 1",
+                                      "fatal": True, "code": "corrupt"}]})[0]
+    assert "\x1b" not in p.message and "\u202e" not in p.message
+    assert p.message.endswith(" <x> 100% >= 1") and p.file == "A/x.npz" and p.code == "corrupt"

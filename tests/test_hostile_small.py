@@ -220,3 +220,19 @@ def test_check_details_are_not_escaped_as_names_and_names_in_them_once(run, pyte
     doc = json.loads((out / "findings.json").read_text(encoding="utf-8"))["checks"]
     assert doc["near_duplicates"]["issues"][0]["detail"] == near
     assert sorted(i["detail"] for i in doc["leakage"]["issues"]) == sorted(leaks)
+
+
+def test_report_html_shows_the_tools_own_words_escaped_once(run, pytester):
+    # report.html escaped the tool's own text (waived reasons, waived pair lines holding names
+    # already shown) again as a name: "100%" became "100%25", "a%25b" became "a%2525b".
+    ds = pytester.path / "ds"
+    e = np.eye(16, dtype=np.float32)
+    write_face01(ds, "A", np.array([e[0], e[2]]), files=["a%b.jpg", "x.jpg"])
+    write_face01(ds, "B", np.array([e[0], e[3]]), files=["b.jpg", "y.jpg"])
+    rules = pytester.path / "r.yaml"
+    rules.write_text("allow:\n  - identities: [A, B]\n    reason: \"twins <b> 100% >= sure\"\n", encoding="utf-8")
+    run("--dataset", str(ds), "--rules", str(rules), "--threshold", "0.9")
+    html = (pytester.path / "out" / "report.html").read_text(encoding="utf-8")
+    assert "twins &lt;b&gt; 100% &gt;= sure" in html
+    assert "100%25" not in html and "%3E" not in html.replace("a%25b", "")
+    assert "a%25b.jpg" in html and "a%2525b" not in html
