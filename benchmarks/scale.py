@@ -9,7 +9,9 @@ process, several ways:
 * `local warm`: the same cache again, `--full`: the table is mapped as it is (the dataset did not
   change), the whole search is done again (no incremental run);
 * `budget 1GB`: warm, with `--memory 1GB`;
-* `ray`: warm, `--engine ray` (only when ray is installed; a local cluster).
+* `ray`: warm, `--engine ray` (only when ray is installed; a local cluster);
+* `ivf-warm`: warm, with `index.type: ivf` (the default search before the folder caps: an IVF
+  index with a sampled nprobe, not proven exact), for a before/after on the same machine.
 
 Every run reports wall time and peak RSS of the child alone (wait4), pytest's share (wall time
 minus the run's own stages, from findings.json: what pytest, its plugins and the reports cost)
@@ -47,7 +49,7 @@ sys.path.insert(0, str(HERE))
 from seed_scale import run_child  # noqa: E402
 
 THRESHOLD = 0.85
-RUNS = ("local-cold", "local-warm", "budget", "ray")
+RUNS = ("local-cold", "local-warm", "budget", "ray", "ivf-warm")
 
 
 def generate(root: Path, n: int, dtype: str = "float32") -> dict:
@@ -130,7 +132,10 @@ def one_run(kind: str, dataset: Path, work: Path, n: int, identities: int, queri
     run_dir = work / f"run-{kind}"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
-    (run_dir / "rules.yaml").write_text(f"threshold: {THRESHOLD}\nembeddings:\n  cache: {cache}\n")
+    # ivf-warm: local-warm with the search that was the default before the folder caps (an IVF
+    # index with a sampled nprobe; not proven exact), for a before/after in one session
+    index = "index:\n  type: ivf\n" if kind == "ivf-warm" else ""
+    (run_dir / "rules.yaml").write_text(f"threshold: {THRESHOLD}\nembeddings:\n  cache: {cache}\n{index}")
     cmd = [sys.executable, "-m", "pytest", "dataset_checks", "--dataset", str(dataset), "--rules", "rules.yaml",
            "-p", "no:randomly", "-q", "--report-dir", str(run_dir / "out")]
     if kind != "local-cold":
@@ -157,6 +162,7 @@ def one_run(kind: str, dataset: Path, work: Path, n: int, identities: int, queri
             "checks_s": {k: round(v.get("seconds", 0.0), 2) for k, v in (meta.get("checks") or {}).items()},
             "pairs": len(found),
             "nprobe": meta.get("search", {}).get("nprobe"), "memory": meta.get("memory"),
+            "index": meta.get("index"), "exact": (meta.get("exact") or {}).get("exact"),
             "report_html_mb": round(report.stat().st_size / 2**20, 1) if report.is_file() else None,
             **{f"recall_{k}": v for k, v in rec.items()}}
 

@@ -15,14 +15,14 @@ the next run on the same cache
    (renumbered); the new rows are searched against every row, new ones included, by exact
    blocked matrix products (`backends.flat._exact_rows`) and re-scored in float64 like every
    pair. So the pairs are those of an exact full search over the new table whenever the stored
-   ones were (a flat full run is exact; an IVF one has its calibrated recall, and the new rows'
-   pairs are exact);
+   ones were (the default full runs, flat and folder caps, are exact; an `index.type: ivf` one
+   has its calibrated recall, and the new rows' pairs are exact);
 4. saves the new state.
 
 A full run is done instead, and the run says why (header, findings.json `incremental`), when
 there is no usable state (none yet, damaged, another tool version), when the settings the
 pairs depend on changed (index settings, vector key, centring), when the threshold went below
-the stored radius, when the table crossed `index.flat_below`, with `embeddings.centre` and any
+the stored radius, when the search moved to or from an IVF index, with `embeddings.centre` and any
 change (the mean moves every vector), when more faces changed than `incremental.max_changed`
 (a full run is then cheaper), or with `--full`.
 
@@ -320,27 +320,33 @@ class Incremental:
                 return f"threshold lowered {state.threshold:g} -> {threshold:g}"
             return f"threshold {threshold:g} is below the stored search radius {state.radius:g}"
         kind = state.history.get("kind")
-        if {kind, self._kind} == {"flat", "ivf"}:  # ("none": one folder or none, no pairs either way)
+        # flat and caps are both exact: their pairs carry over to each other. An IVF's do not
+        # ("none": one folder or none, no pairs either way)
+        if kind != self._kind and "ivf" in (kind, self._kind) and "none" not in (kind, self._kind):
             return (f"the table of {len(table):,} faces now gets the {self._kind} search "
                     f"(index.flat_below {rules.index.flat_below:,}), the stored pairs came from the {kind} search")
         new = int(change.new_rows.size)
         if rules.centre and (new or change.removed or not np.array_equal(change.old_of_new, np.arange(len(table)))):
             # (rows in another order too: the mean is summed in another order, to the last bit)
             return "embeddings.centre: every change moves the dataset's mean and with it every vector"
-        limit, how = self._limit(len(table))
+        limit, how = self._limit(len(table), int(np.unique(np.asarray(table.identity_of)).size))
         if new > limit:
             return f"{new:,} new or changed faces, over the limit of {limit:,} ({how}): a full run is cheaper"
         return None
 
-    def _limit(self, n: int) -> tuple[int, str]:
+    def _limit(self, n: int, folders: int = 1) -> tuple[int, str]:
         """New rows above which a full run is done: a fixed number, a share, or (auto) where the
         exact search of the new rows (new x n scores) would cost more than a full run's scan and
-        build (n x nprobe x n / nlist scores, plus n x nlist for the assignment); flat: n / 2."""
+        build (n x nprobe x n / nlist scores, plus n x nlist for the assignment); flat: n / 2;
+        folder caps: a quarter of the folders (its cap tests are about n x folders / 4 on the
+        seed-scale data, smaller folders testing larger ones' caps)."""
         inc = self.rules.incremental
         if inc.max_changed is not None:
             return inc.max_changed, f"incremental.max_changed: {inc.max_changed}"
         if inc.max_changed_share is not None:
             return int(inc.max_changed_share * n), f"incremental.max_changed: {inc.max_changed_share:.0%}"
+        if self._kind == "caps":
+            return max(1, folders // 4), f"auto: a quarter of the {folders:,} folders for the folder-caps search"
         if self._kind != "ivf":
             return max(1, n // 2), "auto: half the table for the exact search"
         index = self.state.index if self.state is not None else None
@@ -642,9 +648,13 @@ def _kind(n: int, labels, rules) -> str:
     labels = np.asarray(labels)
     if n == 0 or labels.min() == labels.max():  # (find_pairs: fewer than two folders)
         return "none"
-    if rules.type != "auto":
-        return rules.type
-    return "flat" if n < rules.flat_below else "ivf"
+    from .search import resolve_kind
+
+    if rules.type != "auto" or n < rules.flat_below or rules.gpu is False:
+        return resolve_kind(n, rules, False)
+    from .search import gpu_count  # (imports faiss: only where a GPU could change the choice)
+
+    return resolve_kind(n, rules, bool(rules.gpu) or gpu_count() > 0)
 
 
 def _auto_nlist(n: int, rules) -> int:

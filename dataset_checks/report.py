@@ -94,6 +94,33 @@ def search_description(meta: dict[str, Any]) -> str:
     return index + (f" ({', '.join(params)})" if params else "")
 
 
+def exactness_text(meta: dict[str, Any]) -> str:
+    """What is proven about the search, in one clause: exact (and how), or not proven, with the
+    sampled check's bound. The summary line and report.html say this, never a bare recall."""
+    exact = meta.get("exact") or {}
+    v = meta.get("verification") or {}
+    sampled = v.get("exact_pairs")
+    if exact.get("exact"):
+        text = "exact: every cross-folder pair at or above the threshold is found (" + str(exact.get("how")) + ")"
+        if sampled:
+            missed = v.get("missed_count", len(v.get("missed") or ()))
+            text += f"; sampled check: {v['found_pairs']} of {sampled} pairs of {v['queries']} faces"
+            if missed:
+                text += f", {missed} MISSED (a bug: please report it)"
+        return text
+    text = "NOT proven exact (" + str(exact.get("how") or "no search") + ")"
+    if sampled:
+        bound = v.get("recall_lower_bound")
+        text += (f"; sampled recall {v['recall']:.4f}: {v['found_pairs']} of {sampled} pairs of {v['queries']} "
+                 f"sampled faces")
+        if bound is not None:
+            text += (f"; recall >= {bound:.4f} at 95% confidence ({v.get('random_found_pairs')} of "
+                     f"{v.get('random_exact_pairs')} pairs of the {v.get('random_queries')} random faces)")
+        if v.get("missed_count") or v.get("missed"):
+            text += f"; {v.get('missed_count', len(v['missed']))} missed pair(s) seen, added to the findings"
+    return text
+
+
 def verification_text(v: dict[str, Any] | None) -> str:
     if not v:
         return "not measured"
@@ -124,6 +151,7 @@ def summary_html(findings: Findings, candidates: list[MergeCandidate], files: It
         ("Index", _t(search_description(meta))),
         ("Device", _t(str(meta.get("device") or "cpu").upper())),
         ("Time per stage", ", ".join(f"{_t(k)} {_seconds(v)}" for k, v in timings.items()) or "&ndash;"),
+        ("Exact?", _t(exactness_text(meta))),
         ("Search recall (this run)", _t(verification_text(meta.get("verification")))),
         ("Merge candidates", f"{len(candidates)} identity pair(s); see below and merge_candidates.csv"),
     ]
@@ -301,12 +329,7 @@ def summary_lines(findings: Findings, candidates: list[MergeCandidate], files: I
     ]
     if meta.get("error"):
         lines.append(f"error: {meta['error']}")
-    search = f"search: {search_description(meta)} on {meta.get('device') or 'cpu'}"
-    v = meta.get("verification")
-    if v and v.get("recall") is not None:
-        search += f"; recall {v['recall']:.4f} on {v['queries']} sampled faces (exact check)"
-        if v.get("missed"):
-            search += f", {len(v['missed'])} missed pair(s)"
+    search = f"search: {search_description(meta)} on {meta.get('device') or 'cpu'}; {exactness_text(meta)}"
     seconds = sum((meta.get("timings") or {}).values())
     lines.append(search + (f"; {seconds:.1f} s" if seconds else ""))
     if ranked is None:

@@ -18,7 +18,7 @@ from .baseline import Baseline
 from .discover import Identity, discover_identities, display_name
 from .findings import Findings, build_findings
 from .rules import Rules
-from .search import SearchTooBroad, find_pairs
+from .search import SearchTooBroad, exactness, find_pairs
 from .vectors import load_table
 from .verify import verify_search
 
@@ -418,6 +418,7 @@ class Pipeline:
             "index": info.pop("index", None),
             "device": info.pop("device", None),
             "search": info,
+            "exact": exactness(self.search.info if self.search is not None else None),
             "incremental": self.incremental.record if self.incremental is not None else None,
         }
 

@@ -4,9 +4,14 @@ This is a range search, not a top-k search: a vector in a crowded folder (video 
 has all its k nearest neighbours in its own folder, so a top-k recipe never sees its cross-folder
 match. Here every neighbour with similarity >= the radius is returned, however many there are.
 
+The default (`index.type: auto`) is exact at every size, proven rather than sampled:
+
 * `flat`: exact search by blocked GEMM over the upper triangle, rows in folder order so that a
   folder's own columns are skipped; chosen below `flat_below` vectors.
-* `ivf`: `IndexIVFFlat` with inner product. `nprobe` is calibrated in the same run: the exact
+* `caps`: exact search by folder caps (backends/caps.py): every face against the provable bound
+  of every other folder, the members of the caps it cannot exclude scored; chosen above
+  `flat_below` on the CPU (on a GPU: the IVF there, with the same proof after it).
+* `ivf` (only when asked for; not proven exact unless `index.certify`): `IndexIVFFlat` with inner product. `nprobe` is calibrated in the same run: the exact
   neighbours of a sample of queries are found by GEMM, and for each the smallest nprobe at which
   the index finds it is read off the lists' rankings; the smallest nprobe that reaches the
   rules' recall target on the sample (and misses no sampled clear match) is used.
@@ -27,7 +32,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -37,6 +42,7 @@ from .backends import (  # noqa: F401  (the defaults, importable from here as be
     CALIBRATION_CELLS, CALIBRATION_QUERIES, CALIBRATION_SAME_KEPT, CLEAR_MATCH_MARGIN, DEFAULT_TUNING, GPU_K_MAX,
     GPU_K_START, KMEANS_NITER, PROBES_KEPT, QUERY_BATCH, RADIUS_MARGIN, RANGE_BATCH_PROBED, SCAN_CELLS, SPLIT_MIN,
     SPLIT_SHARE, Backend, BuiltIndex, Emit, SearchTuning, _bar, _faiss, _stage)
+from .backends.caps import CapsBackend
 from .backends.flat import FlatBackend, _exact_rows, _flat_scan  # noqa: F401
 from .backends.gpu import GpuBackend, _gpu_scan  # noqa: F401
 from .backends.ivf import (  # noqa: F401
@@ -185,11 +191,37 @@ def pair_similarity(vectors: np.ndarray, i: np.ndarray, j: np.ndarray, block: in
 
 
 
+def exactness(info: dict[str, Any] | None) -> dict[str, Any]:
+    """Whether the search that gave these pairs is proven exact, and how (findings.json `exact`,
+    the summary's search line): flat and folder caps always; an IVF index only with its proof
+    (`index.certify`) or with every list probed."""
+    if info is None:
+        return {"exact": False, "how": "no search: it failed"}
+    if info.get("index") == "none":
+        return {"exact": True, "how": "fewer than two folders: no pair to find"}
+    certified = info.get("certified") or {}
+    if certified.get("exact"):
+        return {"exact": True, "how": str(certified.get("how") or "")}
+    return {"exact": False, "how": "index.type ivf: an IVF index with a sampled nprobe"}
+
+
+def resolve_kind(n: int, rules: IndexRules, use_gpu: bool) -> str:
+    """The search `index.type` means for n vectors: `auto` is exact, flat below `flat_below`,
+    else the folder-caps search (on a GPU: the IVF index there, with the folder-caps proof)."""
+    if rules.type != "auto":
+        return rules.type
+    if n < rules.flat_below:
+        return "flat"
+    return "ivf" if use_gpu else "caps"
+
+
 def choose_backend(kind: str, use_gpu: bool, n: int, rules: IndexRules, scan: str, seed: int,
                    tuning: SearchTuning) -> Backend:
     """The backend for a resolved index type ("flat" or "ivf") and device."""
     if kind == "flat":
         backend: Any = FlatBackend(tuning)
+    elif kind == "caps":
+        return CapsBackend(tuning)  # numpy's BLAS on the CPU, whatever the device
     else:
         # faiss wants >= 39 training points per list; more lists than that only add noise.
         nlist = min(rules.nlist or auto_nlist(n), max(1, n // 39))
@@ -238,12 +270,13 @@ def find_pairs(
         return SearchResult(empty, empty.copy(), np.zeros(0), info)
 
     radius = float(threshold) - RADIUS_MARGIN
-    kind = rules.type
-    if kind == "auto":
-        kind = "flat" if n < rules.flat_below else "ivf"
     use_gpu = rules.gpu if rules.gpu is not None else gpu_count() > 0
     if use_gpu and gpu_count() == 0:
         raise RuntimeError("index.gpu is true in the rules, but faiss sees no GPU")
+    kind = resolve_kind(n, rules, use_gpu)
+    if rules.type == "auto" and kind == "ivf":
+        rules = replace(rules, certify=True)  # the default is exact: the GPU's IVF with its proof
+    use_gpu = use_gpu and kind != "caps"
     info["device"] = "gpu" if use_gpu else "cpu"
     backend = backend or choose_backend(kind, use_gpu, n, rules, ivf_scan or rules.scan, seed, tuning)
     collector = _Collector(x, labels, float(threshold), max_pairs)

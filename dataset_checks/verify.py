@@ -10,6 +10,7 @@ the share of those exact pairs that the search also found.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -87,6 +88,13 @@ def verify_search(
     missed = missed_all[:10]
     extra = int((~np.isin(found, truth)).sum())
     n_hit = int(hit.sum())
+    # the statistical statement uses the random queries' pairs alone: the queries drawn from
+    # findings are where the search already found pairs (a biased sample)
+    rset = np.zeros(n, dtype=bool)
+    rset[random_rows] = True
+    ti, tj = truth // max(n, 1), truth % max(n, 1)
+    random_pair = rset[ti] | rset[tj] if truth.size else np.zeros(0, dtype=bool)
+    random_exact, random_found = int(random_pair.sum()), int((hit & random_pair).sum())
     return {
         "queries": int(queries.size),
         "random_queries": int(random_rows.size),
@@ -95,6 +103,9 @@ def verify_search(
         "exact_pairs": int(truth.size),
         "found_pairs": n_hit,
         "recall": (n_hit / truth.size) if truth.size else None,
+        "random_exact_pairs": random_exact,
+        "random_found_pairs": random_found,
+        "recall_lower_bound": recall_lower_bound(random_found, random_exact),
         "missed": [[int(k // n), int(k % n)] for k in missed],
         "missed_count": int(missed_all.size),
         "extra": extra,
@@ -102,3 +113,17 @@ def verify_search(
         # the run adds to its findings (a pair above the threshold is never dropped once seen)
         "_missed_rows": (missed_all // max(n, 1), missed_all % max(n, 1)),
     }
+
+
+def recall_lower_bound(found: int, total: int, z: float = 1.6448536269514722) -> float | None:
+    """A one-sided 95% lower confidence bound on the recall from `found` of `total` sampled
+    pairs: 1 - 3/total when none was missed (the rule of three), else Wilson's score bound.
+    None without sampled pairs (nothing to measure)."""
+    if total <= 0:
+        return None
+    if found >= total:
+        return max(0.0, 1.0 - 3.0 / total)
+    p = found / total
+    centre = p + z * z / (2 * total)
+    spread = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total))
+    return max(0.0, (centre - spread) / (1 + z * z / total))

@@ -31,6 +31,7 @@ KINDS = {
     "ivf faiss": IndexRules(type="ivf", nlist=16, gpu=False, scan="faiss"),
     "flat": IndexRules(type="flat", gpu=False),
     "ivf certify": IndexRules(type="ivf", nlist=16, gpu=False, certify=True),
+    "caps": IndexRules(type="caps", gpu=False),
 }
 
 

@@ -55,6 +55,7 @@ def cluster():
     (2, 0.7, IndexRules(type="ivf", nlist=16, gpu=False, scan="faiss")),
     (3, 0.6, IndexRules(type="flat", gpu=False)),
     (4, 0.55, IndexRules(type="ivf", nlist=16, gpu=False, certify=True)),
+    (5, 0.6, IndexRules(type="caps", gpu=False)),
 ])
 def test_ray_workers_find_exactly_the_local_engines_pairs(cluster, seed, threshold, rules):
     x, labels = dataset(seed)

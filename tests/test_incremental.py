@@ -168,6 +168,7 @@ VARIANTS = {
     "fixed": {"threshold": 0.9},
     "auto": {},  # threshold: auto (the model's floor on data this small), gathered 0.01 below it
     "ivf": {"threshold": 0.9, "index": {"type": "ivf", "nlist": 4, "nprobe": 4}},  # every list probed
+    "caps": {"threshold": 0.9, "index": {"flat_below": 0}},  # the default above flat_below: folder caps
 }
 
 

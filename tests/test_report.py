@@ -152,7 +152,8 @@ def test_terminal_summary_lists_failures_candidates_and_files(pytester, dataset)
     fails = [line for line in summary.splitlines() if line.startswith("  FAIL ")]
     assert any("Eve" in line and "Crowd" in line and "misfiled photo" in line for line in fails), summary
     assert "folders that may be one person" in summary and "Dana + Dana_R" in summary
-    assert "recall 1.0000 on" in summary and "(exact check)" in summary
+    assert "exact: every cross-folder pair at or above the threshold is found (flat" in summary
+    assert "sampled check: " in summary and "recall 1.0000" not in summary
     assert summary.rstrip().splitlines()[-1].startswith("=") and "failed" in summary.splitlines()[-1]
     assert "short test summary info" not in summary  # our section comes after pytest's own
     for name in ("findings.csv", "findings.json", "merge_candidates.csv", "report.html"):

@@ -103,7 +103,7 @@ def test_relative_dataset_resolves_against_the_rules_folder(tmp_path, monkeypatc
         ("threshold: .nan\n", "threshold", "a number in [-1, 1]", "nan"),
         ("identity_thresholds:\n  Bob: 2\n", "identity_thresholds.Bob", "a number in [-1, 1]", "2.0"),
         ("identity_thresholds: [1]\n", "identity_thresholds", "a mapping", "[1]"),
-        ("index:\n  type: hnsw\n", "index.type", "one of auto, flat, ivf", "'hnsw'"),
+        ("index:\n  type: hnsw\n", "index.type", "one of auto, flat, caps, ivf", "'hnsw'"),
         ("index:\n  nlist: 0\n", "index.nlist", "'auto' or a whole number >= 1", "0"),
         ("index:\n  nprobe: 2.5\n", "index.nprobe", "'auto' or a whole number >= 1", "2.5"),
         ("index:\n  gpu: maybe\n", "index.gpu", "auto, true or false", "'maybe'"),

@@ -212,9 +212,11 @@ def test_auto_calibrated_ivf_has_full_recall_on_clustered_data():
 def test_auto_index_type_follows_flat_below():
     data = build_clusters(seed=1, dim=16, sizes=[10] * 10, intra=0.6, crowd_sizes=[], plants=[(0, 1, 0.1)])
     flat = find_pairs(data.vectors, data.labels, 0.8, IndexRules(type="auto", flat_below=1000, gpu=False))
-    ivf = find_pairs(data.vectors, data.labels, 0.8, IndexRules(type="auto", flat_below=50, nprobe=64, gpu=False))
-    assert flat.info["index"] == "IndexFlatIP" and ivf.info["index"] == "IndexIVFFlat"
-    assert pair_set(flat) == pair_set(ivf) == brute_force(data.vectors, data.labels, 0.8)
+    caps = find_pairs(data.vectors, data.labels, 0.8, IndexRules(type="auto", flat_below=50, nprobe=64, gpu=False))
+    # above flat_below, auto is the exact folder-caps search, never an unproven IVF
+    assert flat.info["index"] == "IndexFlatIP" and caps.info["index"] == "folder caps"
+    assert flat.info["certified"]["exact"] and caps.info["certified"]["exact"]
+    assert pair_set(flat) == pair_set(caps) == brute_force(data.vectors, data.labels, 0.8)
 
 
 def test_too_broad_raises_with_tiny_max_pairs():

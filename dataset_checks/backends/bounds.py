@@ -466,18 +466,26 @@ def caps_scan(xq: np.ndarray, queries: np.ndarray, labels: np.ndarray, vecs: np.
 
 class Certifier:
     """Exact search by folder caps: each row is tested against the cap of every folder after its
-    own (in label order) and scored against the members of the caps it cannot exclude and
-    against every loose row (peeled outliers, folders too small for a cap) of those folders.
+    own and scored against the members of the caps it cannot exclude and against every loose
+    row (peeled outliers, folders too small for a cap) of those folders.
 
-    Every cross-folder pair (a, b), folder(a) < folder(b), is thereby either proven below the
-    radius by b's folder cap or scored from a's side: the search is exact. Cost: about N·(F + L)/2
-    products (F folders, L loose rows) plus the needed members.
+    Every cross-folder pair (a, b), folder(a) before folder(b), is thereby either proven below
+    the radius by b's folder cap or scored from a's side: the search is exact. Folders are
+    ordered by size, smallest first, so that each folder pair is tested from its smaller side:
+    about sum over folder pairs of min(|a|, |b|) cap tests (46% of the N x F / 2 of label order on
+    the heavy-tailed seed-scale data), plus the needed members and the loose rows.
+
+    `search(rows, both_sides=True)` tests the rows against every other folder (an incremental
+    run's new rows against everything).
     """
 
     def __init__(self, x: np.ndarray, labels: np.ndarray, radius: float, norms: NormRange,
                  min_size: int = 3, peel: float = 1.3):
         self.x, self.radius = x, radius
-        _, self.folder = np.unique(labels, return_inverse=True)
+        _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        rank = np.empty(len(counts), dtype=np.int64)
+        rank[np.lexsort((np.arange(len(counts)), counts))] = np.arange(len(counts))
+        self.folder = rank[inverse.reshape(-1)]  # folders by size, smallest first
         n = len(x)
         self.caps = build_caps(x, np.arange(n), self.folder, radius, norms, min_size=min_size, peel=peel)
         order = np.argsort(self.caps.loose_group, kind="stable")
@@ -486,24 +494,35 @@ class Certifier:
                                                                                                  np.float32)
         self.ids = np.arange(n, dtype=np.int64)
 
-    def search(self, rows: np.ndarray, emit: Emit, stats: dict, cells: int) -> None:
+    def order(self) -> np.ndarray:
+        """Every row, in the folder order the search takes them (smallest folders first)."""
+        return np.argsort(self.folder, kind="stable")
+
+    def search(self, rows: np.ndarray, emit: Emit, stats: dict, cells: int, both_sides: bool = False,
+               progress: Callable[[int], None] | None = None) -> None:
         caps, x = self.caps, self.x
         rows = np.asarray(rows, dtype=np.int64)
         rows = rows[np.argsort(self.folder[rows], kind="stable")]
         G, M = len(caps.cutoff), len(self.loose)
-        step = max(1, cells // max(1, G + M))
+        # blocks of at least 256 queries: the cap tests are one GEMM per block, and BLAS runs at
+        # full speed only on tall blocks (1.15x over 200-row blocks at 6,000 folders)
+        step = max(1, min(max(256, cells // max(1, G + M)), 4096))
         scored = tests = needed = 0
         for s in range(0, len(rows), step):
             q = rows[s : s + step]
             fq = self.folder[q]
-            f0 = int(fq[0])  # rows sorted by folder: the block's first folder
-            g0 = int(np.searchsorted(caps.group, f0, side="right"))  # caps of folders after f0
-            l0 = int(np.searchsorted(self.loose_folder, f0, side="right"))
+            if both_sides:
+                g0 = l0 = 0
+            else:
+                f0 = int(fq[0])  # rows sorted by folder: the block's first folder
+                g0 = int(np.searchsorted(caps.group, f0, side="right"))  # caps of folders after f0
+                l0 = int(np.searchsorted(self.loose_folder, f0, side="right"))
             xq = x[q]
             if l0 < M:
                 sims = xq @ self.loose_vecs[l0:].T
                 scored += sims.size
-                hit = (sims >= self.radius) & (fq[:, None] < self.loose_folder[None, l0:])
+                lf = self.loose_folder[None, l0:]
+                hit = (sims >= self.radius) & ((fq[:, None] != lf) if both_sides else (fq[:, None] < lf))
                 r, c = nonzero(hit)
                 if r.size:
                     emit(q[r], self.loose[l0 + c], sims[r, c])
@@ -512,12 +531,16 @@ class Certifier:
                 scored += sims.size
                 tests += sims.size
                 need = np.zeros((len(q), G), dtype=bool)
-                need[:, g0:] = (sims >= caps.cutoff[None, g0:]) & (fq[:, None] < caps.group[None, g0:])
+                cg = caps.group[None, g0:]
+                need[:, g0:] = (sims >= caps.cutoff[None, g0:]) & ((fq[:, None] != cg) if both_sides
+                                                                    else (fq[:, None] < cg))
                 needed += int(np.count_nonzero(need))
                 for qq, nb, sc, k in _score_caps(xq, q, need, caps, x, self.ids, self.radius, cells):
                     scored += k
                     if qq.size:
                         emit(qq, nb, sc)
+            if progress is not None:
+                progress(len(q))
         stats["certify_cells"] = stats.get("certify_cells", 0) + scored
         stats["certify_cap_tests"] = stats.get("certify_cap_tests", 0) + tests
         stats["certify_caps_scanned"] = stats.get("certify_caps_scanned", 0) + needed

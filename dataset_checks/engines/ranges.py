@@ -270,8 +270,10 @@ def run_range(parts: tuple, table, start: int, end: int, threshold: float, max_p
 def unit_costs(built) -> np.ndarray:
     """About what each unit costs to scan. IVF list scan: the list's members times the queries
     that probe it (the cells its products score); flat scan: the row's upper-triangle columns;
-    otherwise every unit alike."""
+    otherwise the index's own `unit_costs()` (folder caps), or every unit alike."""
     units = int(built.units)
+    if hasattr(built, "unit_costs"):
+        return np.asarray(built.unit_costs(), dtype=np.float64)
     probes, index = getattr(built, "probes", None), getattr(built, "cpu_index", None)
     if built.unit == "list" and probes is not None and index is not None:
         nprobe = min(int(index.nprobe), int(index.nlist))

@@ -1,0 +1,73 @@
+"""Exact search by folder caps: the default above `index.flat_below` vectors.
+
+Every face is tested against the cap of every folder after its own (folders smallest first), one
+float32 product per (face, folder): a cap whose provable bound excludes the face costs nothing
+more, and the members of the others are scored (backends/bounds.py, `Certifier`, for the proof).
+No index is trained and nothing is sampled: every cross-folder pair at or above the radius is
+found, and the search says so (`info["certified"]`: exact, how).
+
+Cost: about the sum over folder pairs of the smaller folder's size in products (0.46 N x F / 2
+on the heavy-tailed seed-scale data), plus the needed members; where folders are tight
+(identity clusters) that is far below the flat search's N x N / 2 and, at 300k to 1M faces on
+this project's benchmark, below the IVF search with its k-means and calibration
+(benchmarks/exact_default.py). Where most folders hold one or two faces (LFW), they have no cap
+and their rows are scored one by one: the cost approaches the flat search's.
+
+Units are rows in the search's folder order, so a range engine (engines/) runs a run of folders
+per range; a row's cost is the number of folders after its own (`unit_costs`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import DEFAULT_TUNING, Emit, SearchTuning, _bar, _span, _stage
+from . import bounds as _bounds
+
+
+class CapsIndex:
+    unit = "vec"
+
+    def __init__(self, x: np.ndarray, labels: np.ndarray, radius: float, tuning: SearchTuning,
+                 certifier: _bounds.Certifier):
+        self.x, self.labels, self.radius, self.tuning = x, labels, radius, tuning
+        self.certifier = certifier
+        self.rows = certifier.order()
+        self.units = len(x)
+        caps = certifier.caps
+        self.info = {"index": "folder caps", "caps": int(len(caps.cutoff)), "loose_rows": int(len(certifier.loose)),
+                     "certified": {"exact": True, "how": "folder caps: each face against every other folder's "
+                                                         "cap, proven or scored"}}
+        self.stats: dict = {}
+
+    def calibrate(self, progress=None) -> None:
+        pass  # exact: nothing to calibrate
+
+    def candidates(self, emit: Emit, start: int = 0, end: int | None = None, progress=None) -> None:
+        first, last = _span(self.units, start, end)
+        bar = _bar(progress, last - first, "searching (folder caps)", "vec")
+        self.certifier.search(self.rows[first:last], emit, self.stats, self.tuning.scan_cells, progress=bar.update)
+        bar.close()
+
+    def unit_costs(self) -> np.ndarray:
+        """Each unit's share of the work, for cutting ranges of equal cost: the folders after
+        its row's own (its cap tests) plus one."""
+        folder = self.certifier.folder[self.rows]
+        return (int(folder.max(initial=0)) + 2 - folder).astype(np.float64)
+
+    def exact_rows(self, rows: np.ndarray, emit: Emit) -> None:
+        """These rows against every other folder (both sides): an incremental run's new rows."""
+        self.certifier.search(rows, emit, self.stats, self.tuning.scan_cells, both_sides=True)
+
+
+class CapsBackend:
+    def __init__(self, tuning: SearchTuning = DEFAULT_TUNING):
+        self.tuning = tuning
+
+    def build(self, x, labels, radius, progress=None, place=None) -> CapsIndex:
+        # `place` (a device) is not used: the caps search runs its products with numpy's BLAS
+        with _stage(progress, "folder caps"):
+            norms = _bounds.NormRange.of(x)
+            certifier = _bounds.Certifier(x, labels, radius, norms, min_size=self.tuning.cap_min,
+                                          peel=self.tuning.cap_peel)
+        return CapsIndex(x, labels, radius, self.tuning, certifier)
