@@ -19,6 +19,16 @@ order-free; a problem on (identity, file, code). `similarity` and `detail` are f
 Names are written with `text.name_cell` and read with `text.cell_name` (exact round trip). The
 old findings.csv-format baseline (`identity,file,other_identity,other_file,similarity`) is read
 as pair entries.
+
+Under `threshold: auto` the file also records the threshold it was accepted at, in one row
+right after the header (`THRESHOLD_ROW`; no check has that name): the value in `similarity`,
+`auto` in `code`, and the settings it was calibrated under as JSON in `detail`:
+
+    #threshold,,,,,0.9765,auto,"{""ceiling"": 0.98, ""centre"": false, ...}"
+
+A gate run (`--baseline` without `--update-baseline`) under the same settings uses that value
+instead of recalibrating (run.Pipeline._model_rules): removing an error never moves the gate.
+A file without the row (written before, or under a fixed threshold) reads as before.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -36,6 +47,7 @@ from .findings import (CSV_HEADER, INPUT_CHECK, PAIR_CHECK, Findings, Key, _atom
 from .text import cell_name, csv_cell, csv_uncell, file_text, name_cell, unshown
 
 BASELINE_PREFIX = "baseline"
+THRESHOLD_ROW = "#threshold"  # the recorded `threshold: auto` value and its settings (module docstring)
 HEADER = ("check", "identity", "file", "other_identity", "other_file", "similarity", "code", "detail")
 # Which columns key each check. A new check adds its line here and ratchets on its own key.
 KEY_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -120,10 +132,12 @@ def current_entries(findings: Findings) -> list[Entry]:
 
 
 class Baseline:
-    def __init__(self, path: Path, entries: list[Entry] | None = None):
+    def __init__(self, path: Path, entries: list[Entry] | None = None, threshold: dict | None = None):
         self.path = Path(path)
         self.entries = entries or []
         self.keys = {e.full_key for e in self.entries}
+        # {"value": float, "settings": dict}: the `threshold: auto` value accepted with the file
+        self.threshold = threshold
 
     @classmethod
     def load(cls, path: Path, missing_ok: bool = False, writable: bool = False) -> "Baseline":
@@ -138,7 +152,9 @@ class Baseline:
             raise BaselineError(f"baseline file not found: {path} (create it with --update-baseline)")
         if not path.is_file():
             raise BaselineError(f"baseline is not a file: {path}")
-        return cls(path, read_entries(path))
+        meta: dict = {}
+        entries = read_entries(path, meta)
+        return cls(path, entries, meta.get("threshold"))
 
     @property
     def reason(self) -> str:
@@ -182,6 +198,9 @@ class Baseline:
         BaselineError, and leaves the file as it was, when this run could not see everything."""
         entries = self.updated(findings)
         rows = [e.row() for e in entries]
+        record = findings.metadata.get("threshold_record")  # threshold: auto (run.Pipeline)
+        if record is not None:
+            rows.insert(0, threshold_row(record))
 
         def write(fh):
             w = csv.writer(fh, lineterminator="\n")
@@ -194,6 +213,7 @@ class Baseline:
             raise BaselineError(f"baseline {self.path} could not be written: {exc.strerror or exc}") from None
         self.entries = entries
         self.keys = {e.full_key for e in self.entries}
+        self.threshold = None if record is None else {"value": record["value"], "settings": record["settings"]}
         return self.path
 
 
@@ -257,8 +277,33 @@ def check_writable(path: Path) -> None:
                             f"{exc.strerror or exc}") from None
 
 
-def read_entries(path: Path) -> list[Entry]:
-    """Every entry of a baseline file (this format or the old findings.csv format)."""
+def threshold_row(record: dict) -> tuple[str, ...]:
+    """The `THRESHOLD_ROW` of a recorded `threshold: auto` value and its settings."""
+    cells = dict.fromkeys(HEADER, "")
+    cells.update(check=THRESHOLD_ROW, similarity=repr(float(record["value"])), code="auto",
+                 detail=csv_cell(json.dumps(record["settings"], sort_keys=True)))
+    return tuple(cells[c] for c in HEADER)
+
+
+def _threshold_record(path: Path, line: int, cells: dict[str, str]) -> dict:
+    try:
+        settings = json.loads(csv_uncell(cells["detail"]))
+    except ValueError:
+        settings = None
+    if cells["code"] != "auto" or not isinstance(settings, dict):
+        raise BaselineError(f"baseline {path}: line {line}: the {THRESHOLD_ROW} row is not one this tool wrote "
+                            f"(expected code 'auto' and the settings as JSON); delete the row or run "
+                            f"--update-baseline")
+    value = _number(path, line, cells["similarity"])
+    if not -1.0 <= value <= 1.0:  # NaN too
+        raise BaselineError(f"baseline {path}: line {line}: the recorded threshold is not in [-1, 1]: "
+                            f"{file_text(cells['similarity'], 100)!r}")
+    return {"value": value, "settings": settings}
+
+
+def read_entries(path: Path, meta: dict | None = None) -> list[Entry]:
+    """Every entry of a baseline file (this format or the old findings.csv format); `meta`, when
+    given, gets the recorded threshold (`meta["threshold"]`, see THRESHOLD_ROW)."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -275,7 +320,7 @@ def read_entries(path: Path) -> list[Entry]:
     try:
         reader = csv.reader(io.StringIO(text, newline=""))
         try:
-            return _parse(path, reader)
+            return _parse(path, reader, meta)
         except csv.Error as exc:
             if "field larger than field limit" in str(exc):
                 raise BaselineError(f"baseline {path}: line {reader.line_num}: a field is larger than "
@@ -285,7 +330,7 @@ def read_entries(path: Path) -> list[Entry]:
         csv.field_size_limit(old_limit)
 
 
-def _parse(path: Path, reader: Iterable[list[str]]) -> list[Entry]:
+def _parse(path: Path, reader: Iterable[list[str]], meta: dict | None = None) -> list[Entry]:
     header = tuple(next(iter(reader), None) or ())
     if header == CSV_HEADER:
         return _parse_old(path, reader)
@@ -296,6 +341,11 @@ def _parse(path: Path, reader: Iterable[list[str]]) -> list[Entry]:
     for line, row in _rows(path, reader, len(HEADER)):
         cells = dict(zip(HEADER, row))
         check = cells["check"]
+        if check == THRESHOLD_ROW:  # not an entry: the threshold the file was accepted at
+            record = _threshold_record(path, line, cells)
+            if meta is not None:
+                meta["threshold"] = record
+            continue
         columns = key_columns(check)
         if columns is None:
             from .checks import all_checks

@@ -59,9 +59,49 @@ def issues_json(results: dict[str, CheckResult]) -> dict[str, Any]:
     return out
 
 
-def _face(thumbs, identity: str, file: str) -> str:
+FOLDER_FACES = 3  # a folder-level row (a names pair, a folder that is not one person): its first faces
+
+
+def _face(thumbs, identity: str, file: str, caption: bool = True) -> str:
     uri = thumbs.data_uri(identity, file) if (thumbs is not None and identity and file) else None
-    return f"<img src='{uri}' alt='{escape(display_name(file))}'>" if uri else ""
+    if not uri:
+        return ""
+    img = f"<img src='{uri}' alt='{escape(display_name(file))}'>"
+    if not caption:
+        return img
+    return (f"<figure class='dc-face'>{img}<figcaption>{escape(display_name(identity))}/<br>"
+            f"{escape(display_name(file))}</figcaption></figure>")
+
+
+def _folder_faces(thumbs, identity: str, n: int = FOLDER_FACES) -> str:
+    """A few faces of a folder, for a row about the folder as a whole (no file of its own)."""
+    if thumbs is None or not identity:
+        return ""
+    from .embed.images import list_images
+
+    shown = []
+    for path in list_images(thumbs.root / identity):
+        face = _face(thumbs, identity, path.name, caption=False)
+        if face:
+            shown.append(face)
+        if len(shown) == n:
+            break
+    if not shown:
+        return ""
+    return (f"<figure class='dc-face dc-folder'>{''.join(shown)}<figcaption>{escape(display_name(identity))}/ "
+            f"({len(shown)} face(s) of the folder)</figcaption></figure>")
+
+
+def _faces(thumbs, i, score: str) -> str:
+    """An issue's thumbnails: its faces captioned folder/file (or a few faces of a folder the row is
+    about as a whole), and for a pair of faces the score between them."""
+    own = _face(thumbs, i.identity, i.file) if i.file else _folder_faces(thumbs, i.identity)
+    other = ""
+    if i.other_identity:
+        other = (_face(thumbs, i.other_identity, i.other_file) if i.other_file
+                 else _folder_faces(thumbs, i.other_identity))
+    pair = f"<div class='dc-caption'>{score} {i.score:.4f}</div>" if own and other and i.file and i.other_file else ""
+    return own + other + pair
 
 
 def issues_html(result: CheckResult, thumbs=None, limit: int = REPORT_ROWS) -> str:
@@ -78,7 +118,7 @@ def issues_html(result: CheckResult, thumbs=None, limit: int = REPORT_ROWS) -> s
     score = escape(c.columns.get("score", "score"))
     rows = []
     for i in result.issues[:limit]:
-        faces = _face(thumbs, i.identity, i.file) + _face(thumbs, i.other_identity, i.other_file)
+        faces = _faces(thumbs, i, score)
         status = escape(i.waived) if i.waived else escape(i.severity)
         rows.append(f"<tr class='dc-issue dc-{escape(i.severity)}'><td>{escape(display_name(i.identity))}</td>"
                     f"<td>{escape(issue_line(i, None))}</td><td>{i.score:.4f}</td><td>{status}</td>"

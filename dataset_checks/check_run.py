@@ -44,6 +44,7 @@ class CheckResult:
     seconds: float = 0.0
     instance: Check | None = None  # what ran (report_html, summary)
     _by_identity: dict[str, list[Issue]] | None = field(default=None, repr=False)
+    _warn_line: str | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -62,6 +63,19 @@ class CheckResult:
                     by.setdefault(issue.other_identity, []).append(issue)
             self._by_identity = by
         return self._by_identity.get(identity, [])
+
+    def warn_summary(self) -> str:
+        """One line for every identity this check warns about (the same text for each, so pytest's
+        warnings summary shows it once with a count, not one entry per identity)."""
+        if self._warn_line is None:
+            self.of("")  # builds the per-identity index
+            warned = [who for who, issues in self._by_identity.items()
+                      if any(i.waived is None and i.severity == "warn" for i in issues)
+                      and not any(i.waived is None and i.severity == "fail" for i in issues)]
+            count = sum(1 for i in self.issues if i.waived is None and i.severity == "warn")
+            self._warn_line = (f"check {self.name} ({self.check.title}): {count} warning(s) in {len(warned)} "
+                               f"passing identities; each one in {self.name}.csv and report.html")
+        return self._warn_line
 
     def outcome(self, identity: str | None = None) -> Outcome:
         """identity None: the dataset-level outcome (every issue)."""

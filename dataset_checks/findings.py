@@ -167,6 +167,7 @@ class Verdict:
             )
             lines += _capped([m.line() for m in failing], TERMINAL_PAIRS, "pair(s): see report.html / findings.csv")
         open_problems = [p for p in self.problems if p not in self.problem_waivers]
+        open_problems.sort(key=lambda p: not p.fatal)  # worst first: the cut never hides a fatal one
         if open_problems:
             checked = f"{self.vectors} face(s) checked" if self.vectors else "nothing checked"
             lines.append(f"{name}: {len(open_problems)} input problem(s) ({checked}):")
@@ -182,6 +183,64 @@ class Verdict:
             lines += _capped([m.line() for m in self.waived_matches], TERMINAL_PAIRS,
                              "pair(s): see report.html / findings.json")
         return "\n".join(lines)
+
+
+# -- one identity's result across every test of it --------------------------------------------
+
+
+@dataclass(frozen=True)
+class IdentityOutcome:
+    """What pytest will report for one identity, across every test of it: 'fail' (a test of it
+    fails), 'error' (it fails, and test_identity could not check it: not checkable) or 'pass'.
+    `failing`: the test families that fail it (test_identity, test_faces_detected, test_<check>)."""
+
+    status: str
+    failing: tuple[str, ...] = ()
+
+
+def identity_test_status(verdict: Verdict, rules: Rules) -> str:
+    """test_identity's result: 'fail', 'error' (not checkable) or 'pass'. Pairs fail it only with
+    checks.cross_identity on at severity fail; an unusable folder fails it always."""
+    status = verdict.status
+    cross = rules.check_settings("cross_identity")
+    if status == "fail" and (cross.severity != "fail" or not cross.enabled):
+        status = verdict.input_status
+    return status
+
+
+def faces_test_fails(report, rules: Rules) -> bool:
+    """Whether test_faces_detected fails for this embed.FaceReport (None: nothing embedded): the
+    images could not be embedded at all, or (bad_input and the check at fail) an image gave no face,
+    or a group photo with `several_faces: fail`."""
+    settings = rules.check_settings("faces_detected")
+    if report is None or not settings.enabled:
+        return False
+    if report.error:
+        return True
+    several = settings.params.get("several_faces", "warn")  # a group photo: soft unless configured
+    fails = rules.bad_input == "fail" and settings.severity == "fail"
+    return bool(fails and (report.hard or (report.several and several == "fail")))
+
+
+def identity_outcomes(verdicts: dict[str, Verdict], rules: Rules, check_results: dict | None = None,
+                      faces: dict | None = None) -> dict[str, IdentityOutcome]:
+    """Every identity's outcome over all its tests, computed from the run's results before pytest
+    runs them (the tests judge with the same functions): test_identity (`identity_test_status`),
+    test_faces_detected (`faces_test_fails`) and each registered check's family
+    (check_run.CheckResult.outcome: a check that failed to run fails every identity). The counts
+    of the summary, report.html and findings.json come from here."""
+    per_identity = [(name, r) for name, r in (check_results or {}).items()
+                    if getattr(r.check, "level", "identity") == "identity"]
+    faces = faces or {}
+    out = {}
+    for name, verdict in verdicts.items():
+        status = identity_test_status(verdict, rules)
+        failing = ["test_identity"] if status != "pass" else []
+        if faces_test_fails(faces.get(name), rules):
+            failing.append("test_faces_detected")
+        failing += [r.check.test_name() for _, r in per_identity if r.outcome(name).status == "fail"]
+        out[name] = IdentityOutcome("error" if status == "error" else "fail" if failing else "pass", tuple(failing))
+    return out
 
 
 def _capped(lines: list[str], limit: int, more: str) -> list[str]:
@@ -208,6 +267,16 @@ class Findings:
     # only in part (vectors, and a fatal input problem: NaN rows, an unreadable image, ...).
     evaluated: dict[str, Callable[[tuple], bool]] | None = None
     partial: dict[str, frozenset[str]] = field(default_factory=dict)
+    # identity -> its outcome over every test of it (`identity_outcomes`), set by the run once the
+    # checks and face detection are done; None: findings built without them (test_identity only)
+    outcomes: dict[str, IdentityOutcome] | None = None
+
+    def identity_outcomes(self) -> dict[str, IdentityOutcome]:
+        """The outcome of every identity over all its tests: the one source of every count."""
+        if self.outcomes is not None:
+            return self.outcomes
+        return {name: IdentityOutcome(v.status, ("test_identity",) if v.status != "pass" else ())
+                for name, v in self.verdicts.items()}
 
     @property
     def active(self) -> list[Finding]:
@@ -218,11 +287,13 @@ class Findings:
         return [f for f in self.pairs if f.waived is not None]
 
     def counts(self) -> dict[str, int]:
-        statuses = [v.status for v in self.verdicts.values()]
+        """`failed`: identities with at least one failing test (any family), the not checkable
+        ones among them; `passed`: the rest (every test of theirs passes)."""
+        statuses = [o.status for o in self.identity_outcomes().values()]
         counts = {
             "identities": len(statuses),
             "passed": statuses.count("pass"),
-            "failed": statuses.count("fail"),
+            "failed": len(statuses) - statuses.count("pass"),
             "not_checkable": statuses.count("error"),
             "findings": len(self.active),
             "waived": len(self.waived),
@@ -348,6 +419,7 @@ def _finding_json(f: Finding) -> dict:
 
 
 def write_json(findings: Findings, path: Path) -> Path:
+    outcomes = findings.identity_outcomes()
     doc = {
         **findings.metadata,
         "counts": findings.counts(),
@@ -362,6 +434,9 @@ def write_json(findings: Findings, path: Path) -> Path:
                 "problems": [str(p) for p in capped(v.problems, v.identity.display + "/")],
                 **({"waived_problems": [{"file": p.file, "code": p.code, "message": p.message, "waived": why}
                                         for p, why in v.waived_problems]} if v.problem_waivers else {}),
+                # every test of it that fails (test_identity's own result is `status`)
+                **({"failed_tests": list(outcomes[v.identity.name].failing)}
+                   if v.identity.name in outcomes and outcomes[v.identity.name].failing else {}),
             }
             for v in findings.verdicts.values()
         },

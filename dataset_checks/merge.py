@@ -25,10 +25,11 @@ error whose folders' mean vectors differ, so its score is low, often the lowest 
 evidence is the share of B's faces the photo matches (patterns.py: `2·q − 1`, q = matched /
 (faces of B + 3)). A candidate's evidence is the larger of its score and that; ties go to the
 best similarity. When the folder names match too (the names check: one name folded, reordered,
-contained or spelt nearly alike; `name_matches`), the candidate's evidence gains NAME_EVIDENCE (by rule):
-two independent signals (faces that match across the folders, names that match) rarely meet by
-chance. `pattern` says which shape the pairs have (patterns.Pattern: misfiled photo,
-copies, one person), in one line, with the next step.
+contained or spelt nearly alike; `name_matches`), the candidate gains a name bonus, NAME_EVIDENCE
+(by rule): two independent signals (faces that match across the folders, names that match) rarely
+meet by chance. So candidates are sorted by the rank score = evidence + name bonus, and every
+output shows that number (and its two parts), not the evidence alone. `pattern` says which shape the pairs have (patterns.Pattern: misfiled photo,
+copies, different photos one-to-one, one person), in one line, with the next step.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import numpy as np
 
 from .discover import display_name
 from .findings import Finding, _atomic_write
-from .patterns import Pattern, candidate_pattern
+from .patterns import COPY_SIMILARITY, Pattern, candidate_pattern
 from .text import cell_name, csv_cell, csv_uncell, name_cell
 
 CSLS_K = 5
@@ -54,6 +55,7 @@ NAME_EVIDENCE = {"exact": 0.5, "reordered": 0.5, "subset": 0.25, "near": 0.25}
 CSV_HEADER = (
     "rank", "identity", "other_identity", "score", "mean_cosine", "best_similarity",
     "faces_matching", "faces", "other_faces_matching", "other_faces", "pairs", "waived",
+    "rank_score", "evidence", "name_bonus", "pattern",  # rows are sorted by rank_score = evidence + name_bonus
 )
 
 
@@ -72,6 +74,8 @@ class MergeCandidate:
     examples: list[Finding] = field(default_factory=list)  # the best pairs, best first
     waived: str | None = None  # set when every pair between the two is waived
     name_match: str | None = None  # the names check's rule when the folder names match (exact, reordered...)
+    worst_similarity: float | None = None  # the lowest similarity of the pairs (copies need it >= copy_similarity)
+    copy_similarity: float = COPY_SIMILARITY  # the run's cosine of the same photo (patterns.py)
 
     @property
     def pattern(self) -> Pattern:
@@ -83,20 +87,28 @@ class MergeCandidate:
         return self.pattern.evidence
 
     @property
+    def name_bonus(self) -> float:
+        """NAME_EVIDENCE of the names check's rule when the folder names match, else 0."""
+        return NAME_EVIDENCE.get(self.name_match, 0.25) if self.name_match else 0.0
+
+    @property
     def rank_evidence(self) -> float:
-        """What candidates are ranked by: the evidence, plus NAME_EVIDENCE when the names match."""
-        return self.evidence + (NAME_EVIDENCE.get(self.name_match, 0.25) if self.name_match else 0.0)
+        """What candidates are ranked by (the rank score): the evidence plus the name bonus."""
+        return self.evidence + self.name_bonus
 
     def row(self, rank: int) -> tuple:
         return (
             rank, name_cell(self.identity), name_cell(self.other_identity), f"{self.score:.4f}",
             f"{self.mean_cosine:.4f}", f"{self.best_similarity:.6f}", self.faces_matching, self.faces,
             self.other_faces_matching, self.other_faces, self.pairs, csv_cell(self.waived or ""),
+            f"{self.rank_evidence:.4f}", f"{self.evidence:.4f}", f"{self.name_bonus:.2f}", self.pattern.kind,
         )
 
     def line(self) -> str:
         return (
-            f"{display_name(self.identity)} + {display_name(self.other_identity)}: score {self.score:.3f}, "
+            f"{display_name(self.identity)} + {display_name(self.other_identity)}: rank score "
+            f"{self.rank_evidence:.3f} (evidence {self.evidence:.3f} + name bonus {self.name_bonus:.2f}), "
+            f"score {self.score:.3f}, "
             f"{self.faces_matching}/{self.faces} and {self.other_faces_matching}/{self.other_faces} faces match, "
             f"best {self.best_similarity:.4f}, mean-vector cosine {self.mean_cosine:.3f}"
             + (f", names match ({self.name_match})" if self.name_match else "")
@@ -171,11 +183,14 @@ def merge_candidates(
     examples: int = EXAMPLES,
     name_matches: Mapping[tuple[str, str], str] | None = None,
     means: np.ndarray | None = None,
+    copy_similarity: float | None = None,
 ) -> list[MergeCandidate]:
     """Every identity pair with at least one finding (waived ones included), best evidence first.
 
     name_matches: (identity, other_identity) -> rule for folder names that match, either order
-    (checks.names: `matches_of(check_results.values())`); such candidates rank higher.
+    (checks.names: `matches_of(check_results.values())`); such candidates rank higher (the rank
+    score, `rank_evidence`, is the evidence plus their `name_bonus`).
+    copy_similarity: the run's cosine of the same photo (patterns.py; None: COPY_SIMILARITY).
     means: `folder_means` when the caller has them (the checks' CheckData.folder_means)."""
     index = {name: i for i, name in enumerate(names)}
     sizes = np.bincount(np.asarray(owner, dtype=np.int64), minlength=len(names))
@@ -210,6 +225,8 @@ def merge_candidates(
             examples=[_oriented(f, a) for f in group[:examples]],
             waived=group[0].waived if None not in waived else None,
             name_match=(name_matches.get((a, b)) or name_matches.get((b, a))) if name_matches else None,
+            worst_similarity=group[-1].similarity,
+            copy_similarity=COPY_SIMILARITY if copy_similarity is None else float(copy_similarity),
         ))
     out.sort(key=lambda c: (-c.rank_evidence, -c.best_similarity, c.identity, c.other_identity))
     return out

@@ -7,8 +7,13 @@ findings between two identity folders A and B fall into three shapes:
   of A matches B. One photo of B was filed under A (a copied video frame, a group photo whose
   detected face is B's). The folders' mean vectors differ, so the merge score ranks it low,
   yet the evidence is strong: every matched face of B is an independent witness.
-* **copies** (`copies`): every matched face is in exactly one pair: the same photo(s) filed
-  under both names (one person under two names, or a photo of one person filed under the other).
+* **copies** (`copies`): every matched face is in exactly one pair and every pair is at or above
+  `copy_similarity` (the near_duplicates check's threshold for the model: 0.99, 0.993 raw dlib):
+  the same photo(s) filed under both names (one person under two names, or a photo of one person
+  filed under the other).
+* **different photos, one-to-one** (`one_to_one`): one-to-one pairs as for copies, but some pair
+  below `copy_similarity`: different photos of one person under two names (or look-alikes), not
+  copies; the next step is merging the folders, not deleting photos.
 * **one person** (`one_person`): several faces of A match several faces of B: one person under
   two names (a transliteration, a name order swap) or look-alikes (twins: allowlist them).
 
@@ -38,6 +43,11 @@ if TYPE_CHECKING:  # merge.py imports this module
 ONE_PHOTO = "one_photo"
 COPIES = "copies"
 ONE_PERSON = "one_person"
+ONE_TO_ONE = "one_to_one"
+# The cosine at or above which a one-to-one pair counts as the same photo (copies): the
+# near_duplicates check's auto threshold for models it has no measurement for. A run passes its
+# own (findings.metadata["copy_similarity"]: that check's threshold for the model and centring).
+COPY_SIMILARITY = 0.99
 # A photo that matches a single face of the other folder is a copy, not a pattern.
 MIN_ONE_PHOTO_MATCHES = 2
 # Pseudo-faces added to the other folder before taking the share a photo matches: 3 of 3 then
@@ -45,7 +55,8 @@ MIN_ONE_PHOTO_MATCHES = 2
 # 3-4 face folder in dlib's crowded region push name variants out of the top 60).
 PHOTO_PRIOR = 3
 
-_KIND_NAME = {ONE_PHOTO: "misfiled photo", COPIES: "copies", ONE_PERSON: "many-to-many"}
+_KIND_NAME = {ONE_PHOTO: "misfiled photo", COPIES: "copies", ONE_PERSON: "many-to-many",
+              ONE_TO_ONE: "different photos, one-to-one"}
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,8 @@ class Pattern:
     best_similarity: float
     score: float | None = None  # the merge score (merge.py), when known
     other_photo: str | None = None  # the face of `other_identity` when it is one face
+    worst_similarity: float | None = None  # the lowest similarity of the pairs (None: best_similarity)
+    copy_similarity: float = COPY_SIMILARITY  # a pair at or above this is the same photo
 
     @property
     def label(self) -> str:
@@ -95,10 +108,18 @@ class Pattern:
         if self.kind == COPIES:
             if self.pairs == 1:
                 return (f"{a}/{display_name(self.photo or '')} matches {b}/{display_name(self.other_photo or '')} "
-                        f"(cosine {self.best_similarity:.4f}), no other face: the same photo filed twice, "
-                        f"or look-alikes?")
-            return (f"{self.pairs} photos of {a} have a copy in {b} (best cosine {self.best_similarity:.4f}): "
-                    f"the same photos filed under both names?")
+                        f"(cosine {self.best_similarity:.4f} >= {self.copy_similarity:g}), no other face: "
+                        f"the same photo filed twice?")
+            return (f"{self.pairs} photos of {a} have a copy in {b} (every cosine >= {self.copy_similarity:g}, best "
+                    f"{self.best_similarity:.4f}): the same photos filed under both names?")
+        if self.kind == ONE_TO_ONE:
+            below = f"below {self.copy_similarity:g}, the cosine of the same photo"
+            if self.pairs == 1:
+                return (f"{a}/{display_name(self.photo or '')} matches {b}/{display_name(self.other_photo or '')} "
+                        f"(cosine {self.best_similarity:.4f}, {below}), no other face: different photos of one "
+                        f"person under two names, or look-alikes?")
+            return (f"{self.pairs} photos of {a} each match one photo of {b} (best cosine {self.best_similarity:.4f}, "
+                    f"some {below}): one person under two names, or look-alikes?")
         of = f" of {self.other_faces}" if self.other_faces else ""
         return (f"{self.faces_matching} of {self.faces} faces of {a} match {self.other_faces_matching}{of} "
                 f"faces of {b}: one person under two names?")
@@ -120,10 +141,11 @@ class Pattern:
 
 
 def classify(identity: str, other_identity: str, pairs: Iterable[tuple[str, str, float]], faces: int,
-             other_faces: int, score: float | None = None) -> Pattern:
+             other_faces: int, score: float | None = None, copy_similarity: float = COPY_SIMILARITY) -> Pattern:
     """The pattern of the findings between two folders.
 
-    `pairs`: (file of identity, file of other_identity, similarity), at least one."""
+    `pairs`: (file of identity, file of other_identity, similarity), at least one; one-to-one pairs
+    are copies only when every similarity is at least `copy_similarity`."""
     pairs = list(pairs)
     if not pairs:
         raise ValueError("classify needs at least one pair")
@@ -132,18 +154,23 @@ def classify(identity: str, other_identity: str, pairs: Iterable[tuple[str, str,
     best = max(p[2] for p in pairs)
     return _pattern(identity, other_identity, len(mine), faces, len(theirs), other_faces, len(pairs), best,
                     next(iter(mine)) if len(mine) == 1 else None,
-                    next(iter(theirs)) if len(theirs) == 1 else None, score)
+                    next(iter(theirs)) if len(theirs) == 1 else None, score,
+                    min(p[2] for p in pairs), copy_similarity)
 
 
 def _pattern(a: str, b: str, fa: int, na: int, fb: int, nb: int, pairs: int, best: float,
-             photo_a: str | None, photo_b: str | None, score: float | None) -> Pattern:
+             photo_a: str | None, photo_b: str | None, score: float | None, worst: float | None = None,
+             copy_similarity: float = COPY_SIMILARITY) -> Pattern:
     if fa == 1 and fb >= MIN_ONE_PHOTO_MATCHES:
         return Pattern(ONE_PHOTO, a, b, photo_a, fa, na, fb, nb, pairs, best, score)
     if fb == 1 and fa >= MIN_ONE_PHOTO_MATCHES:
         return Pattern(ONE_PHOTO, b, a, photo_b, fb, nb, fa, na, pairs, best, score)
-    kind = COPIES if pairs == fa == fb else ONE_PERSON
+    if pairs == fa == fb:  # one-to-one: the same photos only at a near-duplicate similarity
+        kind = COPIES if (best if worst is None else worst) >= copy_similarity else ONE_TO_ONE
+    else:
+        kind = ONE_PERSON
     return Pattern(kind, a, b, photo_a if fa == 1 else None, fa, na, fb, nb, pairs, best, score,
-                   photo_b if fb == 1 else None)
+                   photo_b if fb == 1 else None, worst, copy_similarity)
 
 
 def candidate_pattern(c: "MergeCandidate") -> Pattern:
@@ -152,16 +179,21 @@ def candidate_pattern(c: "MergeCandidate") -> Pattern:
     photo_a = c.examples[0].file if c.examples else None
     photo_b = c.examples[0].other_file if c.examples else None
     return _pattern(c.identity, c.other_identity, c.faces_matching, c.faces, c.other_faces_matching,
-                    c.other_faces, c.pairs, c.best_similarity, photo_a, photo_b, c.score)
+                    c.other_faces, c.pairs, c.best_similarity, photo_a, photo_b, c.score,
+                    c.worst_similarity, c.copy_similarity)
 
 
 def identity_patterns(verdict: "Verdict", findings: "Findings | None" = None,
-                      scores: dict[frozenset, float] | None = None) -> list[Pattern]:
+                      scores: dict[frozenset, float] | None = None,
+                      copy_similarity: float | None = None) -> list[Pattern]:
     """Patterns of a failing identity's (not waived) matches, one per other folder, best evidence first.
 
     `findings` gives the other folders' sizes (without it a misfiled photo's evidence is unknown
     and its line says "matches N faces" without "of M"); `scores`: merge scores by
-    frozenset({a, b}) (see `merge_scores`)."""
+    frozenset({a, b}) (see `merge_scores`); `copy_similarity`: default the run's
+    (findings.metadata["copy_similarity"]), else COPY_SIMILARITY."""
+    if copy_similarity is None:
+        copy_similarity = run_copy_similarity(findings)
     groups: dict[str, list[tuple[str, str, float]]] = {}
     for m in verdict.failing_matches:
         groups.setdefault(m.other_identity, []).append((m.file, m.other_file, m.similarity))
@@ -170,9 +202,16 @@ def identity_patterns(verdict: "Verdict", findings: "Findings | None" = None,
     for other, pairs in groups.items():
         other_v = findings.verdicts.get(other) if findings is not None else None
         score = (scores or {}).get(frozenset((name, other)))
-        out.append(classify(name, other, pairs, verdict.vectors, other_v.vectors if other_v else 0, score))
+        out.append(classify(name, other, pairs, verdict.vectors, other_v.vectors if other_v else 0, score,
+                            copy_similarity))
     out.sort(key=lambda p: (-p.evidence, -p.best_similarity, -p.pairs, p.other_identity))
     return out
+
+
+def run_copy_similarity(findings: "Findings | None") -> float:
+    """The run's copy similarity (findings.metadata["copy_similarity"]), else COPY_SIMILARITY."""
+    value = findings.metadata.get("copy_similarity") if findings is not None else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else COPY_SIMILARITY
 
 
 def merge_scores(candidates: Iterable["MergeCandidate"]) -> dict[frozenset, float]:
@@ -200,7 +239,8 @@ def rank_failing(findings: "Findings", candidates: Iterable["MergeCandidate"] = 
     Not alphabetical (the order says where to look first) and not by pair count (a crowded
     region of the embedding space gives many pairs between different people)."""
     scores = merge_scores(candidates)
-    ranked = [RankedIdentity(v, identity_patterns(v, findings, scores))
+    copy_similarity = run_copy_similarity(findings)
+    ranked = [RankedIdentity(v, identity_patterns(v, findings, scores, copy_similarity))
               for v in findings.verdicts.values() if v.status == "fail"]
     ranked.sort(key=lambda r: (-(r.top.evidence if r.top else -1.0), -_best_sim(r.verdict),
                                len(r.patterns), r.verdict.identity.display))

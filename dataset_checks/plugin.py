@@ -59,7 +59,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("dataset_checks", "face dataset checks (pytest dataset_checks)")
     group.addoption("--dataset", type=_existing_dir, metavar="PATH",
                     help="dataset root: one folder per identity (overrides rules.yaml)")
-    group.addoption("--rules", metavar="PATH", help="rules file (default: rules.yaml in the rootdir)")
+    group.addoption("--rules", metavar="PATH",
+                    help="rules file (default: rules.yaml in the current folder, else in the rootdir; "
+                         "never one inside the dataset)")
     group.addoption("--threshold", type=_threshold, metavar="FLOAT",
                     help="cosine similarity at or above which two faces of different identities fail "
                          "(overrides rules.yaml)")
@@ -105,28 +107,76 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
     # a bare `dataset_checks` that is not a path there names the installed package.
     # The already-parsed positional arguments are rewritten too: pytest loads the initial conftests
     # from them, and a conftest above the package found only later at collection is an error.
+    # Only test paths are rewritten: an option's value (`--report-dir dataset_checks/out`) stays.
     namespace = getattr(early_config, "known_args_namespace", None)
-    for argv in (args, getattr(namespace, "file_or_dir", None) or []):
-        for k, arg in enumerate(argv):
-            name = arg.split("::")[0]
-            if name in ("dataset_checks", "dataset_checks/") and not Path(name).exists():
-                argv[k] = str(PACKAGE_DIR) + arg[len(name):]
+    positional = getattr(namespace, "file_or_dir", None) or []
+    for argv, where in ((args, _positional_indexes(parser, args)), (positional, range(len(positional)))):
+        for k in where:
+            mapped = _package_arg(argv[k])
+            if mapped is not None:
+                argv[k] = mapped
+
+
+def _positional_indexes(parser: pytest.Parser, args: list[str]) -> list[int]:
+    """Where the test paths are in `args`: not an option, nor the value after an option that takes one."""
+    actions = getattr(getattr(parser, "optparser", None), "_option_string_actions", {})
+    out: list[int] = []
+    k = 0
+    while k < len(args):
+        arg = args[k]
+        if arg == "--":
+            return out + list(range(k + 1, len(args)))
+        if arg.startswith("-") and arg != "-":
+            action = actions.get(arg) if "=" not in arg else None
+            k += 2 if action is not None and action.nargs != 0 else 1
+            continue
+        out.append(k)
+        k += 1
+    return out
+
+
+def _package_arg(arg: str) -> str | None:
+    """A test path that names the installed package but is no path here, as that package's path.
+
+    A failing test's node id, pasted back, reruns it: pytest prints the id relative to a rootdir
+    it picked (`../../test_identities.py::test_identity[X]` run from a far folder, `test_identities.py::...`
+    under `dataset-checks`, `dataset_checks/test_identities.py::...` in a checkout), and where that
+    path does not exist it names the package's test_identities.py, with the same `::` suffix.
+    Only `dataset_checks[/...]`, or a test_identities.py whose `::` names one of this package's
+    tests; an existing path is always pytest's own."""
+    if arg.startswith("-"):
+        return None
+    name, sep, rest = arg.partition("[")[0].partition("::")  # pytest: the [params] may hold `::`
+    if not name or os.path.exists(name):
+        return None
+    if name in ("dataset_checks", "dataset_checks/") or name.startswith("dataset_checks/"):
+        return str(PACKAGE_DIR) + arg[len("dataset_checks"):]
+    test = rest.split("::")[0]
+    if Path(name).name == "test_identities.py" and sep and (test == "test_dataset" or _check_of_family(test)):
+        return str(PACKAGE_DIR / "test_identities.py") + arg[len(name):]
+    return None
+
+
+def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector) -> pytest.Module | None:
+    # Outside the rootdir pytest names a file by its path from the test path given: the package
+    # given, its tests are `test_identities.py::...`; the file itself given (a pasted-back node
+    # id, _package_arg), they would be `::...`, which cannot be pasted again. Same id both ways.
+    if module_path != PACKAGE_DIR / "test_identities.py":
+        return None
+    module = pytest.Module.from_parent(parent, path=module_path)
+    if module.nodeid:
+        return module
+    return pytest.Module.from_parent(parent, path=module_path, nodeid=module_path.name)
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-html's, which reads --html, and the cache plugin's
 def pytest_configure(config: pytest.Config) -> None:
     if not (_targets_us(config.args) or config.getoption("dataset") or config.getoption("rules")):
         return
+    _refuse_xdist(config)
     dataset_opt = config.getoption("dataset")
     notes: list[str] = []
-    rules_path = config.getoption("rules")
-    if rules_path is None:
-        default = config.rootpath / "rules.yaml"
-        if default.is_file() and dataset_opt is not None and is_inside(default, dataset_opt):
-            # the data must not configure its own check (it could name an embedder to import)
-            notes.append(f"{display_name(str(default))} lies inside the dataset and is not read (--rules to use it)")
-        elif default.is_file():
-            rules_path = default
+    rules_path, rules_from = _find_rules(config, dataset_opt, notes)
     try:
         rules = load_rules(rules_path)
     except RulesError as exc:
@@ -176,6 +226,7 @@ def pytest_configure(config: pytest.Config) -> None:
     session = CheckSession(rules, report_dir=report_dir, baseline=baseline,
                            update_baseline=config.getoption("update_baseline"))
     session.notes = notes
+    session.rules_from = rules_from
     session.full = config.getoption("full")  # incremental
     if hasattr(config.option, "htmlpath"):  # pytest-html is installed (a dependency; -p no:html turns it off)
         if not config.option.htmlpath:
@@ -240,6 +291,45 @@ class _PassedPhases:
         filed = reporter.stats.get("") if reporter is not None else None
         if filed and filed[-1] is report:
             filed.pop()
+
+
+def _refuse_xdist(config: pytest.Config) -> None:
+    """pytest-xdist's -n/--dist: every worker would redo the whole load and search for its share
+    of the tests and fight over the report folder; the run computes everything once, in one
+    process. Refused in one line before anything is read or written (--collect-only is not
+    distributed, so it stays allowed)."""
+    if hasattr(config, "workerinput"):  # a worker: its controller is refused first; a last guard
+        raise pytest.UsageError("dataset_checks cannot run in a pytest-xdist worker: drop -n/--dist")
+    dist, tx = getattr(config.option, "dist", "no"), getattr(config.option, "tx", None)
+    if dist in (None, "no") or not tx or config.option.collectonly:
+        return
+    numprocesses = getattr(config.option, "numprocesses", None)
+    given = f"-n {numprocesses}" if numprocesses else f"--dist {dist}"
+    raise pytest.UsageError(f"{given} (pytest-xdist) is not supported: the run loads and searches the dataset "
+                            "once, in one process, and its tests only report that result; drop -n (use "
+                            "--engine ray to spread the search over machines); nothing was checked")
+
+
+def _find_rules(config: pytest.Config, dataset: Path | None, notes: list[str]) -> tuple[Path | None, str | None]:
+    """The rules file and why it was chosen: --rules FILE, else rules.yaml in the current folder,
+    else rules.yaml in pytest's rootdir, else none (the built-in defaults). A rules.yaml inside the
+    dataset (or an --against dataset) is never read: it is skipped with a note."""
+    given = config.getoption("rules")
+    if given is not None:
+        return Path(given), "--rules"
+    datasets = [d for d in (dataset, *(config.getoption("against") or [])) if d is not None]
+    seen: set[Path] = set()
+    for base, why in ((Path.cwd(), "from the current folder"), (config.rootpath, "from the rootdir")):
+        path = base / "rules.yaml"
+        if not path.is_file() or path.resolve() in seen:
+            continue
+        seen.add(path.resolve())
+        if any(is_inside(path, d) for d in datasets):
+            # the data must not configure its own check (it could name an embedder to import)
+            notes.append(f"{display_name(str(path))} lies inside the dataset and is not read (--rules to use it)")
+            continue
+        return path, why
+    return None, None
 
 
 def _report_dir(config: pytest.Config, dataset: Path | None) -> Path:
@@ -390,8 +480,9 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     session = config.stash.get(SESSION, None)
     if session is None:
         return None
-    if not config.option.collectonly:
-        _run_once(config, session)
+    # --collect-only too: it lists what a run runs, and a check family holds the identities the
+    # run's result flags (pytest_generate_tests); the findings files are not written (sessionfinish)
+    _run_once(config, session)
     return session.header_lines()
 
 
@@ -403,7 +494,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if metafunc.function.__name__ == "test_faces_detected":  # only folders whose images are embedded
         identities = session.image_identities() if session is not None else []
     check = _check_of_family(metafunc.function.__name__)
-    if check is not None and not check.builtin and session is not None and not metafunc.config.option.collectonly:
+    if check is not None and not check.builtin and session is not None:  # under --collect-only too
         # A check's family holds the identities it has something to say about, plus one item
         # for all the others: a test per identity per check would cost pytest ~1 ms each, and
         # most checks flag a handful of folders among thousands (tests/test_checks_framework.py).
@@ -485,7 +576,7 @@ def dataset_checks_session(request: pytest.FixtureRequest) -> CheckSession:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     check = session.config.stash.get(SESSION, None)
-    if check is not None:
+    if check is not None and not session.config.option.collectonly:  # --co lists; it writes no findings or baseline
         check.write_reports()
         # a gate whose outputs are missing, or whose baseline could not be updated, did not pass
         if (check.write_errors or check.baseline_refused) and session.exitstatus == pytest.ExitCode.OK:

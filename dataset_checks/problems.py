@@ -33,8 +33,9 @@ def capped(problems: Sequence[Problem], where: str, limit: int = MAX_PROBLEMS) -
     """At most `limit` problems to show: the first `limit - 1` and one counting the rest.
 
     For display only (warnings, findings.json's list): never a verdict's or a baseline's list.
-    The counting problem is fatal when any problem it hides is."""
-    problems = list(problems)
+    The counting problem is fatal when any problem it hides is. Fatal problems come first (in
+    their order, then the notes), so the cut drops notes before anything worse."""
+    problems = sorted(problems, key=lambda p: not p.fatal)
     if len(problems) <= limit:
         return problems
     kept, rest = problems[: limit - 1], problems[limit - 1 :]

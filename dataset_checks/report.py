@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 from .discover import display_name
 from .findings import Findings, Match, Verdict
-from .merge import MergeCandidate
+from .merge import NAME_EVIDENCE, MergeCandidate
 from .patterns import Pattern, RankedIdentity, identity_patterns, merge_scores, rank_failing
 from .text import own_text, terminal_line
 from .thumbnails import Thumbnails
@@ -59,6 +59,8 @@ body, #results-table, .dc-summary, .dc-merge, .dc-waived, .extras-container { fo
 .dc-ok { color: #2a7a2a; } .dc-bad { color: #b00020; }
 .dc-merge .dc-thumbs img { max-width: 64px; max-height: 64px; margin-right: 2px; }
 .dc-merge td.dc-side { width: 230px; }
+.dc-thumbs figure { display: inline-block; margin: 0 4px 0 0; vertical-align: top; font-size: 11px; }
+.dc-thumbs .dc-folder { width: auto; } .dc-folder img { display: inline-block; max-width: 64px; max-height: 64px; }
 </style>"""
 
 
@@ -140,7 +142,8 @@ def summary_html(findings: Findings, candidates: list[MergeCandidate], files: It
     rows = [
         ("Dataset", _e(meta.get("dataset"))),
         ("Identities", f"{c['identities']} checked: <span class='dc-ok'>{c['passed']} passed</span>, "
-                       f"<span class='dc-bad'>{c['failed']} failed</span>, {c['not_checkable']} not checkable"),
+                       f"<span class='dc-bad'>{c['failed']} failed</span> (a test of theirs fails; "
+                       f"{c['not_checkable']} of the {c['failed']} not checkable{_t(failed_by_test(findings))})"),
         ("Faces (vectors)", f"{meta.get('vectors', 0)} &times; {meta.get('dim') or '?'}-d "
                             f"(<code>{_e(meta.get('embedding_key'))}</code>)"),
         ("Threshold", f"cosine &ge; {meta.get('threshold')}"
@@ -230,7 +233,8 @@ def _side(thumbs: Thumbnails | None, identity: str, files: list[str], matching: 
 
 def merge_html(candidates: list[MergeCandidate], thumbs: Thumbnails | None, limit: int = MERGE_ROWS,
                per_side: int = MERGE_THUMBS) -> str:
-    head = ("<tr><th>#</th><th>Folder A</th><th>Folder B</th><th>What it looks like</th><th>Evidence</th>"
+    head = ("<tr><th>#</th><th>Folder A</th><th>Folder B</th><th>What it looks like</th>"
+            "<th>Rank score (evidence + name bonus)</th><th>Evidence</th><th>Name bonus</th>"
             "<th>Score</th><th>Best cosine</th><th>Mean-vector cosine</th></tr>")
     rows = []
     for rank, c in enumerate(candidates[:limit], start=1):
@@ -243,7 +247,8 @@ def merge_html(candidates: list[MergeCandidate], thumbs: Thumbnails | None, limi
             f"{_side(thumbs, c.identity, a_files, c.faces_matching, c.faces)}"
             f"{_side(thumbs, c.other_identity, b_files, c.other_faces_matching, c.other_faces)}"
             f"<td><span class='dc-kind'>{escape(p.label)}</span> {escape(p.description)}{waived}</td>"
-            f"<td>{c.evidence:.3f}</td><td>{c.score:.3f}</td><td>{c.best_similarity:.4f}</td>"
+            f"<td class='dc-rank-score'>{c.rank_evidence:.3f}</td><td>{c.evidence:.3f}</td>"
+            f"<td>{c.name_bonus:.2f}</td><td>{c.score:.3f}</td><td>{c.best_similarity:.4f}</td>"
             f"<td>{c.mean_cosine:.3f}</td></tr>"
         )
     more = (f"<p>&hellip; {len(candidates) - limit} more in merge_candidates.csv</p>"
@@ -251,7 +256,10 @@ def merge_html(candidates: list[MergeCandidate], thumbs: Thumbnails | None, limi
     if not candidates:
         body = "<p>No two folders share a face at the threshold.</p>"
     else:
-        body = (f"<p>Identity pairs with at least one matching face, ranked by evidence: the larger of the score "
+        body = (f"<p>Identity pairs with at least one matching face, sorted by the rank score = evidence + name "
+                f"bonus ({NAME_EVIDENCE['reordered']:g} when the two folder names are one name folded or reordered, "
+                f"{NAME_EVIDENCE['near']:g} when one contains the other or they are spelt nearly alike, else 0). "
+                f"Evidence is the larger of the score "
                 f"(2&middot;cos(A,B) &minus; r(A) &minus; r(B), the cosine of the two folders' mean vectors, centred "
                 f"on the dataset mean, corrected for crowding; r: mean cosine to the 5 nearest other folders) and, "
                 f"for a single photo that matches many faces of the other folder, 2q &minus; 1 with q the share of "
@@ -294,6 +302,16 @@ def threshold_text(meta: dict[str, Any]) -> str:
     return text
 
 
+def failed_by_test(findings: Findings) -> str:
+    """"; failing test_identity 26, test_names 12": how many identities each test family fails (an
+    identity failing two families counts in both), from the same outcomes as the counts."""
+    from collections import Counter
+
+    by = Counter(t for o in findings.identity_outcomes().values() for t in o.failing)
+    return ("; failing " + ", ".join(f"{t} {n}" for t, n in sorted(by.items(), key=lambda x: (-x[1], x[0])))
+            if by else "")
+
+
 def _failing_groups(ranked: list[RankedIdentity], limit: int) -> tuple[list[tuple[list[str], Pattern | None]], int]:
     """The first `limit` failing identities, those that fail through the same folder pair on one
     line (A and B fail for the same photo: one line, not two)."""
@@ -322,8 +340,9 @@ def summary_lines(findings: Findings, candidates: list[MergeCandidate], files: I
     every line through text.terminal_line (no control characters, bounded length)."""
     meta, c = findings.metadata, findings.counts()
     lines = [
-        f"{c['failed']} of {c['identities']} identities fail ({c['passed']} passed, {c['not_checkable']} not "
-        f"checkable); {meta.get('vectors', 0)} faces; {c['findings']} face pair(s) across folders"
+        f"{c['failed']} of {c['identities']} identities fail ({c['passed']} passed; {c['not_checkable']} of the "
+        f"{c['failed']} not checkable{failed_by_test(findings)}); {meta.get('vectors', 0)} faces; "
+        f"{c['findings']} face pair(s) across folders"
         + (f", {c['waived']} waived (allowlist/baseline)" if c["waived"] else ""),
         f"threshold: {threshold_text(meta)}",
     ]
@@ -343,12 +362,14 @@ def summary_lines(findings: Findings, candidates: list[MergeCandidate], files: I
         if rest:
             lines.append(f"  ... and {rest} more failing identities (report.html, findings.csv)")
     if candidates:
-        lines.append(f"folders that may be one person ({len(candidates)}, best evidence first):")
+        lines.append(f"folders that may be one person ({len(candidates)}, highest rank score first; "
+                     f"rank score = evidence + name bonus):")
         for k, cand in enumerate(candidates[:top_candidates], start=1):
             p = cand.pattern
             waived = f" (waived: {cand.waived})" if cand.waived else ""
             lines.append(f"  {k}. {display_name(cand.identity)} + {display_name(cand.other_identity)}: {p.label}, "
-                         f"evidence {cand.evidence:.3f}, best cosine {cand.best_similarity:.4f}{waived}")
+                         f"rank score {cand.rank_evidence:.3f} = evidence {cand.evidence:.3f} + name bonus "
+                         f"{cand.name_bonus:.2f}, best cosine {cand.best_similarity:.4f}{waived}")
     if ranked:
         lines.append("next steps:")
         seen = set()

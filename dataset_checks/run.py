@@ -72,6 +72,8 @@ class Pipeline:
         self.table = None
         self.search = None
         self.threshold_choice = None
+        # threshold: auto: {"value", "settings"[, "from": "baseline"]}, what --update-baseline records
+        self.threshold_record: dict | None = None
         self.check_results: dict = {}
         self._centre_shift = None  # leakage: this dataset's mean when embeddings.centre is on
         self.table_source = None  # "stored" (mapped from the cache as it was) or "loaded"
@@ -163,11 +165,29 @@ class Pipeline:
         self._checks(table, findings, dict(waive))
         findings.metadata["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
         findings.metadata["embedding"] = self.embedding
+        findings.metadata["copy_similarity"] = self._copy_similarity(table)  # patterns.py: "copies" at or above
         findings.metadata["faces"] = {
             r.identity.display: [o.line() for o in r.problems] or ([r.error] if r.error else [])
             for r in self.faces.values() if r.problems or r.error
         }
+        # every identity's outcome over all its tests, known before pytest runs them: every count
+        # (summary, report.html, findings.json) comes from it
+        from .findings import identity_outcomes
+
+        findings.outcomes = identity_outcomes(findings.verdicts, self.rules, self.check_results, self.faces)
         return findings
+
+    def _copy_similarity(self, table) -> float:
+        """The cosine at or above which one-to-one pairs are called copies (the same photo): the
+        near_duplicates check's threshold (its rules setting, else its auto value for the model
+        and centring), so that "copies" means what that check means by near-identical."""
+        from .checks.near_duplicates import auto_threshold
+
+        try:
+            configured = float(self.rules.check_settings("near_duplicates")["threshold"])
+        except (KeyError, TypeError, ValueError):
+            configured = 0.0
+        return configured or auto_threshold(table.key, self.rules.centre)
 
     def _engine(self):
         """Where the candidates stage runs (rules `engine:`): None in this process, else an engine
@@ -389,11 +409,56 @@ class Pipeline:
                 floor = DEFAULT_THRESHOLD
             cal = self.rules.calibration
             ceiling = cal.ceiling if cal.ceiling is not None else (CEILING_CENTRED if self.rules.centre else CEILING)
+            # what the value depends on besides the data: a baseline records it with the value
+            settings = {"key": display_name(table.key or ""), "centre": bool(self.rules.centre), "floor": float(floor),
+                        "ceiling": float(ceiling), "chance_pairs": float(cal.chance_pairs),
+                        "sample_pairs": int(cal.sample_pairs), "seed": int(cal.seed)}
+            if self._baseline_threshold(settings):
+                return
             choice = calibrate_threshold(table.vectors, table.identity_of, floor, chance_pairs=cal.chance_pairs,
                                          ceiling=ceiling, sample_pairs=cal.sample_pairs, seed=cal.seed)
             self.threshold_choice = choice
             self.timings["threshold"] = choice.seconds
             self.rules = replace(self.rules, threshold=choice.value)
+            self.threshold_record = {"value": choice.value, "settings": settings}
+        elif self.baseline is not None and self.baseline.threshold is not None and not self.update_baseline:
+            self.notes.append(f"the threshold {self.rules.threshold:g} from {display_name(self.rules.threshold_from)} "
+                              f"wins over the baseline {display_name(self.baseline.path.name)}'s recorded "
+                              f"{self.baseline.threshold['value']:g}")
+
+    def _baseline_threshold(self, settings: dict) -> bool:
+        """A gate run (--baseline without --update-baseline) keeps the `threshold: auto` value its
+        baseline was accepted at, when the file records one under the same settings: the data
+        changing (an error removed) never moves the gate; only --update-baseline (which
+        recalibrates and records the new value) or --threshold does. True when it was used."""
+        from dataclasses import replace
+
+        from .text import file_text
+
+        base = self.baseline
+        if base is None or self.update_baseline:
+            return False
+        record = base.threshold
+        if record is None:
+            self.notes.append(f"the baseline {display_name(base.path.name)} records no threshold (written before "
+                              "thresholds were recorded): threshold: auto recalibrated on this data; "
+                              "--update-baseline records it")
+            return False
+        if record["settings"] != settings:
+            # the file's side is text from a file (escaped); this run's side is the tool's (key: shown)
+            changed = ", ".join(f"{k} {file_text(record['settings'].get(k), 100)} -> {v}"
+                                for k, v in sorted(settings.items()) if record["settings"].get(k) != v)
+            changed = changed or "settings " + file_text(", ".join(sorted(set(record["settings"]) - set(settings))))
+            self.notes.append(f"the baseline {display_name(base.path.name)}'s threshold {record['value']:g} was accepted "
+                              f"under other calibration settings ({changed}): threshold: auto "
+                              f"recalibrated on this data; --update-baseline records it")
+            return False
+        self.rules = replace(self.rules, threshold=float(record["value"]), threshold_auto=False,
+                             threshold_from=f"the baseline {base.path.name}: threshold: auto as accepted by "
+                                            f"--update-baseline, not recalibrated (--update-baseline recalibrates "
+                                            f"it, --threshold overrides it)")
+        self.threshold_record = {**record, "from": "baseline"}
+        return True
 
     def threshold_source(self) -> str:
         return threshold_source(self.rules, self.threshold_choice)
@@ -409,6 +474,7 @@ class Pipeline:
             "threshold": self.rules.threshold,
             "threshold_choice": self.threshold_source(),
             "threshold_calibration": self.threshold_choice.as_dict() if self.threshold_choice is not None else None,
+            "threshold_record": self.threshold_record,  # baseline: recorded by --update-baseline, used by a gate
             "identity_thresholds": self.rules.identity_thresholds,
             "embedding_key": table.key if table is not None else None,
             "dim": table.dim if table is not None else None,

@@ -68,6 +68,7 @@ class CheckSession:
         self.written: list[Path] = []
         self.write_errors: list[str] = []  # outputs that could not be written (said in the summary)
         self.notes: list[str] = []  # what the plugin redirected or ignored (shown in the header)
+        self.rules_from: str | None = None  # why that rules file: --rules, from the current folder, from the rootdir
         self.lock = None  # outputs.FolderLock on the report folder, held by the plugin
         self.threshold_choice = None  # threshold.ThresholdChoice when `threshold: auto` was resolved
         self.run_error: str | None = None  # the pipeline itself broke: every verdict says so
@@ -240,7 +241,8 @@ class CheckSession:
             t0 = time.perf_counter()
             means = self.pipeline.folder_means if self.pipeline is not None else None
             self._candidates = merge_candidates(t.vectors, t.identity_of, [i.name for i in t.identities], f.pairs,
-                                                name_matches=matches_of(self.check_results.values()), means=means)
+                                                name_matches=matches_of(self.check_results.values()), means=means,
+                                                copy_similarity=f.metadata.get("copy_similarity"))
             self.timings["merge"] = seconds = time.perf_counter() - t0
             if isinstance(f.metadata.get("timings"), dict):  # a stage of the run like the others (findings.json)
                 f.metadata["timings"]["merge"] = round(seconds, 4)
@@ -378,9 +380,10 @@ class CheckSession:
         where = ("built-in demo dataset (no dataset in rules.yaml or --dataset)" if self.is_demo
                  else display_name(str(r.dataset)))
         overrides = f"; {len(r.identity_thresholds)} per-identity override(s)" if r.identity_thresholds else ""
+        rules_from = f" ({self.rules_from})" if r.source and self.rules_from else ""
         lines = [
             f"dataset_checks: {where} ({len(self.identities())} identity folder(s))",
-            f"dataset_checks: rules {display_name(str(r.source)) if r.source else '(built-in defaults)'}; "
+            f"dataset_checks: rules {display_name(str(r.source)) + rules_from if r.source else '(built-in defaults)'}; "
             f"index {r.index.type}; report folder {display_name(str(self.report_dir))}",
             f"dataset_checks: cosine threshold {self.threshold_text()}{overrides}",
         ]

@@ -12,14 +12,13 @@ class DatasetWarning(UserWarning):
 def test_identity(identity, dataset_checks_session):
     """No face in this folder matches a face in another folder at or above the threshold."""
     session = dataset_checks_session
+    from .findings import identity_test_status  # the same judgement as the counts (findings.identity_outcomes)
+
     verdict = session.verdict(identity)
-    status = verdict.status
     cross = session.rules.check_settings("cross_identity")
-    if status == "fail" and (cross.severity != "fail" or not cross.enabled):
-        if cross.enabled and cross.severity == "warn":
-            warnings.warn(DatasetWarning(session.message(identity)), stacklevel=1)
-        status = verdict.input_status  # the pairs do not fail; an unusable folder still does
-    if status != "pass":
+    if verdict.status == "fail" and cross.enabled and cross.severity == "warn":
+        warnings.warn(DatasetWarning(session.message(identity)), stacklevel=1)
+    if identity_test_status(verdict, session.rules) != "pass":  # an unusable folder fails whatever the pairs
         pytest.fail(session.message(identity), pytrace=False)
     if session.rules.bad_input != "info":
         from .problems import capped
@@ -33,18 +32,23 @@ def test_faces_detected(identity, dataset_checks_session):
 
     Collected only for folders with images and no embeddings file. Images with no face, several
     faces, or unreadable data are listed here; the rest of the folder is still checked by
-    test_identity. Conversions (greyscale, CMYK, 16-bit, EXIF rotation) are warnings.
+    test_identity. Conversions (greyscale, CMYK, 16-bit, EXIF rotation) are warnings, and so are
+    group photos (several faces, the one nearest the centre used) unless
+    `checks.faces_detected.several_faces: fail`. The message lists the worst problems first.
     """
     report = dataset_checks_session.faces_report(identity)
     if report is None:
         return
     rules = dataset_checks_session.rules
-    severity = rules.check_settings("faces_detected").severity
-    if report.error or report.problems:
-        if report.error or (rules.bad_input == "fail" and severity == "fail"):
-            pytest.fail(report.message(), pytrace=False)
-        if severity != "info":
-            warnings.warn(DatasetWarning(report.message()), stacklevel=1)
+    settings = rules.check_settings("faces_detected")
+    severity = settings.severity
+    several = settings.params.get("several_faces", "warn")  # a group photo: soft unless configured
+    from .findings import faces_test_fails  # the same judgement as the counts (findings.identity_outcomes)
+
+    if faces_test_fails(report, rules):
+        pytest.fail(report.message(), pytrace=False)
+    if severity != "info" and (report.hard or (report.several and several != "info")):
+        warnings.warn(DatasetWarning(report.message()), stacklevel=1)
     for outcome in report.notes:
         warnings.warn(DatasetWarning(outcome.line()), stacklevel=1)
 
@@ -76,8 +80,9 @@ def _judge(session, name: str, identity: str | None) -> None:
     outcome = result.outcome(identity)
     if outcome.status == "fail":
         pytest.fail(outcome.message(), pytrace=False)
-    if outcome.status == "warn":
-        warnings.warn(DatasetWarning(outcome.message()), stacklevel=1)
+    if outcome.status == "warn":  # per identity: one line per check, the details in <check>.csv / report.html
+        text = outcome.message() if identity is None else result.warn_summary()
+        warnings.warn(DatasetWarning(text), stacklevel=1)
 
 
 def _family(check):

@@ -36,7 +36,7 @@ def test_one_photo_matching_many_is_a_misfiled_photo_seen_from_either_side():
 
 
 def test_copies_and_many_to_many():
-    copies = classify("A", "B", [("a1", "b1", 0.99), ("a2", "b2", 0.98)], 5, 6)
+    copies = classify("A", "B", [("a1", "b1", 0.999), ("a2", "b2", 0.995)], 5, 6)  # near-duplicates (labels: >= 0.99)
     assert copies.kind == COPIES and "2 photos of A have a copy in B" in copies.description
     single = classify("A", "B", [("a1", "b1", 0.99)], 1, 1)
     assert single.kind == COPIES and "A/a1 matches B/b1" in single.description

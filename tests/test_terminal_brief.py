@@ -107,7 +107,7 @@ def test_tb_line_gives_one_line_per_failing_identity(pytester, dataset):
     eve = f"Eve: misfiled photo with Crowd: Eve_0001.jpg ↔ Crowd/{crowd_file}  {sim:.4f} (+39 more pair(s))"
     assert eve in lines
     for name in failing_identities(dataset):
-        assert sum(bool(re.match(rf"{name}: (copies|misfiled photo|many-to-many) with ", x)) for x in lines) == 1, name
+        assert sum(bool(re.match(rf"{name}: (copies|misfiled photo|many-to-many|different photos, one-to-one) with ", x)) for x in lines) == 1, name
     assert not any("test_identities.py:" in line for line in lines)  # the test's code line says nothing
     # the same line in pytest's short summary
     result.stdout.fnmatch_lines([f"FAILED *test_identity?Eve? - {eve}"])
@@ -195,7 +195,7 @@ def test_identity_brief_names_strongest_folders_and_counts_the_rest():
     assert brief.lines[0] == "A: 5 face pair(s) with 3 other folder(s) at cosine >= 0.9"
     assert len(brief.lines) == 1 + BRIEF_FOLDERS + 1 and brief.lines[-1].startswith("  ... and 1 more folder(s)")
     assert brief.line.endswith("; and 2 more folder(s)") and "↔" in brief.line
-    assert "  copies with C: a2.jpg ↔ C/c2.jpg  0.9480 (+2 more pair(s))" in brief.lines  # its best pair
+    assert "  different photos, one-to-one with C: a2.jpg ↔ C/c2.jpg  0.9480 (+2 more pair(s))" in brief.lines  # its best pair
     other = identity_brief(f.verdicts["\x1b[31mD<b>"], ranked["\x1b[31mD<b>"].patterns)
     text = "\n".join([other.line, *other.lines])
     assert "\x1b" not in text and "<b>" not in text and "%1B[31mD%3Cb%3E" in text

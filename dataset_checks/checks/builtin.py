@@ -11,7 +11,7 @@ merge_candidates.csv, `test_faces_detected[<identity>]`, and the input problems 
 from __future__ import annotations
 
 from . import register
-from .base import Check, CheckData, CheckSettings, Issue
+from .base import Check, CheckData, CheckSettings, Issue, Param
 
 
 class _Builtin(Check):
@@ -37,8 +37,14 @@ class FacesDetected(_Builtin):
     name = "faces_detected"
     title = "faces detected"
     doc = ("Every image the tool embeds decodes and shows exactly one face (folders with images and no "
-           "embeddings file). Off: no test_faces_detected items.")
+           "embeddings file). Off: no test_faces_detected items. A group photo (several faces, the one "
+           "nearest the centre used) is a warning unless `several_faces: fail`.")
     family = "test_faces_detected"
+    params = {
+        "several_faces": Param("warn", "severity of an image with several faces (the one nearest the centre "
+                               "is used); unreadable images and images with no face follow `severity`",
+                               kind="choice", choices=("fail", "warn", "info")),
+    }
 
 
 @register

@@ -47,6 +47,17 @@ class ImageOutcome:
             return f"{e.faces} faces found; the one nearest the image centre is used"
         return None
 
+    @property
+    def rank(self) -> int:
+        """How bad the problem is, worst first: 0 unreadable/too small, 1 no face, 2 several faces
+        (a soft finding: a face is still used), 3 none."""
+        e = self.entry
+        if e.error:
+            return 0
+        if e.faces == 0 or e.vector is None:
+            return 1
+        return 2 if e.faces > 1 else 3
+
     def line(self) -> str:
         text = display_name(self.file) + ": " + (self.problem or "ok")
         return text + (f" ({'; '.join(self.entry.notes)})" if self.entry.notes else "")
@@ -62,7 +73,19 @@ class FaceReport:
 
     @property
     def problems(self) -> list[ImageOutcome]:
-        return [o for o in self.outcomes if o.problem]
+        """Every image with a face problem, worst first (unreadable, no face, several faces), so a
+        capped message never cuts a worse one off for a note."""
+        return sorted((o for o in self.outcomes if o.problem), key=lambda o: o.rank)
+
+    @property
+    def hard(self) -> list[ImageOutcome]:
+        """Images that gave no face (unreadable, too small, no face): their faces are not checked."""
+        return [o for o in self.problems if o.rank < 2]
+
+    @property
+    def several(self) -> list[ImageOutcome]:
+        """Group photos: several faces found, the one nearest the centre used (a soft finding)."""
+        return [o for o in self.problems if o.rank == 2]
 
     @property
     def notes(self) -> list[ImageOutcome]:
