@@ -50,7 +50,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dataset_checks.backends import SearchTuning  # noqa: E402
-from dataset_checks.backends import bounds as B  # noqa: E402
 from dataset_checks.backends.ivf import IVFBackend  # noqa: E402
 from dataset_checks.rules import IndexRules  # noqa: E402
 from dataset_checks.search import RADIUS_MARGIN, _Collector, auto_nlist  # noqa: E402

@@ -14,6 +14,14 @@ from .text import shown
 
 # FACE01 files images it could not use into these folders inside an identity folder.
 FACE01_SIDE_FOLDERS = frozenset({"noFace", "multipleFaces"})
+# What an identity folder holds: an embeddings file (FACE01's first), images.
+FACE01_FILE = "npKnown.npz"
+PLAIN_FILE = "embeddings.npz"
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
+
+
+def is_image_name(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 @dataclass(frozen=True)
@@ -146,8 +154,6 @@ def why_no_identities(root: Path, what: str = "--dataset") -> str:
     """Why `root` gave no identity folder, in words (test_dataset's message; the leakage check's for
     an --against dataset): it cannot be listed, is empty (not mounted?), is one identity folder, or
     holds only files and hidden or side folders. `what`: the option that named it."""
-    from .folderscan import FACE01_FILE, PLAIN_FILE, is_image_name
-
     root = Path(root)
     shown_root = display_name(str(root))
     try:

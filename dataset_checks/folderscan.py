@@ -13,16 +13,9 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .discover import display_name, inside, why
+from .discover import (FACE01_FILE, IMAGE_EXTENSIONS, PLAIN_FILE,  # noqa: F401  (importable from here as before)
+                       display_name, inside, is_image_name, why)
 from .problems import Problem
-
-FACE01_FILE = "npKnown.npz"
-PLAIN_FILE = "embeddings.npz"
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
-
-
-def is_image_name(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 @dataclass

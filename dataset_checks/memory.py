@@ -43,6 +43,17 @@ def parse_size(value) -> int:
     return int(size)
 
 
+def size_text(n: int) -> str:
+    """Bytes for people: 1.9 TiB, 40.0 MiB, 512 bytes."""
+    if n < 1024:
+        return f"{n} bytes"
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        n /= 1024
+        if n < 1024 or unit == "PiB":
+            return f"{n:.1f} {unit}"
+    raise AssertionError  # pragma: no cover
+
+
 def machine_memory() -> int:
     """Physical memory, or the cgroup's limit when that is lower (containers, CI runners)."""
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -253,7 +264,5 @@ class Budget:
         self._maps.clear()
 
     def as_dict(self) -> dict:
-        from .vectors import size_text  # vectors imports rules, which imports this module
-
         return {"budget": self.limit, "budget_text": size_text(self.limit), "trims": self.trims,
                 "peak_seen": self.peak}

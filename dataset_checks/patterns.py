@@ -32,13 +32,31 @@ No pytest, no numpy: plain counts in, plain text out.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, Protocol
 
 from .discover import display_name
 
-if TYPE_CHECKING:  # merge.py imports this module
-    from .findings import Findings, Verdict
-    from .merge import MergeCandidate
+if TYPE_CHECKING:
+    from .findings import Finding, Findings, Verdict
+
+
+class MergeCounts(Protocol):
+    """What a pattern is read from for two folders (merge.MergeCandidate has it; merge.py imports
+    this module, not the other way round)."""
+
+    identity: str
+    other_identity: str
+    faces_matching: int  # distinct faces of `identity` that match a face of `other_identity`
+    faces: int
+    other_faces_matching: int
+    other_faces: int
+    pairs: int
+    best_similarity: float
+    score: float  # the merge score
+    examples: list["Finding"]  # the best pairs, best first
+    worst_similarity: float | None
+    copy_similarity: float
+
 
 ONE_PHOTO = "one_photo"
 COPIES = "copies"
@@ -173,7 +191,7 @@ def _pattern(a: str, b: str, fa: int, na: int, fb: int, nb: int, pairs: int, bes
                    photo_b if fb == 1 else None, worst, copy_similarity)
 
 
-def candidate_pattern(c: "MergeCandidate") -> Pattern:
+def candidate_pattern(c: MergeCounts) -> Pattern:
     """The pattern of a merge candidate (its counts and examples suffice: with one matching face
     on a side, every pair, hence its best example, holds that face)."""
     photo_a = c.examples[0].file if c.examples else None
@@ -214,7 +232,7 @@ def run_copy_similarity(findings: "Findings | None") -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else COPY_SIMILARITY
 
 
-def merge_scores(candidates: Iterable["MergeCandidate"]) -> dict[frozenset, float]:
+def merge_scores(candidates: Iterable[MergeCounts]) -> dict[frozenset, float]:
     return {frozenset((c.identity, c.other_identity)): c.score for c in candidates}
 
 
@@ -232,7 +250,7 @@ def _best_sim(v: "Verdict") -> float:
     return max((m.similarity for m in v.failing_matches), default=-1.0)
 
 
-def rank_failing(findings: "Findings", candidates: Iterable["MergeCandidate"] = ()) -> list[RankedIdentity]:
+def rank_failing(findings: "Findings", candidates: Iterable[MergeCounts] = ()) -> list[RankedIdentity]:
     """Failing identities, strongest evidence first: the evidence of their best pattern (a
     misfiled photo's share of matched faces, or the folders' merge score), then the best
     similarity, then the number of other folders involved (fewer: a sharper error), then the name.

@@ -285,7 +285,7 @@ class Pipeline:
             table = load_table(root, identities, key, folders=prepared.folders)
             # empty, not mounted, another model, mostly unreadable: the leakage check fails saying so
             unusable, lost = judge_against(root, identities, table, key, dim,
-                                           other_model=lambda: load_table(root, identities, None,
+                                           other_model=lambda: load_table(root, identities, None,  # noqa: B023 (called now)
                                                                           max_bytes=self.folder_bytes()))
             if unusable is not None:
                 out.append(AgainstData(root, identities, None, unusable=unusable, lost=lost))

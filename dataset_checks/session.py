@@ -9,7 +9,6 @@ adapts: its hooks call these methods.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import tempfile

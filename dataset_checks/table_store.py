@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .arrays import normalise
 from .problems import Problem
 from .safe_write import atomic_write
 from .text import own_text
@@ -342,8 +343,6 @@ def centred(folder: Path, vectors: np.ndarray, block: int = 1 << 16) -> tuple[np
     The centred rows are a second file mapping, written block by block, not an in-memory copy
     of the table; a published table folder is only ever replaced whole, so a centred file there
     belongs to the table beside it."""
-    from .vectors import normalise
-
     path, mean_path = folder / "centred.f32", folder / "centred-mean.npy"
     n, dim = vectors.shape
     try:

@@ -24,17 +24,21 @@ import zipfile
 from collections import Counter
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 from numpy.lib import format as npy_format
 
+from .arrays import normalise
 from .discover import Identity, display_name, why
 from .folderscan import FACE01_FILE, PLAIN_FILE, FolderScan, scan_folder
-from .memory import FOLDER_SHARE, folder_bound
+from .memory import FOLDER_SHARE, folder_bound, size_text  # noqa: F401  (size_text: importable from here as before)
 from .problems import SHOWN, Problem, few
 from .readahead import ordered_map
 from .rules import KNOWN_VECTOR_KEYS
+
+if TYPE_CHECKING:  # annotations only; the module is imported where used
+    from .table_store import Rows
 
 PLAIN_NAMES, PLAIN_VECTORS = "files", "vectors"
 
@@ -67,17 +71,6 @@ class TooLarge(MemoryError):
     def __init__(self, size: int, limit: int):
         super().__init__(f"{size} bytes over the bound of {limit}")
         self.size, self.limit = size, limit
-
-
-def size_text(n: int) -> str:
-    """Bytes for people: 1.9 TiB, 40.0 MiB, 512 bytes."""
-    if n < 1024:
-        return f"{n} bytes"
-    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
-        n /= 1024
-        if n < 1024 or unit == "PiB":
-            return f"{n:.1f} {unit}"
-    raise AssertionError  # pragma: no cover
 
 
 @dataclass
@@ -285,7 +278,7 @@ def _load_arrays(data: bytes, rel: str, names_key: str, wanted: list[str], limit
                                         f"budget of {size_text(int(limit / FOLDER_SHARE))}: --memory / rules memory:); "
                                         "not read", code="too-large"))
         read = {}
-        for k, (shape, dtype, size, fortran, header) in members.items():
+        for k, (shape, dtype, _size, fortran, header) in members.items():
             arr = _stored_array(data, npz.zip, k, shape, dtype, fortran, header)
             read[k] = arr if arr is not None else npz[k]
         names = read[names_key]
@@ -652,17 +645,6 @@ def stored_table(root: Path, identities: list[Identity], meta: dict) -> VectorTa
                        sources={int(k): Path(v) for k, v in meta["sources"].items()})
 
 
-def _normalise_f32(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """float32 rows times the float32 reciprocal of their float64 norm: within 2e-8 of the
-    float64 division, 3x faster (loading a million vectors: 4 s less). Norms accumulate in float64."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        norms = np.sqrt(np.einsum("ij,ij->i", arr, arr, dtype=np.float64))
-    bad = ~np.isfinite(norms) | (norms <= np.finfo(np.float32).tiny)
-    out = arr * (1.0 / np.where(bad, 1.0, norms)).astype(np.float32)[:, None]
-    out[bad] = 0.0
-    return out, bad
-
-
 def centre_vectors(vectors: np.ndarray) -> np.ndarray:
     """Unit rows minus their mean, re-normalised (rules embeddings.centre). Rows that end at zero
     length (only possible with one vector) stay zero."""
@@ -670,29 +652,3 @@ def centre_vectors(vectors: np.ndarray) -> np.ndarray:
         return vectors
     centred, _ = normalise(vectors, shift=vectors.mean(axis=0, dtype=np.float64))
     return centred
-
-
-def normalise(arr: np.ndarray, block: int = 512, shift: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Unit-length float32 rows of `arr - shift`, and a mask of rows that cannot be normalised
-    (NaN, inf, zero).
-
-    Norms and division in float64, in blocks of rows that stay in cache (a whole-table float64
-    copy was 4x slower and doubled the memory of the largest array)."""
-    arr = np.asarray(arr)
-    if shift is None and arr.dtype == np.float32:
-        return _normalise_f32(arr)
-    out = np.empty(arr.shape, dtype=np.float32)
-    bad = np.zeros(arr.shape[0], dtype=bool)
-    for s in range(0, arr.shape[0], block):
-        x = np.asarray(arr[s : s + block], dtype=np.float64)
-        if shift is not None:
-            x = x - shift
-        with np.errstate(invalid="ignore", over="ignore"):
-            norms = np.sqrt(np.einsum("ij,ij->i", x, x))
-        b = ~np.isfinite(norms) | (norms <= np.finfo(np.float32).tiny)
-        safe = np.where(b, 1.0, norms)
-        with np.errstate(invalid="ignore"):
-            out[s : s + block] = x / safe[:, None]
-        out[s : s + block][b] = 0.0
-        bad[s : s + block] = b
-    return out, bad

@@ -156,7 +156,7 @@ def test_formula_like_folder_names_are_inert_and_round_trip(pytester):
              os.fsdecode(b"caf\xe9"), "a\\x41", "100%41", "\tTab"]
     root = pytester.path / "data"
     shared = rng.standard_normal(32)
-    for k, n in enumerate(names):
+    for n in names:
         v = rng.standard_normal((3, 32))
         v[0] = shared + 0.01 * rng.standard_normal(32)  # one photo in every folder: all pairs match
         write_face01(root, n, v, files=[f"{n}_{j}.jpg" for j in range(3)])

@@ -278,7 +278,7 @@ def test_best_other_in_tiles_of_folders_equals_brute_force(c, min_other, row_til
     best, then the best over tiles): the same best folders and floors as brute force."""
     from unittest import mock
 
-    from dataset_checks.checks import misfiled
+    import dataset_checks.checks.folder_fit as fitting
 
     if not usable(c):
         return
@@ -288,7 +288,7 @@ def test_best_other_in_tiles_of_folders_equals_brute_force(c, min_other, row_til
     best = to_folder.max(axis=1)
     none = ~np.isfinite(best)
     floor = np.where(none, 0.0, best) + np.random.default_rng(seed).uniform(-0.05, 0.05, rows.size)
-    with mock.patch.object(misfiled, "ROW_TILE", row_tile), mock.patch.object(misfiled, "QUERY_CELLS", cells):
+    with mock.patch.object(fitting, "ROW_TILE", row_tile), mock.patch.object(fitting, "QUERY_CELLS", cells):
         fit = folder_fit(data)
         other, sim = fit.best_other(data, rows, min_other)
         fit_floor = folder_fit(make_data(c.vectors, c.labels, c.names, c.files))
@@ -308,14 +308,14 @@ def test_folder_fit_in_any_row_order_and_block_size(c, seed, block_rows):
     own(i) and the folder means are the same."""
     from unittest import mock
 
-    from dataset_checks.checks import misfiled
+    import dataset_checks.checks.folder_fit as fitting
 
     if not usable(c):
         return
     rng = np.random.default_rng(seed)
     p = c.permuted(rng.permutation(len(c.labels)), rng.permutation(len(c.names)))
     data = make_data(p.vectors, p.labels, c.names, p.files)
-    with mock.patch.object(misfiled, "BLOCK_BYTES", 8 * p.dim * block_rows):
+    with mock.patch.object(fitting, "BLOCK_BYTES", 8 * p.dim * block_rows):
         fit = folder_fit(data)
     own, _, folder_mean, _ = reference(p.vectors, p.labels, len(c.names))
     np.testing.assert_allclose(fit.own, own, atol=TOL)

@@ -53,10 +53,11 @@ def _data(dataset, vectors) -> CheckData:
 
 def _small_blocks() -> ExitStack:
     """Every block-size knob of the checks at about 1 MB (256 KB of float32 scores)."""
-    from dataset_checks.checks import calibration, exact_duplicates, leakage, misfiled, near_duplicates
+    from dataset_checks.checks import calibration, exact_duplicates, leakage, near_duplicates
+    from dataset_checks.checks import folder_fit as fitting
 
     stack = ExitStack()
-    for module, name, value in ((misfiled, "BLOCK_BYTES", 1 << 20), (misfiled, "QUERY_CELLS", 1 << 16),
+    for module, name, value in ((fitting, "BLOCK_BYTES", 1 << 20), (fitting, "QUERY_CELLS", 1 << 16),
                                 (leakage, "BASE_BYTES", 1 << 20), (leakage, "SCAN_CELLS", 1 << 16),
                                 (near_duplicates, "BLOCK_CELLS", 1 << 16), (near_duplicates, "BATCH_BYTES", 1 << 20),
                                 (exact_duplicates, "ROW_BLOCK_BYTES", 1 << 20), (calibration, "CHUNK", 512)):

@@ -5,10 +5,8 @@ Tests marked `needs_dlib` run only with the [faces] extra installed; `needs_lfw`
 """
 
 import importlib.util
-import io
 import json
 import shutil
-import textwrap
 from pathlib import Path
 
 import numpy as np

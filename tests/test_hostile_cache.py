@@ -352,7 +352,7 @@ def test_a_full_disk_under_the_cache_checks_every_identity_in_memory_and_says_so
     _, reference = _run(root, tmp_path / "healthy-cache")
     cache = tmp_path / "cache"
     disk = FullDisk(monkeypatch, cache, code, no_folders=how == "no_folders")
-    for attempt in range(2):  # each run on the full disk: the same, and nothing piles up
+    for _attempt in range(2):  # each run on the full disk: the same, and nothing piles up
         pipeline, result = _run(root, cache)
         assert disk.failed
         assert _findings(result) == _findings(reference)

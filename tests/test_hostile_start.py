@@ -226,7 +226,9 @@ def test_pinned_config_is_shipped_and_not_discovered():
 
 # -- the docs show only safe forms --------------------------------------------------------------
 
-DOCS = ["README.md", ".pre-commit-hooks.yaml", *(f"examples/{p.name}" for p in sorted((REPO / "examples").glob("*.y*ml")))]
+PAGES = ["README.md", *(f"docs/{p.name}" for p in sorted((REPO / "docs").glob("*.md")))]
+EXAMPLES = [".pre-commit-hooks.yaml", *(f"examples/{p.name}" for p in sorted((REPO / "examples").glob("*.y*ml")))]
+DOCS = [*PAGES, *EXAMPLES]
 _PYTEST_RUN = re.compile(r"\bpytest\s+dataset_checks\b")
 _TWO_TOKEN_DATASET = re.compile(r"--(dataset|against)\s+[^\s|`'\"]")
 
@@ -263,5 +265,6 @@ def test_docs_never_show_the_unsafe_form():
     assert unsafe == []
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert "dataset-checks --dataset /data/faces" in readme
-    for doc in DOCS[1:]:  # every CI / pre-commit example runs the safe command
+    assert "docs/guarantees.md" in PAGES and "docs/usage.md" in PAGES  # the docs pages are scanned too
+    for doc in EXAMPLES:  # every CI / pre-commit example runs the safe command
         assert re.search(r"(^|[\s:>])dataset-checks[ \t]+-", (REPO / doc).read_text(encoding="utf-8"), re.M), doc

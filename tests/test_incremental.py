@@ -187,7 +187,7 @@ def test_incremental_findings_equal_a_full_run_after_any_sequence_of_changes(var
         rules = parse_rules({**VARIANTS[variant], "incremental": {"max_changed": "100%"}}, None)
         pipeline, first = _run(ds.root, cache, rules)
         assert pipeline.incremental.record["mode"] == "full"
-        for step in range(steps):
+        for _step in range(steps):
             done = [_apply(ds, data) for _ in range(data.draw(st.integers(1, 3), label="changes"))]
             ds.write()
             before = tree_state(ds.root)

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from numpy.lib import format as npy_format
 
-from dataset_checks import vectors
 from dataset_checks.discover import discover_identities
 from dataset_checks.problems import MAX_PROBLEMS, capped
 from dataset_checks.rules import parse_rules

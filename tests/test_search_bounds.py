@@ -155,7 +155,7 @@ def trained_ivf(x: np.ndarray, nlist: int, k: int):
 @given(data=clusters(min_dim=2, max_dim=16, min_folders=8, max_folders=16, max_size=12),
        threshold=st.floats(0.3, 0.999), nlist=st.integers(2, 8), k=st.integers(1, 8), nprobe=st.integers(1, 8))
 def test_list_caps_prove_only_what_is_true(data, threshold, nlist, k, nprobe):
-    x, labels = data.vectors, data.labels
+    x = data.vectors
     nlist = min(nlist, max(1, len(x) // 39))
     k, nprobe = min(k, nlist), min(nprobe, k)
     index, near, dist = trained_ivf(x, nlist, k)

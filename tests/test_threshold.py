@@ -202,7 +202,7 @@ def test_report_forms():
     assert d["cross_pairs"] == choice.cross_pairs
     line = choice.describe()
     assert "\n" not in line and f"{choice.value:.4f}" in line
-    with pytest.raises(Exception):
+    with pytest.raises(AttributeError):  # dataclasses.FrozenInstanceError
         choice.value = 0.5  # frozen
     tiny = calibrate_threshold(*iid_dataset(9, 10, 2), floor=0.95)
     assert json.loads(json.dumps(tiny.as_dict()))["tail"] is None

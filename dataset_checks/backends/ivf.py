@@ -419,7 +419,7 @@ class IVFIndex:
         self._certified()
 
     def _certified(self, certified_rows: int = 0) -> None:
-        """info["certified"]: how much of the search is proven exact (see README, The search)."""
+        """info["certified"]: how much of the search is proven exact (see docs/search.md)."""
         nlist, nprobe = self.cpu_index.nlist, min(self.cpu_index.nprobe, self.cpu_index.nlist)
         st, cert = self.stats, self.certificate
         out: dict = {"queries": None if cert is None else round(cert["queries"], 6)}
@@ -509,7 +509,7 @@ class IVFBackend:
     def build(self, x, labels, radius, progress=None, place=None) -> IVFIndex:
         """`place(cpu_index) -> device index`: train and fill the index there (faiss's list scan
         is then not used: the device searches), and keep a CPU copy for calibration and fallback."""
-        faiss, n, d, tuning = _faiss(), len(x), x.shape[1], self.tuning
+        faiss, d, tuning = _faiss(), x.shape[1], self.tuning
         quantizer = faiss.IndexFlatIP(d)
         cpu_index = faiss.IndexIVFFlat(quantizer, d, self.nlist, faiss.METRIC_INNER_PRODUCT)
         cpu_index.cp.max_points_per_centroid = tuning.kmeans_points_per_centroid

@@ -13,6 +13,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
+from .folder_fit import folder_fit
+
 if TYPE_CHECKING:  # the pipeline's types; checks receive them at run time
     import numpy as np
 
@@ -87,6 +89,19 @@ class Param:
 
 
 @dataclass(frozen=True)
+class AutoNumber(Param):
+    """A number, or `auto`: chosen from the data."""
+
+    kind: str = "number"
+
+    def expected(self) -> str:
+        return "auto or " + super().expected()
+
+    def valid(self, value: Any) -> bool:
+        return value == "auto" or super().valid(value)
+
+
+@dataclass(frozen=True)
 class CheckSettings:
     """A check's resolved rules: on or off, what its issues do to a test, its parameters."""
 
@@ -117,13 +132,11 @@ class CheckData:
 
     def folder_means(self) -> "np.ndarray":
         """Unit mean vector of every identity after centring (zero rows for empty identities):
-        the folder sums of misfiled's folder_fit (one pass over the table, shared with misfiled,
+        the folder sums of folder_fit (one pass over the table, shared with misfiled,
         consistency and the merge ranking), normalised."""
         with self.lock:
             if "folder_means" not in self.cache:
                 import numpy as np
-
-                from .misfiled import folder_fit
 
                 sums = folder_fit(self).sums
                 norms = np.sqrt(np.einsum("ij,ij->i", sums, sums))
@@ -151,7 +164,7 @@ class Check:
 
     name: ClassVar[str]
     title: ClassVar[str]  # a few words for the report section and the test's docstring
-    doc: ClassVar[str]  # what it finds, one paragraph (the test's docstring, README)
+    doc: ClassVar[str]  # what it finds, one paragraph (the test's docstring, docs/checks.md)
     level: ClassVar[str] = "identity"  # identity: test_<name>[<identity>]; dataset: one test_<name>
     needs: ClassVar[frozenset[str]] = frozenset({"vectors"})  # vectors, pairs, images, names, against
     severity: ClassVar[str] = "fail"  # default: fail | warn | info

@@ -4,7 +4,7 @@ They are judged by the core (one search, `findings.Verdict`, the embedder's face
 their historic test ids and files: `test_identity[<identity>]` with findings.csv and
 merge_candidates.csv, `test_faces_detected[<identity>]`, and the input problems inside
 `test_identity`. The registry gives them what every check has: a rules.yaml section
-(`checks.<name>: {enabled, severity}`), a place in README and findings.json, and a baseline key
+(`checks.<name>: {enabled, severity}`), a place in docs/checks.md and findings.json, and a baseline key
 (`cross_identity`, `input`).
 """
 

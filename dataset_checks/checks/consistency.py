@@ -19,17 +19,8 @@ from __future__ import annotations
 import math
 
 from . import register
-from .base import Check, CheckData, CheckSettings, Issue, Param
-from .misfiled import AutoNumber, folder_fit
-
-
-def outlier_rows(fit, settings: CheckSettings):
-    """The faces judged as outliers: far below the own-folder distribution, in folders large
-    enough to tell (each needs its best other folder exactly)."""
-    import numpy as np
-
-    outlier = fit.threshold(settings["outlier"], settings["outlier_quantile"])
-    return np.flatnonzero((fit.counts[fit._owner] >= settings["min_faces"]) & (fit.own < outlier))
+from .base import AutoNumber, Check, CheckData, CheckSettings, Issue, Param
+from .folder_fit import folder_fit, outlier_rows
 
 
 @register

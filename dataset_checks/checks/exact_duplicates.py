@@ -21,11 +21,14 @@ import stat
 import unicodedata
 from collections import defaultdict
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import register
 from .base import Check, CheckData, CheckSettings, Issue, Param
 from ..discover import display_name
+
+if TYPE_CHECKING:  # annotations only; numpy is imported where used
+    import numpy as np
 
 HEAD = 64 << 10  # bytes read first; small images (most face crops) are done in one read
 CHUNK = 1 << 20

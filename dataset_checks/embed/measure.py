@@ -1,4 +1,4 @@
-"""Measurements behind the README numbers; run them yourself.
+"""Measurements behind the numbers of docs/embeddings.md; run them yourself.
 
     python -m dataset_checks.embed.measure similarity ../shared/lfw          # cosine distributions
     python -m dataset_checks.embed.measure throughput ../shared/lfw -n 200   # images/second
@@ -97,7 +97,6 @@ def similarity(root: Path, key: str = "dlib") -> dict:
 
 
 def throughput(root: Path, n: int, workers: int | None) -> dict:
-    from ..rules import Rules
     from . import embed_images, get_embedder
     from .images import list_images
 

@@ -29,7 +29,7 @@ import numpy as np
 
 BUILTIN = "dlib"
 DLIB_MODEL_FILES = ("shape_predictor_5_face_landmarks.dat", "dlib_face_recognition_resnet_model_v1.dat")
-# Thresholds for `threshold: auto`, measured on LFW (see README "From images to embeddings").
+# Thresholds for `threshold: auto`, measured on LFW (see docs/embeddings.md).
 DEFAULT_THRESHOLDS = {BUILTIN: {"raw": 0.95, "centred": 0.75}}
 DETECT_MAX_SIDE = 2000  # larger images are detected on a downscaled copy (HOG cost grows with area)
 INSTALL_HINT = "install the faces extra: pip install 'dataset-checks[faces]'"
