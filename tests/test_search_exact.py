@@ -54,7 +54,8 @@ def test_the_default_search_above_flat_below_is_the_brute_force(data, threshold,
     data = _with_edge_pairs(data, threshold, seed, deltas)
     truth = exact_pairs(data.vectors, data.labels, threshold)
     found = find_pairs(data.vectors, data.labels, threshold, AUTO_ABOVE_FLAT)
-    assert found.info["index"] == "folder caps" and exactness(found.info)["exact"]
+    # folder caps, or the flat search where a sample shows the caps would exclude too little
+    assert found.info["index"] in ("folder caps", "IndexFlatIP") and exactness(found.info)["exact"]
     assert pair_set(found) == pair_set(truth)
     assert np.array_equal(found.sim, truth.sim)
 
@@ -120,6 +121,25 @@ def test_ivf_says_not_proven_and_auto_never_picks_it():
     for n_below in (0, 100, 10_000):
         auto = find_pairs(x, labels, 0.8, IndexRules(flat_below=n_below, gpu=False))
         assert auto.info["index"] in ("IndexFlatIP", "folder caps") and exactness(auto.info)["exact"]
+
+
+def test_auto_takes_the_flat_search_where_caps_would_exclude_too_little():
+    from dataset_checks.search import CAPS_MAX_SCANNED
+
+    rng = np.random.default_rng(11)
+    centres = rng.standard_normal((30, 24))
+    x = np.concatenate([c + 0.25 * rng.standard_normal((20, 24)) for c in centres]).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(30), 20)
+    tight = find_pairs(x, labels, 0.9, AUTO_ABOVE_FLAT)  # tight clusters at a high threshold: caps pay
+    assert tight.info["index"] == "folder caps"
+    assert CapsBackend().build(x, labels, 0.9).scanned_share() <= CAPS_MAX_SCANNED
+    low = find_pairs(x, labels, -0.2, AUTO_ABOVE_FLAT)  # a threshold no cap can exclude anything at
+    assert low.info["index"] == "IndexFlatIP" and low.info["chosen"].startswith("flat: folder caps would leave")
+    assert low.info["caps_scanned_share"] > CAPS_MAX_SCANNED and exactness(low.info)["exact"]
+    assert pair_set(low) == pair_set(exact_pairs(x, labels, -0.2))
+    explicit = find_pairs(x, labels, -0.2, IndexRules(type="caps", gpu=False))  # asked for: kept
+    assert explicit.info["index"] == "folder caps" and pair_set(explicit) == pair_set(low)
 
 
 def test_recall_lower_bound():
