@@ -329,7 +329,7 @@ class Incremental:
         if rules.centre and (new or change.removed or not np.array_equal(change.old_of_new, np.arange(len(table)))):
             # (rows in another order too: the mean is summed in another order, to the last bit)
             return "embeddings.centre: every change moves the dataset's mean and with it every vector"
-        limit, how = self._limit(len(table), int(np.unique(np.asarray(table.identity_of)).size))
+        limit, how = self._limit(len(table), len(table.identities))
         if new > limit:
             return f"{new:,} new or changed faces, over the limit of {limit:,} ({how}): a full run is cheaper"
         return None

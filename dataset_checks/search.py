@@ -42,7 +42,7 @@ from .backends import (  # noqa: F401  (the defaults, importable from here as be
     CALIBRATION_CELLS, CALIBRATION_QUERIES, CALIBRATION_SAME_KEPT, CLEAR_MATCH_MARGIN, DEFAULT_TUNING, GPU_K_MAX,
     GPU_K_START, KMEANS_NITER, PROBES_KEPT, QUERY_BATCH, RADIUS_MARGIN, RANGE_BATCH_PROBED, SCAN_CELLS, SPLIT_MIN,
     SPLIT_SHARE, Backend, BuiltIndex, Emit, SearchTuning, _bar, _faiss, _stage)
-from .backends.caps import CapsBackend
+from .backends.caps import CAPS_MAX_SCANNED, CapsBackend  # noqa: F401
 from .backends.flat import FlatBackend, _exact_rows, _flat_scan  # noqa: F401
 from .backends.gpu import GpuBackend, _gpu_scan  # noqa: F401
 from .backends.ivf import (  # noqa: F401
@@ -51,10 +51,6 @@ from .backends.ivf import (  # noqa: F401
 from .rules import IndexRules
 
 MAX_PAIRS_DEFAULT = 5_000_000
-# auto above flat_below: the folder-caps search unless, on a sample, its caps leave more than this
-# share of the work to scoring (a low threshold, folders of one or two faces): then the flat
-# search, exact too and then cheaper (seed-scale 57k at 0.5: caps 83% scanned, 1.6x flat's time)
-CAPS_MAX_SCANNED = 0.4
 
 
 
@@ -225,7 +221,8 @@ def choose_backend(kind: str, use_gpu: bool, n: int, rules: IndexRules, scan: st
     if kind == "flat":
         backend: Any = FlatBackend(tuning)
     elif kind == "caps":
-        return CapsBackend(tuning)  # numpy's BLAS on the CPU, whatever the device
+        # numpy's BLAS on the CPU, whatever the device; auto: the flat search where caps cannot pay
+        return CapsBackend(tuning, flat_fallback=rules.type == "auto")
     else:
         # faiss wants >= 39 training points per list; more lists than that only add noise.
         nlist = min(rules.nlist or auto_nlist(n), max(1, n // 39))
@@ -287,13 +284,6 @@ def find_pairs(
 
     t0 = time.perf_counter()
     built = backend.build(x, labels, radius, progress)
-    if kind == "caps" and rules.type == "auto" and isinstance(backend, CapsBackend):
-        share = built.scanned_share()
-        if share > CAPS_MAX_SCANNED:  # the caps exclude too little to pay: the flat search, exact too
-            built = FlatBackend(tuning).build(x, labels, radius, progress)
-            built.info = {**built.info, "caps_scanned_share": round(share, 4),
-                          "chosen": f"flat: folder caps would leave {share:.0%} of the work to scoring"}
-            kind = "flat"
     info.update(built.info)
     timings["build"] = time.perf_counter() - t0
 

@@ -1,21 +1,9 @@
 """Misfiled faces: a photo far from the rest of its own folder but close to another folder.
 
 Both this check and `consistency` judge a face by how well it fits folders, measured the same
-way (folder_fit.py): the mean cosine of the face to the faces of a folder, after centring (the dataset mean is
-subtracted and rows re-normalised; raw dlib descriptors score 0.83 between strangers, so without
-centring every folder looks alike). With S_f the sum of folder f's centred faces and n_f its size:
-
-* own(i)  = x_i . (S_f - x_i) / (n_f - 1): mean similarity to the OTHER faces of its folder;
-* other(i, g) = x_i . S_g / n_g: mean similarity to the faces of another folder g.
-
-Both are means over faces of a folder, so they are on one scale and compare directly, and each is
-one dot product per face per folder (no face pairs). The best other folder of a face comes from
-an exact search of the face against the folder mean vectors S_g / n_g (blocked float32 GEMM, the
-best ones re-scored in float64), and only for the faces that are already far from their own
-folder (a few percent): the cost is O(n d) for everyone plus O(suspects x identities x d). When
-only a folder at or above a floor can matter (misfiled: same-person level), most folders are ruled
-out on the first 64-128 dimensions: their partial score plus |rest of the face| |rest of the
-mean| (Cauchy-Schwarz) stays below the floor.
+way: own(i), the mean cosine of a face to the other faces of its folder, and other(i, g), its mean
+cosine to the faces of another folder g, after centring (checks/folder_fit.py says how, and why
+it costs O(n d) plus O(suspects x identities x d)).
 
 What "same person" and "far" mean differs by model (dlib, ArcFace) and by dataset, so the
 thresholds are quantiles of own(i) over the dataset's faces (folders of at least 3 faces), with
