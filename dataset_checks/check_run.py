@@ -10,7 +10,8 @@ from dataclasses import dataclass, field, replace
 from typing import Iterable
 
 from .blas import cores, single_threaded
-from .checks import Check, CheckData, CheckSettings, Issue, all_checks
+from .checks import Check, CheckSettings, Issue, all_checks
+from .checks.data import CheckData
 from .discover import display_name
 from .text import terminal_line
 

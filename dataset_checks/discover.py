@@ -12,6 +12,9 @@ from pathlib import Path
 from .problems import Problem
 from .text import shown
 
+# the arrays of a FACE01 npKnown.npz that hold vectors (rules `vector_key`)
+KNOWN_VECTOR_KEYS = ("efficientnetv2_arcface", "dlib")
+
 # FACE01 files images it could not use into these folders inside an identity folder.
 FACE01_SIDE_FOLDERS = frozenset({"noFace", "multipleFaces"})
 # What an identity folder holds: an embeddings file (FACE01's first), images.

@@ -13,9 +13,9 @@ from typing import Any
 
 import yaml
 
-KNOWN_VECTOR_KEYS = ("efficientnetv2_arcface", "dlib")
-SCAN_KINDS = ("lists", "faiss")
-INDEX_TYPES = ("auto", "flat", "caps", "ivf")
+from .discover import KNOWN_VECTOR_KEYS  # noqa: F401  (importable from here as before)
+from .index_rules import INDEX_TYPES, SCAN_KINDS, IndexRules  # noqa: F401  (IndexRules: importable from here)
+
 DEFAULT_THRESHOLD = 0.85
 
 
@@ -83,20 +83,6 @@ class AllowedPair:
 
     def covers(self, a: str, b: str) -> bool:
         return frozenset((a, b)) == self.identities
-
-
-@dataclass(frozen=True)
-class IndexRules:
-    type: str = "auto"  # auto (exact: flat below flat_below, else caps) | flat | caps | ivf (not proven exact)
-    nlist: int | None = None  # None: chosen from the dataset size
-    nprobe: int | None = None  # None: calibrated on a sample against brute force
-    flat_below: int = 20_000  # exact flat search below this many vectors (measured crossover)
-    gpu: bool | None = None  # None: use a GPU when faiss sees one
-    recall_target: float = 0.999  # sampled recall that calibrating nprobe must reach
-    scan: str = "lists"  # CPU IVF: lists (one BLAS product per inverted list) | faiss (range_search)
-    # ivf: after the calibrated search, test every face against every folder's cap and score what
-    # no bound excludes, so that the search is exact (backends/bounds.py); `auto` on a GPU sets it
-    certify: bool = False
 
 
 @dataclass(frozen=True)

@@ -220,7 +220,7 @@ class Pipeline:
     # -- the registered checks (dataset_checks.checks) -----------------------------------
     def _checks(self, table, findings: Findings, waivers: dict) -> None:
         from .check_run import run_checks
-        from .checks import CheckData
+        from .checks.data import CheckData
 
         data = CheckData(root=self.root, rules=self.rules, identities=self.identities(), table=table,
                          pairs=self.search, threshold=self.rules.threshold, against=self._against_data(),
@@ -240,7 +240,9 @@ class Pipeline:
         if self.search is not None and len(self.search.i) and len(table):
             import numpy as np
 
-            self.folder_means = np.asarray(data.folder_means(), dtype=np.float32)
+            from .checks.folder_fit import folder_means
+
+            self.folder_means = np.asarray(folder_means(data), dtype=np.float32)
         data.cache.clear()
         findings.issues = [i for r in self.check_results.values() for i in r.issues]
         findings.evaluated = {name: r.instance.evaluated for name, r in self.check_results.items()
@@ -259,7 +261,7 @@ class Pipeline:
         threshold means the same on both sides."""
         if not self.rules.against:
             return []
-        from .checks import AgainstData
+        from .checks.data import AgainstData
         from .embed import prepare
         from .outputs import is_inside, user_cache_dir
         from .vectors import normalise

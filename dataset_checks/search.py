@@ -48,7 +48,7 @@ from .backends.gpu import GpuBackend, _gpu_scan  # noqa: F401
 from .backends.ivf import (  # noqa: F401
     IVFBackend, _choose_nprobe, _cpu_range, _ivf_lists, _ivf_range, _list_of, _list_scan, _list_scan_chunks,
     _nearest_lists, _set_nprobe, _training_rows)
-from .rules import IndexRules
+from .index_rules import IndexRules
 
 MAX_PAIRS_DEFAULT = 5_000_000
 

@@ -30,12 +30,11 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from .arrays import normalise
-from .discover import Identity, display_name, why
+from .discover import KNOWN_VECTOR_KEYS, Identity, display_name, why
 from .folderscan import FACE01_FILE, PLAIN_FILE, FolderScan, scan_folder
 from .memory import FOLDER_SHARE, folder_bound, size_text  # noqa: F401  (size_text: importable from here as before)
 from .problems import SHOWN, Problem, few
 from .readahead import ordered_map
-from .rules import KNOWN_VECTOR_KEYS
 
 if TYPE_CHECKING:  # annotations only; the module is imported where used
     from .table_store import Rows

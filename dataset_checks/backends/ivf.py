@@ -16,7 +16,7 @@ import numpy as np
 
 from ..arrays import nonzero
 from ..memory import checkpoint
-from ..rules import IndexRules
+from ..index_rules import IndexRules
 from . import (CLEAR_MATCH_MARGIN, DEFAULT_TUNING, RADIUS_MARGIN, Emit, SearchTuning, _bar, _faiss, _span,
                _stage)
 from . import bounds as _bounds

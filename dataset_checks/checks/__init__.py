@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 
-from .base import AgainstData, Check, CheckData, CheckSettings, Issue, Param, SEVERITIES
+from .base import Check, CheckSettings, Issue, Param, SEVERITIES
 
 _REGISTRY: dict[str, type[Check]] = {}
 # check modules, in report order; each registers itself on import
@@ -38,6 +38,16 @@ def all_checks() -> list[type[Check]]:
         _loaded = True
     order = {f"{__name__}.{m}": k for k, m in enumerate(_MODULES)}
     return sorted(_REGISTRY.values(), key=lambda c: order.get(c.__module__, len(order)))
+
+
+def __getattr__(name: str) -> object:
+    # The run's data types live in checks/data.py, which imports the pipeline's types; importing
+    # them here would tie this registry (read by rules.py) into a circle.
+    if name in ("AgainstData", "CheckData"):
+        from . import data
+
+        return getattr(data, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get(name: str) -> type[Check]:

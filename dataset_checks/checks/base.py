@@ -6,25 +6,15 @@ baseline keys each issue by (check, key) so that every check ratchets on its own
 
 from __future__ import annotations
 
-import math
-import threading
-from dataclasses import dataclass, field
-from pathlib import Path
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from .folder_fit import folder_fit
+from .settings import LEVELS, SEVERITIES, AutoNumber, CheckSettings, Param  # noqa: F401  (importable from here)
 
-if TYPE_CHECKING:  # the pipeline's types; checks receive them at run time
-    import numpy as np
+if TYPE_CHECKING:  # a check receives the run's data (checks/data.py, which imports the pipeline's types)
+    from .data import CheckData
 
-    from ..discover import Identity
-    from ..rules import Rules
-    from ..search import SearchResult
-    from ..vectors import VectorTable
 
-SEVERITIES = ("fail", "warn", "info")
-LEVELS = ("identity", "dataset")
 
 
 @dataclass(frozen=True)
@@ -49,114 +39,6 @@ class Issue:
 
     def involves(self, identity: str, symmetric: bool) -> bool:
         return identity == self.identity or (symmetric and identity == self.other_identity)
-
-
-@dataclass(frozen=True)
-class Param:
-    """One setting of a check's rules.yaml section, validated when the rules are read."""
-
-    default: Any
-    doc: str
-    kind: str = "number"  # number | int | bool | choice
-    low: float | None = None  # inclusive bounds for number / int
-    high: float | None = None
-    choices: tuple[str, ...] = ()
-
-    def expected(self) -> str:
-        if self.kind == "bool":
-            return "true or false"
-        if self.kind == "choice":
-            return "one of " + ", ".join(self.choices)
-        what = "a whole number" if self.kind == "int" else "a number"
-        if self.low is not None and self.high is not None:
-            return f"{what} in [{self.low:g}, {self.high:g}]"
-        if self.low is not None:
-            return f"{what} >= {self.low:g}"
-        return what
-
-    def valid(self, value: Any) -> bool:
-        if self.kind == "bool":
-            return isinstance(value, bool)
-        if self.kind == "choice":
-            return value in self.choices
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return False
-        if self.kind == "int" and not isinstance(value, int):
-            return False
-        if not math.isfinite(float(value)):
-            return False
-        return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
-
-
-@dataclass(frozen=True)
-class AutoNumber(Param):
-    """A number, or `auto`: chosen from the data."""
-
-    kind: str = "number"
-
-    def expected(self) -> str:
-        return "auto or " + super().expected()
-
-    def valid(self, value: Any) -> bool:
-        return value == "auto" or super().valid(value)
-
-
-@dataclass(frozen=True)
-class CheckSettings:
-    """A check's resolved rules: on or off, what its issues do to a test, its parameters."""
-
-    enabled: bool
-    severity: str
-    params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-
-    def __getitem__(self, name: str) -> Any:
-        return self.params[name]
-
-
-@dataclass
-class CheckData:
-    """The run's shared data, read-only for checks: one table, one search, the file listing."""
-
-    root: Path
-    rules: "Rules"
-    identities: list["Identity"]
-    table: "VectorTable"
-    pairs: "SearchResult | None"  # cross-folder pairs at or above the search radius
-    threshold: float  # the cross-identity threshold in force
-    against: list["AgainstData"] = field(default_factory=list)
-    cache: dict[str, Any] = field(default_factory=dict)  # shared lazily computed values (folder means...)
-    # calibview: threshold.ThresholdChoice when `threshold: auto` was resolved, else None
-    threshold_choice: Any = None
-    # checks run in parallel lanes (check_run): a shared value is computed once, under this lock
-    lock: Any = field(default_factory=threading.RLock, repr=False, compare=False)
-
-    def folder_means(self) -> "np.ndarray":
-        """Unit mean vector of every identity after centring (zero rows for empty identities):
-        the folder sums of folder_fit (one pass over the table, shared with misfiled,
-        consistency and the merge ranking), normalised."""
-        with self.lock:
-            if "folder_means" not in self.cache:
-                import numpy as np
-
-                sums = folder_fit(self).sums
-                norms = np.sqrt(np.einsum("ij,ij->i", sums, sums))
-                self.cache["folder_means"] = sums / np.where(norms > 0, norms, 1.0)[:, None]
-            return self.cache["folder_means"]
-
-
-@dataclass
-class AgainstData:
-    """Another dataset checked against this one (--against): its own table, never written.
-
-    `unusable`: why it cannot be checked at all (leakage.judge_against: empty, another model, most
-    folders unreadable), then the check fails; `lost`: its folders that gave no vectors, by their
-    first problem (named in the check's notes)."""
-
-    root: Path
-    identities: list["Identity"]
-    table: "VectorTable | None"
-    unusable: str | None = None
-    lost: list = field(default_factory=list)
 
 
 class Check:

@@ -11,7 +11,8 @@ merge_candidates.csv, `test_faces_detected[<identity>]`, and the input problems 
 from __future__ import annotations
 
 from . import register
-from .base import Check, CheckData, CheckSettings, Issue, Param
+from .base import Check, CheckSettings, Issue, Param
+from .data import CheckData
 
 
 class _Builtin(Check):

@@ -19,7 +19,8 @@ from .. import svg
 from ..discover import display_name
 from ..memory import gather
 from . import register
-from .base import Check, CheckData, CheckSettings, Issue, Param
+from .base import Check, CheckSettings, Issue, Param
+from .data import CheckData
 
 CROSS = "#3b6fb6"
 SAME = "#d9822b"

@@ -19,7 +19,8 @@ from __future__ import annotations
 import math
 
 from . import register
-from .base import AutoNumber, Check, CheckData, CheckSettings, Issue, Param
+from .base import AutoNumber, Check, CheckSettings, Issue, Param
+from .data import CheckData
 from .folder_fit import folder_fit, outlier_rows
 
 

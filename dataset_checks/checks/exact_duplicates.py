@@ -24,7 +24,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from . import register
-from .base import Check, CheckData, CheckSettings, Issue, Param
+from .base import Check, CheckSettings, Issue, Param
+from .data import CheckData
 from ..discover import display_name
 
 if TYPE_CHECKING:  # annotations only; numpy is imported where used

@@ -18,7 +18,7 @@ out on the first 64-128 dimensions: their partial score plus |rest of the face| 
 mean| (Cauchy-Schwarz) stays below the floor.
 
 One fit per run (`folder_fit`, kept in the run's shared data): misfiled, consistency and the folder
-means of the merge ranking (CheckData.folder_means) share it.
+means of the merge ranking (`folder_means`) share it.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
-    from .base import CheckData, CheckSettings
+    from .base import CheckSettings
+    from .data import CheckData
 
 BLOCK_BYTES = 16 << 20  # float64 rows centred at a time (4096 at d=512): bounded memory at any size
 
@@ -354,6 +355,20 @@ class _BestOther:
         left = reach >= self._need(floor)[:, None]
         open_rows = left.any(axis=1)
         return open_rows, left[open_rows].any(axis=0)
+
+
+def folder_means(data: CheckData) -> "np.ndarray":
+    """Unit mean vector of every identity after centring (zero rows for empty identities): the
+    folder sums of the run's one fit, normalised; shared by misfiled, consistency, names and the
+    merge ranking."""
+    with data.lock:
+        if "folder_means" not in data.cache:
+            import numpy as np
+
+            sums = folder_fit(data).sums
+            norms = np.sqrt(np.einsum("ij,ij->i", sums, sums))
+            data.cache["folder_means"] = sums / np.where(norms > 0, norms, 1.0)[:, None]
+        return data.cache["folder_means"]
 
 
 def folder_fit(data: CheckData) -> FolderFit:

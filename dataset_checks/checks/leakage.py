@@ -24,7 +24,8 @@ import numpy as np
 
 from ..arrays import nonzero
 from . import register
-from .base import Check, CheckData, CheckSettings, Issue, Param
+from .base import Check, CheckSettings, Issue, Param
+from .data import CheckData
 from ..discover import display_name, why_no_identities
 from ..text import own_text
 from ..problems import MAX_PROBLEMS, SHOWN, Problem, few

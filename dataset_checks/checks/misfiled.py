@@ -15,7 +15,8 @@ from __future__ import annotations
 import math
 
 from . import register
-from .base import AutoNumber, Check, CheckData, CheckSettings, Issue, Param
+from .base import AutoNumber, Check, CheckSettings, Issue, Param
+from .data import CheckData
 from .folder_fit import FolderFit, folder_fit, outlier_rows  # noqa: F401  (FolderFit: importable from here as before)
 
 

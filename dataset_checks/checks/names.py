@@ -46,7 +46,9 @@ import numpy as np
 
 from ..discover import display_name
 from . import register
-from .base import Check, CheckData, CheckSettings, Issue, Param
+from .base import Check, CheckSettings, Issue, Param
+from .data import CheckData
+from .folder_fit import folder_means
 from .itaiji import ITAIJI
 
 RULES = ("exact", "reordered", "subset", "near")
@@ -436,7 +438,7 @@ class Names(Check):
         if not found:
             return []
         # float32: a ranking signal, and half the cost of the crowding scans
-        means = np.asarray(data.folder_means(), dtype=np.float32)
+        means = np.asarray(folder_means(data), dtype=np.float32)
         row = {ident.name: n for n, ident in enumerate(data.table.identities)}
         has_faces = np.einsum("ij,ij->i", means, means) > 0
         matched_rows = [(row[names[a]], row[names[b]]) for a, b in found if names[a] in row and names[b] in row]

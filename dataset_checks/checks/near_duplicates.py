@@ -20,7 +20,8 @@ from dataclasses import replace
 from typing import Any
 
 from . import register
-from .base import Check, CheckData, CheckSettings, Issue, Param
+from .base import Check, CheckSettings, Issue, Param
+from .data import CheckData
 from ..discover import display_name
 
 BLOCK_CELLS = 1 << 22  # similarities held at once (16 MiB of float32)
