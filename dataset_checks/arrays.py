@@ -13,15 +13,20 @@ rows when it is loaded, and its centred copy in the table store).
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import NDArray
 
 
-def nonzero(mask: np.ndarray) -> tuple[np.ndarray, ...]:
+def nonzero(mask: np.ndarray) -> tuple[NDArray[np.intp], ...]:
     mask = np.asarray(mask)
     if mask.ndim < 2:
         return np.nonzero(mask)
     flat = np.flatnonzero(mask)
     if mask.ndim == 2:
-        return divmod(flat, mask.shape[1])
+        # one divmod pass for both indices; numpy types the operator's result as Any
+        rows: NDArray[np.intp]
+        cols: NDArray[np.intp]
+        rows, cols = divmod(flat, mask.shape[1])
+        return rows, cols
     return np.unravel_index(flat, mask.shape)
 
 

@@ -41,9 +41,11 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator, TextIO, TypedDict
 
-from .findings import (CSV_HEADER, INPUT_CHECK, PAIR_CHECK, Findings, Key, _atomic_write, problem_key)
+from .cutoff import ThresholdRecord
+from .findings import CSV_HEADER, Findings, _atomic_write
+from .issues import INPUT_CHECK, PAIR_CHECK, Issue, Key
 from .text import cell_name, csv_cell, csv_uncell, file_text, name_cell, unshown
 
 BASELINE_PREFIX = "baseline"
@@ -69,6 +71,12 @@ def key_columns(check: str) -> tuple[str, ...] | None:
 # csv refuses fields over 128 KB by default (a _csv.Error mid-read); no name comes near this, but
 # a problem's detail may be long. Beyond it the file is not a baseline this tool wrote.
 FIELD_LIMIT = 16 * 1024 * 1024
+
+
+class BaselineMeta(TypedDict, total=False):
+    """What a baseline file holds besides its entries (`read_entries`' `meta`)."""
+
+    threshold: ThresholdRecord
 
 
 class BaselineError(ValueError):
@@ -117,26 +125,24 @@ def pair_entry(identity: str, file: str, other_identity: str, other_file: str,
 
 
 def current_entries(findings: Findings) -> list[Entry]:
-    """What `--update-baseline` accepts from this run: every pair the rules do not already
-    allow, and every input problem."""
-    out = [pair_entry(f.identity, f.file, f.other_identity, f.other_file, f.similarity)
-           for f in findings.pairs if is_baselinable(f)]
-    for v in findings.verdicts.values():
-        for p in v.problems:
-            check, key = problem_key(v.identity.name, p)
-            out.append(Entry(check, key, detail=p.message))
-    for issue in findings.issues:  # the registered checks: whatever fails or warns today
-        if issue.severity != "info" and (issue.waived is None or issue.waived.startswith(BASELINE_PREFIX)):
-            out.append(Entry(issue.check, issue.key, issue.score, issue.detail))
+    """What `--update-baseline` accepts from this run: every issue (the search's pairs, input
+    problems, the registered checks') that fails or warns today and that the rules do not
+    already allow."""
+    out = []
+    for issue in findings.issues:
+        if issue.severity == "info" or not is_baselinable(issue):
+            continue
+        check, key = issue.baseline_key()
+        out.append(Entry(check, key, None if check == INPUT_CHECK else issue.score, issue.detail))
     return out
 
 
 class Baseline:
-    def __init__(self, path: Path, entries: list[Entry] | None = None, threshold: dict | None = None):
+    def __init__(self, path: Path, entries: list[Entry] | None = None, threshold: ThresholdRecord | None = None):
         self.path = Path(path)
         self.entries = entries or []
         self.keys = {e.full_key for e in self.entries}
-        # {"value": float, "settings": dict}: the `threshold: auto` value accepted with the file
+        # the `threshold: auto` value accepted with the file
         self.threshold = threshold
 
     @classmethod
@@ -152,7 +158,7 @@ class Baseline:
             raise BaselineError(f"baseline file not found: {path} (create it with --update-baseline)")
         if not path.is_file():
             raise BaselineError(f"baseline is not a file: {path}")
-        meta: dict = {}
+        meta: BaselineMeta = {}
         entries = read_entries(path, meta)
         return cls(path, entries, meta.get("threshold"))
 
@@ -202,7 +208,7 @@ class Baseline:
         if record is not None:
             rows.insert(0, threshold_row(record))
 
-        def write(fh):
+        def write(fh: TextIO) -> None:
             w = csv.writer(fh, lineterminator="\n")
             w.writerow(HEADER)
             w.writerows(rows)
@@ -213,7 +219,9 @@ class Baseline:
             raise BaselineError(f"baseline {self.path} could not be written: {exc.strerror or exc}") from None
         self.entries = entries
         self.keys = {e.full_key for e in self.entries}
-        self.threshold = None if record is None else {"value": record["value"], "settings": record["settings"]}
+        self.threshold = None
+        if record is not None:
+            self.threshold = {"value": record["value"], "settings": record["settings"]}
         return self.path
 
 
@@ -252,7 +260,7 @@ class Coverage:
         return True
 
 
-def is_baselinable(f) -> bool:
+def is_baselinable(f: Issue) -> bool:
     return f.waived is None or f.waived.startswith(BASELINE_PREFIX)
 
 
@@ -277,7 +285,7 @@ def check_writable(path: Path) -> None:
                             f"{exc.strerror or exc}") from None
 
 
-def threshold_row(record: dict) -> tuple[str, ...]:
+def threshold_row(record: ThresholdRecord) -> tuple[str, ...]:
     """The `THRESHOLD_ROW` of a recorded `threshold: auto` value and its settings."""
     cells = dict.fromkeys(HEADER, "")
     cells.update(check=THRESHOLD_ROW, similarity=repr(float(record["value"])), code="auto",
@@ -285,7 +293,7 @@ def threshold_row(record: dict) -> tuple[str, ...]:
     return tuple(cells[c] for c in HEADER)
 
 
-def _threshold_record(path: Path, line: int, cells: dict[str, str]) -> dict:
+def _threshold_record(path: Path, line: int, cells: dict[str, str]) -> ThresholdRecord:
     try:
         settings = json.loads(csv_uncell(cells["detail"]))
     except ValueError:
@@ -301,7 +309,7 @@ def _threshold_record(path: Path, line: int, cells: dict[str, str]) -> dict:
     return {"value": value, "settings": settings}
 
 
-def read_entries(path: Path, meta: dict | None = None) -> list[Entry]:
+def read_entries(path: Path, meta: BaselineMeta | None = None) -> list[Entry]:
     """Every entry of a baseline file (this format or the old findings.csv format); `meta`, when
     given, gets the recorded threshold (`meta["threshold"]`, see THRESHOLD_ROW)."""
     try:
@@ -330,8 +338,9 @@ def read_entries(path: Path, meta: dict | None = None) -> list[Entry]:
         csv.field_size_limit(old_limit)
 
 
-def _parse(path: Path, reader: Iterable[list[str]], meta: dict | None = None) -> list[Entry]:
-    header = tuple(next(iter(reader), None) or ())
+def _parse(path: Path, reader: Iterable[list[str]], meta: BaselineMeta | None = None) -> list[Entry]:
+    first = next(iter(reader), None)
+    header = tuple(first or ())
     if header == CSV_HEADER:
         return _parse_old(path, reader)
     if header != HEADER:
@@ -356,7 +365,8 @@ def _parse(path: Path, reader: Iterable[list[str]], meta: dict | None = None) ->
         key = tuple(cell_name(cells[c]) if c in NAME_COLUMNS else csv_uncell(cells[c]) for c in columns)
         sim = _number(path, line, cells["similarity"]) if cells["similarity"] else None
         if check == PAIR_CHECK:
-            out.append(pair_entry(*key, similarity=sim))
+            identity, file, other_identity, other_file = key  # KEY_COLUMNS[PAIR_CHECK]
+            out.append(pair_entry(identity, file, other_identity, other_file, similarity=sim))
         else:
             out.append(Entry(check, key, sim, csv_uncell(cells["detail"])))
     return out
@@ -367,11 +377,12 @@ def _parse_old(path: Path, reader: Iterable[list[str]]) -> list[Entry]:
     # cell_name reads both, except an old name that itself began with ' (shown keeps it).
     out = []
     for line, row in _rows(path, reader, len(CSV_HEADER)):
-        out.append(pair_entry(*(cell_name(c) for c in row[:4]), similarity=_number(path, line, row[4])))
+        identity, file, other_identity, other_file = (cell_name(c) for c in row[:4])
+        out.append(pair_entry(identity, file, other_identity, other_file, similarity=_number(path, line, row[4])))
     return out
 
 
-def _rows(path: Path, reader: Iterable[list[str]], width: int):
+def _rows(path: Path, reader: Iterable[list[str]], width: int) -> Iterator[tuple[int, list[str]]]:
     """(line number, row) of the data rows; blank lines skipped, a row of another width refused."""
     for line, row in enumerate(reader, start=2):
         if not row:

@@ -15,14 +15,17 @@ import ctypes
 import functools
 import os
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 _PREFIXES = ("", "scipy_")
 _SUFFIXES = ("", "64_", "_64_")
 
+# (openblas_set_num_threads, openblas_get_num_threads) of one loaded library
+_Threads = tuple[Callable[[int], object], Callable[[], int]]
+
 
 @functools.lru_cache(maxsize=1)
-def _openblas() -> tuple[tuple[object, object], ...]:
+def _openblas() -> tuple[_Threads, ...]:
     """(set_num_threads, get_num_threads) of every OpenBLAS loaded in this process."""
     try:
         with open("/proc/self/maps", encoding="utf-8", errors="replace") as fh:
@@ -30,7 +33,7 @@ def _openblas() -> tuple[tuple[object, object], ...]:
                      if "openblas" in line.lower() and len(line.split(None, 5)) == 6}
     except OSError:
         return ()
-    found = []
+    found: list[_Threads] = []
     for path in sorted(paths):
         try:
             lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_LOCAL)

@@ -8,12 +8,16 @@ from __future__ import annotations
 import csv
 from html import escape
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .check_run import CheckResult, issue_line
 from .discover import display_name
 from .findings import _atomic_write
+from .issues import Issue
 from .text import csv_cell, name_cell, own_text
+
+if TYPE_CHECKING:
+    from .thumbnails import Thumbnails
 
 REPORT_ROWS = 50
 THUMBS = True
@@ -27,7 +31,7 @@ def csv_header(result: CheckResult) -> tuple[str, ...]:
 def write_issues_csv(result: CheckResult, path: Path) -> Path:
     """One row per issue, ranked by evidence (the check's score), highest first."""
 
-    def write(fh):
+    def write(fh: TextIO) -> None:
         w = csv.writer(fh)
         w.writerow(csv_header(result))
         for i in result.issues:
@@ -62,7 +66,7 @@ def issues_json(results: dict[str, CheckResult]) -> dict[str, Any]:
 FOLDER_FACES = 3  # a folder-level row (a names pair, a folder that is not one person): its first faces
 
 
-def _face(thumbs, identity: str, file: str, caption: bool = True) -> str:
+def _face(thumbs: Thumbnails | None, identity: str, file: str, caption: bool = True) -> str:
     uri = thumbs.data_uri(identity, file) if (thumbs is not None and identity and file) else None
     if not uri:
         return ""
@@ -73,7 +77,7 @@ def _face(thumbs, identity: str, file: str, caption: bool = True) -> str:
             f"{escape(display_name(file))}</figcaption></figure>")
 
 
-def _folder_faces(thumbs, identity: str, n: int = FOLDER_FACES) -> str:
+def _folder_faces(thumbs: Thumbnails | None, identity: str, n: int = FOLDER_FACES) -> str:
     """A few faces of a folder, for a row about the folder as a whole (no file of its own)."""
     if thumbs is None or not identity:
         return ""
@@ -92,7 +96,7 @@ def _folder_faces(thumbs, identity: str, n: int = FOLDER_FACES) -> str:
             f"({len(shown)} face(s) of the folder)</figcaption></figure>")
 
 
-def _faces(thumbs, i, score: str) -> str:
+def _faces(thumbs: Thumbnails | None, i: Issue, score: str) -> str:
     """An issue's thumbnails: its faces captioned folder/file (or a few faces of a folder the row is
     about as a whole), and for a pair of faces the score between them."""
     own = _face(thumbs, i.identity, i.file) if i.file else _folder_faces(thumbs, i.identity)
@@ -104,7 +108,7 @@ def _faces(thumbs, i, score: str) -> str:
     return own + other + pair
 
 
-def issues_html(result: CheckResult, thumbs=None, limit: int = REPORT_ROWS) -> str:
+def issues_html(result: CheckResult, thumbs: Thumbnails | None = None, limit: int = REPORT_ROWS) -> str:
     """A report section: the check's issues, strongest evidence first, with thumbnails."""
     c = result.check
     anchor = f"dc-check-{c.name}"

@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable, Literal, cast
 
 from .blas import cores, single_threaded
-from .checks import Check, CheckSettings, Issue, all_checks
+from .checks import Check, CheckSettings, all_checks
 from .checks.data import CheckData
 from .discover import display_name
+from .issues import Issue
 from .text import terminal_line
+
+if TYPE_CHECKING:
+    from .issues import Key
+    from .rules import Rules
 
 MESSAGE_ISSUES = 3  # issues shown per identity in the terminal; the rest in <check>.csv / report.html
 # The modules the checks import inside their functions, imported here before the lanes start:
@@ -21,7 +26,7 @@ MESSAGE_ISSUES = 3  # issues shown per identity in the terminal; the rest in <ch
 # parses a module's source with `ast`), CPython 3.11 raises a spurious "SystemError: AST
 # constructor recursion depth mismatch" (cpython gh-106905), and the check fails. A test holds
 # this list to what the checks' sources import.
-LANE_IMPORTS = ("arrays", "blas", "discover", "embed", "folderscan", "memory", "merge", "rules", "search",
+LANE_IMPORTS = ("arrays", "blas", "context", "discover", "embed", "folderscan", "memory", "merge", "rules", "search",
                 "table_store", "text", "threshold", "vectors")
 
 
@@ -29,7 +34,7 @@ LANE_IMPORTS = ("arrays", "blas", "discover", "embed", "folderscan", "memory", "
 class Outcome:
     """One identity's (or the dataset's) result for one check."""
 
-    status: str  # pass | fail | warn (warn: the test passes with warnings)
+    status: Literal["pass", "fail", "warn"]  # warn: the test passes with warnings
     lines: tuple[str, ...] = ()
 
     def message(self) -> str:
@@ -56,6 +61,10 @@ class CheckResult:
         return [i for i in self.issues if i.waived is None and i.severity != "info"]
 
     def of(self, identity: str) -> list[Issue]:
+        return self._index().get(identity, [])
+
+    def _index(self) -> dict[str, list[Issue]]:
+        """identity -> its issues (both sides' for a symmetric check), built on first use."""
         if self._by_identity is None:
             by: dict[str, list[Issue]] = {}
             for issue in self.issues:
@@ -63,14 +72,13 @@ class CheckResult:
                 if self.check.symmetric and issue.other_identity and issue.other_identity != issue.identity:
                     by.setdefault(issue.other_identity, []).append(issue)
             self._by_identity = by
-        return self._by_identity.get(identity, [])
+        return self._by_identity
 
     def warn_summary(self) -> str:
         """One line for every identity this check warns about (the same text for each, so pytest's
         warnings summary shows it once with a count, not one entry per identity)."""
         if self._warn_line is None:
-            self.of("")  # builds the per-identity index
-            warned = [who for who, issues in self._by_identity.items()
+            warned = [who for who, issues in self._index().items()
                       if any(i.waived is None and i.severity == "warn" for i in issues)
                       and not any(i.waived is None and i.severity == "fail" for i in issues)]
             count = sum(1 for i in self.issues if i.waived is None and i.severity == "warn")
@@ -112,7 +120,7 @@ def issue_line(issue: Issue, identity: str | None = None) -> str:
     return f"{where}{other}{detail}"
 
 
-def run_checks(data: CheckData, waivers: dict[tuple, str] | None = None, accept: str | None = None,
+def run_checks(data: CheckData, waivers: dict[Key, str] | None = None, accept: str | None = None,
                only: Iterable[str] | None = None, workers: int | None = None) -> dict[str, CheckResult]:
     """Every enabled check on `data`; the results in registry order.
 
@@ -126,7 +134,8 @@ def run_checks(data: CheckData, waivers: dict[tuple, str] | None = None, accept:
     check at a time left all but one idle."""
     from concurrent.futures import ThreadPoolExecutor
 
-    rules = data.rules
+    # the run's full rules (the allowlist too); a CheckData without rules is a check run alone
+    rules = cast("Rules", data.rules)
     waivers = waivers or {}
     wanted = set(only) if only is not None else None
     todo: list[CheckResult] = []
@@ -179,7 +188,7 @@ def _run_lane(lane: list[CheckResult], data: CheckData) -> None:
         result.seconds = time.perf_counter() - t0
 
 
-def _judge(result: CheckResult, rules, waivers: dict[tuple, str], accept: str | None) -> None:
+def _judge(result: CheckResult, rules: Rules, waivers: dict[Key, str], accept: str | None) -> None:
     judged = []
     for issue in result.issues:
         reason = None

@@ -31,9 +31,15 @@ import shlex
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .discover import display_name
 from .outputs import is_inside, user_cache_dir
+
+if TYPE_CHECKING:  # pytest is imported only once a run needs it (the CLI starts without it)
+    import argparse
+
+    import pytest
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PINNED_INI = PACKAGE_DIR / "pytest_pinned.ini"
@@ -128,12 +134,12 @@ class _Guard:
         self.protected = protected
 
     @staticmethod
-    def _refuse(exc: Refused):
+    def _refuse(exc: Refused) -> pytest.UsageError:
         import pytest
 
         return pytest.UsageError(f"{PROG}: {exc}")
 
-    def pytest_load_initial_conftests(self, early_config, args: list[str]) -> None:
+    def pytest_load_initial_conftests(self, early_config: pytest.Config, args: list[str]) -> None:
         ns = early_config.known_args_namespace
         protected = [*self.protected, *([ns.dataset] if getattr(ns, "dataset", None) else []),
                      *(getattr(ns, "against", None) or [])]
@@ -175,7 +181,7 @@ def _one_token_paths(args: list[str]) -> list[str]:
     return out
 
 
-def _early_options(tokens: list[str]):
+def _early_options(tokens: list[str]) -> argparse.Namespace:
     """The options pytest reads before it loads any plugin (-c, --rootdir, ...), parsed as it does
     then: by its built-in options alone (importing nothing that pytest itself does not)."""
     from _pytest.config import get_config

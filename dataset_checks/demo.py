@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .synthetic import SyntheticDataset, faces, unit
 
@@ -28,10 +29,12 @@ DEMO_ALLOW = (("Olsen_Ashley", "Olsen_Mary-Kate"), "twins (the demo dataset's lo
 
 def build(seed: int = 2024) -> SyntheticDataset:
     rng = np.random.default_rng(seed)
-    names, files, vectors = [], [], []
-    centres = {}
+    names: list[str] = []
+    files: list[list[str]] = []
+    vectors: list[NDArray[np.float32]] = []
+    centres: dict[str, NDArray[np.float64]] = {}
 
-    def add(name, centre, n, intra=0.6):
+    def add(name: str, centre: NDArray[np.float64], n: int, intra: float = 0.6) -> None:
         names.append(name)
         vectors.append(faces(rng, centre, n, intra))
         files.append([f"{name}_{j + 1:04d}.jpg" for j in range(n)])
@@ -47,9 +50,9 @@ def build(seed: int = 2024) -> SyntheticDataset:
     twin = unit(rng, DIM)
     add("Olsen_Ashley", twin + 0.12 * unit(rng, DIM), 6, intra=0.93)
     add("Olsen_Mary-Kate", twin + 0.12 * unit(rng, DIM), 6, intra=0.93)
-    planted = []
+    planted: list[tuple[str, str, str, str]] = []
 
-    def copy(src, i, dst, j, noise=0.1):
+    def copy(src: str, i: int, dst: str, j: int, noise: float = 0.1) -> None:
         a, b = names.index(src), names.index(dst)
         v = vectors[a][i] / np.linalg.norm(vectors[a][i])
         vectors[b][j] = (v + noise / np.sqrt(DIM) * rng.standard_normal(DIM)).astype(np.float32)

@@ -15,9 +15,14 @@ from .text import shown
 # the arrays of a FACE01 npKnown.npz that hold vectors (rules `vector_key`)
 KNOWN_VECTOR_KEYS = ("efficientnetv2_arcface", "dlib")
 
-# FACE01 files images it could not use into these folders inside an identity folder.
-FACE01_SIDE_FOLDERS = frozenset({"noFace", "multipleFaces"})
-# What an identity folder holds: an embeddings file (FACE01's first), images.
+# FACE01's subfolders of an identity folder: images with no face or several faces, and the
+# near-identical photos its duplicate finder moves out (still listed in npKnown.npz: a listed name
+# is looked up there too). Never identities, at the top level either. Most common first: the
+# order notes and lookups use.
+FACE01_SIDE_ORDER = ("same_face", "noFace", "multipleFaces")
+FACE01_SIDE_FOLDERS = frozenset(FACE01_SIDE_ORDER)
+# What an identity folder holds: an embeddings file (FACE01's first; every format's file names:
+# vectors.embeddings_file_names), images.
 FACE01_FILE = "npKnown.npz"
 PLAIN_FILE = "embeddings.npz"
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
@@ -88,7 +93,7 @@ def inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def _link_problems(entry: os.DirEntry, real_root: Path) -> list[Problem] | None:
+def _link_problems(entry: os.DirEntry[str], real_root: Path) -> list[Problem] | None:
     """Problems of a symlinked entry; None when it is a link to something that is not a folder."""
     where = display_name(entry.name) + "/"
     try:
@@ -148,8 +153,8 @@ def discover_identities(root: str | Path) -> list[Identity]:
     identities = []
     for name in entries:
         clash = [o for o in by_nfc[unicodedata.normalize("NFC", name)] if o != name]
-        probs = tuple(found[name]) + tuple(_name_problems(name, clash))
-        identities.append(Identity(name=name, path=root / name, problems=probs))
+        problems = tuple(found[name]) + tuple(_name_problems(name, clash))
+        identities.append(Identity(name=name, path=root / name, problems=problems))
     return identities
 
 
@@ -163,7 +168,10 @@ def why_no_identities(root: Path, what: str = "--dataset") -> str:
         entries = sorted(os.listdir(root))
     except OSError as exc:
         return f"{shown_root} cannot be listed: {exc.strerror or exc}"
-    own = [e for e in entries if e in (FACE01_FILE, PLAIN_FILE) or is_image_name(e)]
+    from .vectors import embeddings_file_names  # (it imports this module)
+
+    claimed = embeddings_file_names()
+    own = [e for e in entries if e in claimed or is_image_name(e)]
     if own:
         return (f"{shown_root} holds {display_name(own[0])} itself: it looks like ONE identity folder. {what} must "
                 f"be the folder that holds one folder per identity (its parent, {display_name(str(root.parent))}?)")

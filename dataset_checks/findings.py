@@ -5,84 +5,29 @@ from __future__ import annotations
 import csv
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping, TextIO
 
+from .cutoff import Threshold
 from .discover import Identity, display_name
-from .problems import capped
+from .issues import INPUT_CHECK, PAIR_CHECK, Finding, Issue, Key, Match, input_issue, problem_key  # noqa: F401  (importable from here)
+from .problems import Problem, capped
 from .rules import Rules
 from .safe_write import atomic_write
 from .search import SearchResult
-from .text import cell_name, name_cell, unshown
-from .vectors import Problem, VectorTable
+from .text import cell_name
+from .vectors import NO_FACE, VectorTable
+
+if TYPE_CHECKING:
+    from .check_run import CheckResult
+    from .embed import FaceReport
 
 CSV_HEADER = ("identity", "file", "other_identity", "other_file", "similarity")
 # The failure text is read in a terminal or a CI log; the full lists are in the files and report.
 TERMINAL_PAIRS = 3
 TERMINAL_PROBLEMS = 3
-
-# Baseline keys: (check, key tuple). Each check ratchets on its own key; names in keys are the
-# file system's names (not shown text), so a key survives any change of how names are shown.
-PAIR_CHECK = "cross_identity"
-INPUT_CHECK = "input"
-Key = tuple[str, tuple[str, ...]]
-
-
-def problem_key(identity: str, problem: Problem) -> Key:
-    """A problem's baseline key: (input, (identity, file, code)); the message is not part of it,
-    so rewording a message does not turn an accepted problem into a new one."""
-    return (INPUT_CHECK, (identity, unshown(problem.file), problem.code))
-
-
-@dataclass(frozen=True)
-class Finding:
-    """Two faces in different identity folders at or above the threshold (an unordered pair)."""
-
-    identity: str
-    file: str
-    other_identity: str
-    other_file: str
-    similarity: float
-    waived: str | None = None  # why this finding does not fail (allowlist, baseline)
-
-    def row(self) -> tuple:
-        """findings.csv cells: names shown and formula-safe (`text.cell_name` reads them back)."""
-        return (
-            name_cell(self.identity),
-            name_cell(self.file),
-            name_cell(self.other_identity),
-            name_cell(self.other_file),
-            f"{self.similarity:.6f}",
-        )
-
-    def key(self) -> tuple[str, str, str, str]:
-        """Order-free identity of the pair, for baselines and deduplication."""
-        a, b = (self.identity, self.file), (self.other_identity, self.other_file)
-        return (*min(a, b), *max(a, b))
-
-    def baseline_key(self) -> Key:
-        return (PAIR_CHECK, self.key())
-
-    def seen_from(self, identity: str) -> "Match":
-        if identity == self.identity:
-            return Match(self.file, self.other_identity, self.other_file, self.similarity, self.waived)
-        return Match(self.other_file, self.identity, self.file, self.similarity, self.waived)
-
-
-@dataclass(frozen=True)
-class Match:
-    """A finding as seen from one identity: its own file and the face it matches elsewhere."""
-
-    file: str
-    other_identity: str
-    other_file: str
-    similarity: float
-    waived: str | None = None
-
-    def line(self) -> str:
-        text = f"{display_name(self.file)} ↔ {display_name(self.other_identity)}/{display_name(self.other_file)}  {self.similarity:.4f}"
-        return f"{text}  (waived: {self.waived})" if self.waived else text
-
+Status = Literal["pass", "fail", "error"]  # an identity's result (error: could not be checked)
 
 @dataclass
 class Verdict:
@@ -122,12 +67,18 @@ class Verdict:
         return self.error is None and self.vectors > 0
 
     @property
+    def no_face(self) -> bool:
+        """FACE01 found no face in the folder (its npKnown.npz lists none): nothing to check,
+        and nothing wrong. Still not `checkable`: a dataset of such folders checked nothing."""
+        return any(p.code == NO_FACE for p in self.problems)
+
+    @property
     def unreadable(self) -> bool:
         """The folder could not be read at all: a baseline update keeps what it accepted before."""
         return self.vectors == 0 and bool(self.fatal_problems)
 
     @property
-    def status(self) -> str:
+    def status(self) -> Status:
         """'fail' (matches another identity), 'error' (could not be checked), 'pass'.
 
         An identity whose only reasons to fail are accepted (baseline) problems passes, even
@@ -138,14 +89,16 @@ class Verdict:
         return self.input_status
 
     @property
-    def input_status(self) -> str:
+    def input_status(self) -> Literal["error", "pass"]:
         """The status from everything but the pairs: 'error' or 'pass' (checks.cross_identity
-        at warn or info, or off, still fails a folder that could not be checked)."""
+        at warn or info, or off, still fails a folder that could not be checked). A folder
+        FACE01 found no face in (`no_face`) passes unless something else fails it: a person's
+        folder without a usable photo is FACE01's normal state, not a broken input."""
         if self.error is not None:
             return "error"
         if self.failing_problems and (self.bad_input == "fail" or self.vectors == 0):
             return "error"
-        if self.vectors == 0 and not self.waived_problems:
+        if self.vectors == 0 and not self.waived_problems and not self.no_face:
             return "error"
         return "pass"
 
@@ -194,11 +147,11 @@ class IdentityOutcome:
     fails), 'error' (it fails, and test_identity could not check it: not checkable) or 'pass'.
     `failing`: the test families that fail it (test_identity, test_faces_detected, test_<check>)."""
 
-    status: str
+    status: Status
     failing: tuple[str, ...] = ()
 
 
-def identity_test_status(verdict: Verdict, rules: Rules) -> str:
+def identity_test_status(verdict: Verdict, rules: Rules) -> Status:
     """test_identity's result: 'fail', 'error' (not checkable) or 'pass'. Pairs fail it only with
     checks.cross_identity on at severity fail; an unusable folder fails it always."""
     status = verdict.status
@@ -208,7 +161,7 @@ def identity_test_status(verdict: Verdict, rules: Rules) -> str:
     return status
 
 
-def faces_test_fails(report, rules: Rules) -> bool:
+def faces_test_fails(report: FaceReport | None, rules: Rules) -> bool:
     """Whether test_faces_detected fails for this embed.FaceReport (None: nothing embedded): the
     images could not be embedded at all, or (bad_input and the check at fail) an image gave no face,
     or a group photo with `several_faces: fail`."""
@@ -222,8 +175,8 @@ def faces_test_fails(report, rules: Rules) -> bool:
     return bool(fails and (report.hard or (report.several and several == "fail")))
 
 
-def identity_outcomes(verdicts: dict[str, Verdict], rules: Rules, check_results: dict | None = None,
-                      faces: dict | None = None) -> dict[str, IdentityOutcome]:
+def identity_outcomes(verdicts: dict[str, Verdict], rules: Rules, check_results: Mapping[str, CheckResult] | None = None,
+                      faces: Mapping[str, FaceReport] | None = None) -> dict[str, IdentityOutcome]:
     """Every identity's outcome over all its tests, computed from the run's results before pytest
     runs them (the tests judge with the same functions): test_identity (`identity_test_status`),
     test_faces_detected (`faces_test_fails`) and each registered check's family
@@ -250,26 +203,35 @@ def _capped(lines: list[str], limit: int, more: str) -> list[str]:
     return out
 
 
-@dataclass
+@dataclass(frozen=True)
 class Findings:
-    """Everything one run found: pairs, per-identity verdicts, and run metadata."""
+    """Everything one run found: pairs, per-identity verdicts, every issue, and the run's facts.
+    Built once by the run (run.Pipeline) and not changed after."""
 
-    pairs: list[Finding]
+    pairs: list[Finding]  # the search's pairs at or above the threshold, waived ones included
     verdicts: dict[str, Verdict]
-    metadata: dict[str, Any]
-    # issues of the registered checks (dataset_checks.checks), every check, ranked within each
-    issues: list = field(default_factory=list)
+    metadata: dict[str, Any]  # the run's facts, as findings.json writes them
+    # the registered checks' issues (dataset_checks.checks), ranked within each check
+    check_issues: tuple[Issue, ...] = ()
     # What this run could evaluate, for --update-baseline (baseline.Coverage): a baseline row about
     # anything else is kept as it was. `evaluated`: check name -> Check.evaluated (a predicate on
     # an entry's key) for each registered check that ran without error; a check absent here was
     # off, had nothing to compare with, or failed. None: not known (findings built without the
     # checks). `partial`: identity -> the files of its faces in the table, for an identity checked
     # only in part (vectors, and a fatal input problem: NaN rows, an unreadable image, ...).
-    evaluated: dict[str, Callable[[tuple], bool]] | None = None
+    evaluated: dict[str, Callable[[tuple[str, ...]], bool]] | None = None
     partial: dict[str, frozenset[str]] = field(default_factory=dict)
     # identity -> its outcome over every test of it (`identity_outcomes`), set by the run once the
     # checks and face detection are done; None: findings built without them (test_identity only)
     outcomes: dict[str, IdentityOutcome] | None = None
+
+    @cached_property
+    def issues(self) -> tuple[Issue, ...]:
+        """Every issue of the run in one list: the search's pairs, the folders' input problems, then
+        the registered checks' (what the baseline accepts and keys, `Issue.baseline_key`)."""
+        problems = (input_issue(v.identity.name, p, v.problem_waivers.get(p))
+                    for v in self.verdicts.values() for p in v.problems)
+        return (*self.pairs, *problems, *self.check_issues)
 
     def identity_outcomes(self) -> dict[str, IdentityOutcome]:
         """The outcome of every identity over all its tests: the one source of every count."""
@@ -316,6 +278,7 @@ def build_findings(
     metadata: dict[str, Any] | None = None,
     waive: Iterable[tuple[Key, str]] = (),
     error: str | None = None,
+    threshold: Threshold | None = None,
 ) -> Findings:
     """Turn search pairs into findings and one verdict per identity.
 
@@ -324,11 +287,12 @@ def build_findings(
     `waive`: (baseline key, reason) of accepted pairs and problems (see `problem_key`).
     """
     waivers = dict(waive)
+    threshold = threshold if threshold is not None else Threshold.of_rules(rules)
     names = [ident.name for ident in table.identities]
     verdicts = {
         ident.name: Verdict(
             identity=ident,
-            threshold=rules.threshold_for(ident.name),
+            threshold=threshold.for_identity(ident.name),
             vectors=int(table.counts[k]),
             problems=list(table.problems.get(k, [])),
             bad_input=rules.bad_input,
@@ -345,7 +309,7 @@ def build_findings(
     pairs: list[Finding] = []
     if result is not None:
         files = table.files
-        thresholds = [rules.threshold_for(n) for n in names]
+        thresholds = [threshold.for_identity(n) for n in names]
         allowed_cache: dict[tuple[int, int], str | None] = {}
         owner_i = table.identity_of[result.i].tolist()
         owner_j = table.identity_of[result.j].tolist()
@@ -363,7 +327,7 @@ def build_findings(
             reason = allowed_cache[pair_key]
             finding = Finding(a, fa, b, fb, s)
             if reason is None and waivers:
-                reason = waivers.get((PAIR_CHECK, finding.key()))
+                reason = waivers.get(finding.baseline_key())
             if reason:
                 finding = Finding(a, fa, b, fb, s, reason)
             pairs.append(finding)
@@ -393,13 +357,13 @@ def _partial(table: VectorTable, verdicts: dict[str, Verdict]) -> dict[str, froz
     return {n: frozenset(f) for n, f in out.items()}
 
 
-def _atomic_write(path: Path, write) -> None:
+def _atomic_write(path: Path, write: Callable[[TextIO], object]) -> None:
     """A report file (readable by others), through the one writer: never through a planted link."""
     atomic_write(path, write, readable=True)
 
 
 def write_csv(findings: Findings, path: Path) -> Path:
-    def write(fh):
+    def write(fh: TextIO) -> None:
         w = csv.writer(fh)
         w.writerow(CSV_HEADER)
         w.writerows(f.row() for f in findings.active)
@@ -408,20 +372,25 @@ def write_csv(findings: Findings, path: Path) -> Path:
     return path
 
 
-def _finding_json(f: Finding) -> dict:
+def _finding_json(f: Finding) -> dict[str, str | float]:
     # JSON is not a spreadsheet: names shown, without csv_cell's formula guard
     names = (f.identity, f.file, f.other_identity, f.other_file)
-    d = {k: display_name(n) for k, n in zip(CSV_HEADER, names)}
+    d: dict[str, str | float] = {k: display_name(n) for k, n in zip(CSV_HEADER, names)}
     d["similarity"] = round(f.similarity, 6)
     if f.waived:
         d["waived"] = f.waived
     return d
 
 
-def write_json(findings: Findings, path: Path) -> Path:
+def write_json(findings: Findings, path: Path, timings: Mapping[str, float] | None = None) -> Path:
+    """findings.json; `timings`: seconds of stages run after the run's result was built (the
+    merge ranking), listed with the run's own."""
     outcomes = findings.identity_outcomes()
+    meta = dict(findings.metadata)
+    if timings:
+        meta["timings"] = {**meta.get("timings", {}), **{k: round(v, 4) for k, v in timings.items()}}
     doc = {
-        **findings.metadata,
+        **meta,
         "counts": findings.counts(),
         "findings": [_finding_json(f) for f in findings.active],
         "waived": [_finding_json(f) for f in findings.waived],
@@ -445,7 +414,7 @@ def write_json(findings: Findings, path: Path) -> Path:
     return path
 
 
-def _dump_lines(doc: dict, fh) -> None:
+def _dump_lines(doc: Mapping[str, Any], fh: TextIO) -> None:
     """JSON with one top-level key, and one finding or identity, per line.
 
     Readable in a diff or a pager, and it uses json's C encoder line by line: `indent=` falls

@@ -13,24 +13,30 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .discover import (FACE01_FILE, IMAGE_EXTENSIONS, PLAIN_FILE,  # noqa: F401  (importable from here as before)
-                       display_name, inside, is_image_name, why)
+from .discover import FACE01_FILE as FACE01_FILE  # (these three: importable from here as before)
+from .discover import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS
+from .discover import PLAIN_FILE as PLAIN_FILE
+from .discover import FACE01_SIDE_FOLDERS, display_name, inside, why
+from .discover import is_image_name as is_image_name  # (embed.images imports it from here)
 from .problems import Problem
 
 
 @dataclass
 class FolderScan:
-    embeddings: Path | None = None  # npKnown.npz first, else embeddings.npz
+    embeddings: Path | None = None  # the first file name a format claims (vectors.embeddings_file_names)
     images: list[Path] = field(default_factory=list)  # sorted by name
     problems: list[Problem] = field(default_factory=list)
     unreadable: bool = False  # the folder itself could not be listed: nothing else is known
     # (name, size, mtime_ns, ctime_ns, inode, device, zip_index or None) of the files read, when
     # asked: what a dataset version is made of
-    stamps: list[tuple] = field(default_factory=list)
+    stamps: list[tuple[str | int | None, ...]] = field(default_factory=list)
     names: frozenset[str] = frozenset()  # every entry of the folder, whatever it is
+    # FACE01's subfolders present (same_face/, noFace/, multipleFaces/) -> the files in each: a
+    # name npKnown.npz lists may have been moved there (discover.FACE01_SIDE_ORDER)
+    side: dict[str, frozenset[str]] = field(default_factory=dict)
 
 
-def _special_kind(entry: os.DirEntry) -> str | None:
+def _special_kind(entry: os.DirEntry[str]) -> str | None:
     """What an entry that is not a regular file is ("a FIFO (named pipe)", "a folder", ...),
     following a link; None when it cannot be told."""
     try:
@@ -43,6 +49,19 @@ def _special_kind(entry: os.DirEntry) -> str | None:
         if test(mode):
             return kind
     return None if stat.S_ISREG(mode) else "an entry of an unknown kind"
+
+
+def _side_files(entry: os.DirEntry[str]) -> frozenset[str] | None:
+    """The files in a FACE01 subfolder of an identity folder (one listing, names only); None when
+    it is not a folder of its own (a link is not followed: it could lead anywhere) or cannot be
+    listed (the names it would resolve then stay "stale", which says enough)."""
+    try:
+        if not entry.is_dir(follow_symlinks=False):
+            return None
+        with os.scandir(entry.path) as it:
+            return frozenset(e.name for e in it if e.is_file())
+    except OSError:
+        return None
 
 
 TAIL = 4096  # bytes read from the end of an archive for zip_index (numpy's central directory fits)
@@ -87,6 +106,9 @@ def zip_index(path: str, size: int) -> str | None:
 def scan_folder(folder: Path, where: str, stamps: bool = False) -> FolderScan:
     """List `folder` once; `where` is its shown path relative to the dataset root (no slash).
     `stamps`: also stat every file that will be read (one syscall each)."""
+    from .vectors import embeddings_file_names  # (the formats import this module)
+
+    claimed = embeddings_file_names()
     out = FolderScan()
     try:
         with os.scandir(folder) as it:
@@ -100,8 +122,15 @@ def scan_folder(folder: Path, where: str, stamps: bool = False) -> FolderScan:
     files = set()
     for entry in entries:
         name = entry.name
-        wanted = name in (FACE01_FILE, PLAIN_FILE)
+        wanted = name in claimed
         image = not wanted and is_image_name(name)
+        if name in FACE01_SIDE_FOLDERS and not (wanted or image):
+            files_there = _side_files(entry)
+            if files_there is not None:
+                out.side[name] = files_there
+                if stamps:  # a face moved in or out changes what the file's names resolve to
+                    out.stamps.extend((f"{name}/{f}",) for f in files_there)
+            continue
         if not (wanted or image):
             continue
         file = f"{where}/{display_name(name)}"
@@ -152,7 +181,7 @@ def scan_folder(folder: Path, where: str, stamps: bool = False) -> FolderScan:
             files.add(name)
         else:
             out.images.append(folder / name)
-    for name in (FACE01_FILE, PLAIN_FILE):
+    for name in claimed:
         if name in files:
             out.embeddings = folder / name
             break

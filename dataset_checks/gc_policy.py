@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import functools
 import gc
+from typing import Callable
 
 _frozen = False
 _at_exit = False
@@ -51,7 +52,7 @@ def _trim_heap() -> None:
 
 
 @functools.lru_cache(maxsize=1)
-def _malloc_trim():
+def _malloc_trim() -> Callable[[int], int] | None:
     import ctypes
     import sys
 

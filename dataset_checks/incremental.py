@@ -42,14 +42,28 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, NamedTuple, Sequence, cast
 
 import numpy as np
+from numpy.typing import NDArray
 
 from . import __version__
 from .search_state import (FORMAT, Damaged, IndexState, SearchState, imbalance, load, lock_folder, newest_other,
                            row_keys, save, state_folder)
 from .text import file_text, shown as display_name
+
+if TYPE_CHECKING:
+    from .backends import Place, Progress, SearchTuning
+    from .context import RunContext
+    from .backends.ivf import IVFBackend, IVFIndex
+    from .discover import Identity
+    from .embed.folders import Prepared
+    from .index_rules import IndexRules
+    from .outputs import FolderLock
+    from .rules import Rules
+    from .search import SearchResult
+    from .table_store import Rows, TableStore
+    from .vectors import VectorTable
 
 AUTO_MARGIN = 0.01  # threshold: auto moves by a few thousandths between runs on LFW-like data
 DEFAULT_NPROBE = 8  # for the auto limit, before any full run has calibrated one
@@ -60,35 +74,44 @@ KEY_ROWS = 1 << 16  # rows keyed at a time (128 MiB of 512-d float32), their pag
 class Change:
     """This run's table against the stored state."""
 
-    keys: np.ndarray  # (rows, 2) uint64: content key of every row of the table
-    old_of_new: np.ndarray  # int64 (rows,): the stored row of each row, -1 for a row new to its folder
+    keys: NDArray[np.uint64]  # (rows, 2): content key of every row of the table
+    old_of_new: NDArray[np.int64]  # (rows,): the stored row of each row, -1 for a row new to its folder
     removed: int  # stored rows that are gone from their folder (moved ones included)
     moved: int  # new rows whose content left another folder in the same change
     changed_folders: int  # folders whose listing changed (read again), added and removed ones included
 
     @property
-    def new_rows(self) -> np.ndarray:
+    def new_rows(self) -> NDArray[np.intp]:
         return np.flatnonzero(self.old_of_new < 0)
+
+
+class StoredIndex(NamedTuple):
+    """The stored IVF index as a full run may reuse it."""
+
+    centroids: NDArray[np.float32]
+    probes: NDArray[np.signedinteger[Any]]  # every row of this run's table: its nearest lists
 
 
 class Incremental:
     """One run's use of the search state: `acquire` (lock, load), `update_table`, `match`,
     `search`, `save`, `release`. `record` is what findings.json and the header say."""
 
-    def __init__(self, cache_dir: Path | None, root: Path, rules, full: bool = False):
+    def __init__(self, cache_dir: Path | None, root: Path, rules: Rules, full: bool = False):
         self.rules = rules
         self.cache_dir, self.root = cache_dir, Path(root)
         self.enabled = cache_dir is not None and rules.incremental.enabled
         self.forced = full
-        self.folder = state_folder(cache_dir, root) if self.enabled else None
+        self.folder = state_folder(cache_dir, root) if self.enabled and cache_dir is not None else None
         self.state: SearchState | None = None
         self.damaged: str | None = None
         self.change: Change | None = None
         self.notes: list[str] = []
         self.record: dict[str, Any] = {"mode": "full", "reason": None}
-        self._lock = None
-        self._all = None  # the search's pairs at the state's radius (a full run's are below the threshold)
+        self._lock: FolderLock | None = None
+        # the search's pairs at the state's radius (a full run's are below the threshold)
+        self._all: SearchResult | None = None
         self._radius: float | None = None
+        self._threshold = 0.0  # the lowest threshold in force (search)
         self._index: IndexState | None = None
         self._kind: str | None = None
         self._versions: list[str] | None = None  # the folders' listing digests, saved with the state
@@ -99,7 +122,7 @@ class Incremental:
     def acquire(self) -> None:
         """Lock the dataset's table and state against other runs on this cache (waiting for
         one that holds it), then load the state."""
-        if not self.enabled:
+        if not self.enabled or self.cache_dir is None or self.folder is None:  # (enabled: both are set)
             return
         from .outputs import FolderLock
 
@@ -143,7 +166,7 @@ class Incremental:
             self._lock = None
 
     # -- the table --------------------------------------------------------------------------
-    def update_table(self, store, identities, prepared):
+    def update_table(self, store: TableStore, identities: list[Identity], prepared: Prepared) -> VectorTable | None:
         """The table of this dataset version built from the stored table of another: unchanged
         folders' rows copied from its file, only changed folders read. None when there is no
         stored table to start from (then everything is loaded)."""
@@ -159,7 +182,7 @@ class Incremental:
         where = {name: k for k, name in enumerate(names)}
         counts = np.bincount(old["identity_of"], minlength=len(names))
         starts = np.concatenate([[0], np.cumsum(counts)])
-        reuse = {}
+        reuse: dict[int, int] = {}  # identity -> its folder in the stored table
         for idx, ident in enumerate(identities):
             k = where.get(ident.name)
             if k is not None and versions[k] == prepared.folder_versions[idx]:
@@ -180,8 +203,7 @@ class Incremental:
                         builder.add(idx, next(folders))
                         continue
                     a, b = int(starts[k]), int(starts[k + 1])
-                    builder.add_stored(idx, records[k], group, files[a:b],
-                                       lambda rows, a=a, b=b: rows.copy_rows(source, a, b))
+                    builder.add_stored(idx, records[k], group, files[a:b], _copier(source, a, b))
                 return builder.finish(store, prepared.version, {"folder_versions": prepared.folder_versions})
         except NeedsFullLoad as exc:
             self.notes.append(f"the stored table could not be updated ({exc}); every folder is read")
@@ -190,7 +212,7 @@ class Incremental:
             builder.discard()
 
     # -- what changed -----------------------------------------------------------------------
-    def match(self, table, prepared) -> None:
+    def match(self, table: VectorTable, prepared: Prepared) -> None:
         """Every row's content key, and which stored row it is (before the table is centred)."""
         if not self.enabled:
             return
@@ -202,19 +224,23 @@ class Incremental:
         names = [i.name for i in table.identities]
         counts = np.bincount(np.asarray(table.identity_of, dtype=np.int64), minlength=len(names))
         starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        versions = prepared.folder_versions if len(prepared.folder_versions) == len(names) else [None] * len(names)
+        versions: Sequence[str | None] = \
+            prepared.folder_versions if len(prepared.folder_versions) == len(names) else [None] * len(names)
         self._versions = [v or "" for v in versions]
         self._version = prepared.version
         keys = np.empty((n, 2), dtype=np.uint64)
         old_of_new = np.full(n, -1, dtype=np.int64)
         pos = {name: k for k, name in enumerate(state.folders)} if state is not None else {}
-        s_starts = np.concatenate([[0], np.cumsum(state.folder_rows)]).astype(np.int64) if state is not None else None
-        same, changed = set(), []
+        # (no state: no folder is found in `pos`, so no row of s_starts is read)
+        s_starts = np.concatenate([[0], np.cumsum(state.folder_rows)]).astype(np.int64) if state is not None else \
+            np.zeros(1, dtype=np.int64)
+        same: set[int] = set()
+        changed: list[int] = []
         for idx, name in enumerate(names):
             a, b = int(starts[idx]), int(starts[idx + 1])
             k = pos.get(name)
-            if k is not None and versions[idx] is not None and state.folder_versions[k] == versions[idx] \
-                    and state.folder_rows[k] == b - a:
+            if k is not None and state is not None and versions[idx] is not None \
+                    and state.folder_versions[k] == versions[idx] and state.folder_rows[k] == b - a:
                 sa = int(s_starts[k])
                 keys[a:b] = state.keys[sa : sa + b - a]
                 old_of_new[a:b] = np.arange(sa, sa + b - a)
@@ -254,23 +280,29 @@ class Incremental:
         self.record["match_seconds"] = round(time.perf_counter() - t0, 4)
 
     # -- the search -------------------------------------------------------------------------
-    def search(self, table, rules, run_full: Callable[[float, Any], Any]):
+    def search(self, table: VectorTable, rules: Rules, run_full: Callable[[float, KeptIVF | None], SearchResult],
+               threshold: float | None = None, auto: bool | None = None,
+               context: RunContext | None = None) -> SearchResult:
         """The cross-identity search of this run: incremental when the state allows it, else
         `run_full(radius, backend)` (the pipeline's full search; `backend` None or the IVF
-        backend that keeps or reuses the index). Returns the SearchResult at rules.min_threshold."""
+        backend that keeps or reuses the index). Returns the SearchResult at `threshold` (the lowest
+        threshold in force, resolved by the run; default rules.min_threshold); `auto`: the threshold
+        was chosen from the data (a margin is kept), default rules.threshold_auto; `context`: the
+        run's (a kept IVF index checkpoints its memory budget while it assigns rows)."""
         from .search import SearchTooBroad
 
         self.rules = rules
         t0 = time.perf_counter()
-        threshold = rules.min_threshold
-        margin = self._margin(rules)
+        threshold = rules.min_threshold if threshold is None else threshold
+        self._threshold = threshold
+        margin = self._margin(rules, rules.threshold_auto if auto is None else auto)
         self._kind = _kind(len(table), table.identity_of, rules.index)
         reason = self._why_full(table, rules, threshold)
         if reason is None:
             result = self._incremental(table, threshold, margin)
         else:
             self.record.update(mode="full", reason=reason)
-            backend = self._ivf_backend(table, rules)
+            backend = self._ivf_backend(table, rules, context)
             radius = threshold - margin if self.enabled else threshold
             try:
                 found = run_full(radius, backend)
@@ -286,22 +318,22 @@ class Incremental:
         self._describe(table, seconds)
         return result
 
-    def _differences(self, table) -> list[str]:
+    def _differences(self, state: SearchState, table: VectorTable) -> list[str]:
         """The settings that changed since the stored state; an empty table (or state) has no
         vector key or dimension to compare."""
-        old, new = dict(self.state.key), state_key(self.rules, table)
-        if not self.state.rows or not len(table):
+        old, new = dict(state.key), state_key(self.rules, table)
+        if not state.rows or not len(table):
             for k in ("vector_key", "dim"):
                 old.pop(k, None)
                 new.pop(k, None)
         return _differences(old, new)
 
-    def _margin(self, rules) -> float:
+    def _margin(self, rules: Rules, auto: bool) -> float:
         if rules.incremental.margin is not None:
             return rules.incremental.margin
-        return AUTO_MARGIN if rules.threshold_auto else 0.0
+        return AUTO_MARGIN if auto else 0.0
 
-    def _why_full(self, table, rules, threshold: float) -> str | None:
+    def _why_full(self, table: VectorTable, rules: Rules, threshold: float) -> str | None:
         state, change = self.state, self.change
         if not self.enabled:
             return self.record.get("reason") or ("incremental runs are off (incremental.enabled: false)"
@@ -312,7 +344,7 @@ class Incremental:
             return f"the search state was damaged ({self.damaged}); rebuilt"
         if state is None:
             return "no search state yet (first run on this cache)"
-        differences = self._differences(table)
+        differences = self._differences(state, table)
         if differences:
             return "settings changed: " + "; ".join(differences)
         if threshold < state.radius - 1e-12:
@@ -325,6 +357,7 @@ class Incremental:
         if kind != self._kind and "ivf" in (kind, self._kind) and "none" not in (kind, self._kind):
             return (f"the table of {len(table):,} faces now gets the {self._kind} search "
                     f"(index.flat_below {rules.index.flat_below:,}), the stored pairs came from the {kind} search")
+        assert change is not None  # match() ran: it does whenever the run is enabled
         new = int(change.new_rows.size)
         if rules.centre and (new or change.removed or not np.array_equal(change.old_of_new, np.arange(len(table)))):
             # (rows in another order too: the mean is summed in another order, to the last bit)
@@ -354,12 +387,13 @@ class Incremental:
         nprobe = index.nprobe if index is not None else DEFAULT_NPROBE
         return int(nprobe * n / max(nlist, 1) + nlist), f"auto: nprobe {nprobe} x {n:,} / nlist {nlist} + nlist"
 
-    def _incremental(self, table, threshold: float, margin: float):
+    def _incremental(self, table: VectorTable, threshold: float, margin: float) -> SearchResult:
         from .backends import RADIUS_MARGIN
         from .backends.flat import _exact_rows
         from .search import MAX_PAIRS_DEFAULT, SearchResult, SearchTooBroad, _Collector, _pack
 
         state, change = self.state, self.change
+        assert state is not None and change is not None  # _why_full found both
         self.record.update(mode="incremental", reason=None)
         radius = max(state.radius, threshold - margin)
         n = len(table)
@@ -388,11 +422,11 @@ class Incremental:
         found = SearchResult(found.i, found.j, found.sim, info)
         self._radius, self._all = radius, found
         self.record.update(carried_pairs=int(ci.size), new_pairs=int(new.i.size))
-        self._file_new_rows(table)
+        self._file_new_rows(table, state, change)
         return _at_least(found, threshold)
 
     # -- the IVF index --------------------------------------------------------------------
-    def _ivf_backend(self, table, rules):
+    def _ivf_backend(self, table: VectorTable, rules: Rules, context: RunContext | None = None) -> KeptIVF | None:
         """For a full IVF run on the CPU with the list scan: the backend find_pairs would use,
         wrapped so that the index is kept (and, when the stored one is still fit, reused)."""
         if not self.enabled or self._kind != "ivf" or rules.index.scan != "lists":
@@ -402,34 +436,34 @@ class Incremental:
         if rules.index.gpu or (rules.index.gpu is None and gpu_count() > 0):
             return None
         n = len(table)
-        inner = choose_backend("ivf", False, n, rules.index, rules.index.scan, 0, _tuning())
+        # (kind "ivf" off the GPU: the IVF backend itself)
+        inner = cast("IVFBackend", choose_backend("ivf", False, n, rules.index, rules.index.scan, 0, _tuning(), context))
         stored, why = self._reusable(table, inner.nlist)
         return KeptIVF(inner, stored, why)
 
-    def _reusable(self, table, nlist: int):
+    def _reusable(self, table: VectorTable, nlist: int) -> tuple[StoredIndex | None, str | None]:
         """(centroids, every row's nearest lists) of the stored index when a full run may reuse
         it, else None; and why it is not reused (None when there was nothing to reuse)."""
         state, change = self.state, self.change
         if self.forced or state is None or state.index is None or change is None:
             return None, None
         index = state.index
-        if self.damaged or self._differences(table):
+        if self.damaged or self._differences(state, table):
             return None, None
         if index.rebuild:
             return None, index.rebuild
         if index.nlist != nlist:
             return None, f"the table of {len(table):,} faces takes nlist {nlist}, the index has {index.nlist}"
-        probes = self._probes(table, index)
+        probes = self._probes(table, index, change)
         now, then = imbalance(probes[:, 0], index.nlist), float(index.trained.get("imbalance", 1.0))
         limit = self.rules.incremental.max_imbalance_growth
         if now > limit * then:
             return None, f"list balance {now:.2f} over {limit:g} x {then:.2f} when trained"
-        return (index.centroids, probes), None
+        return StoredIndex(index.centroids, probes), None
 
-    def _probes(self, table, index: IndexState) -> np.ndarray:
+    def _probes(self, table: VectorTable, index: IndexState, change: Change) -> NDArray[np.signedinteger[Any]]:
         """Every row's nearest lists (in the stored array's type): the stored ones for stored
         rows, the quantizer's for new rows."""
-        change = self.change
         if not len(table):
             return np.zeros((0, index.probes.shape[1]), dtype=index.probes.dtype)
         probes = index.probes[np.maximum(change.old_of_new, 0)] if index.probes.size else \
@@ -439,18 +473,19 @@ class Incremental:
             probes[new] = nearest_lists(index.centroids, np.asarray(table.vectors[new]), probes.shape[1])
         return probes
 
-    def _keep_index(self, table, backend) -> None:
+    def _keep_index(self, table: VectorTable, backend: KeptIVF | None) -> None:
         """After a full run: the index it searched with, for the state."""
         from .backends.ivf import IVFIndex
 
         self._index = None
         built = getattr(backend, "built", None)
-        if not isinstance(built, IVFIndex) or built.probes is None:
+        if backend is None or not isinstance(built, IVFIndex) or built.probes is None:
             self.record["index"] = None
             return
         nprobe = int(built.info.get("nprobe") or 1)
         probes = _narrow(built.probes)
         if backend.stored is not None:
+            assert self.state is not None and self.state.index is not None  # what backend.stored came from
             trained = dict(self.state.index.trained)
             index = IndexState(backend.stored[0], probes, nprobe, trained)
             growth = self.rules.incremental.max_nprobe_growth
@@ -467,15 +502,15 @@ class Incremental:
         self._index = index
         self.record["index"] = {"action": how, **self._index_json(index)}
 
-    def _file_new_rows(self, table) -> None:
+    def _file_new_rows(self, table: VectorTable, state: SearchState, change: Change) -> None:
         """After an incremental run: the stored index with the new rows filed into their lists,
         and whether it has drifted (then the next full run trains it again)."""
-        index = self.state.index
+        index = state.index
         if index is None:
             self._index = None
             self.record["index"] = None
             return
-        probes = self._probes(table, index)
+        probes = self._probes(table, index, change)
         updated = IndexState(index.centroids, probes, index.nprobe, dict(index.trained), index.rebuild)
         if updated.rebuild is None:
             now, then = updated.imbalance(), float(index.trained.get("imbalance", 1.0))
@@ -490,13 +525,13 @@ class Incremental:
         self.record["index"] = {"action": action, **self._index_json(updated)}
 
     @staticmethod
-    def _index_json(index: IndexState) -> dict:
+    def _index_json(index: IndexState) -> dict[str, Any]:
         return {"nlist": index.nlist, "nprobe": index.nprobe, "imbalance": round(index.imbalance(), 4),
                 "trained": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in index.trained.items()},
                 "rebuild": index.rebuild}
 
     # -- the record and the state -----------------------------------------------------------
-    def _describe(self, table, seconds: float) -> None:
+    def _describe(self, table: VectorTable, seconds: float) -> None:
         change = self.change
         rec = self.record
         rec["search_seconds"] = round(seconds, 4)
@@ -530,10 +565,11 @@ class Incremental:
             line += f"; IVF index {index['action']}"
         return line
 
-    def save(self, table, final) -> None:
+    def save(self, table: VectorTable, final: SearchResult) -> None:
         """Write the state of this run: the table's keys, the pairs at the radius (and any pair
         the final result holds besides, such as those the verification added), the index."""
-        if not self.enabled or self._all is None or self.change is None:
+        if not self.enabled or self._all is None or self.change is None or self._radius is None \
+                or self.folder is None:  # (_radius: set with _all; folder: whenever enabled)
             return
         from .search import _pack
 
@@ -555,7 +591,7 @@ class Incremental:
         info = self.state.info if self.record["mode"] == "incremental" and self.state is not None else \
             {k: v for k, v in found.info.items() if k != "timings"}
         state = SearchState(key=state_key(self.rules, table), radius=float(self._radius),
-                            threshold=float(self.rules.min_threshold), folders=names,
+                            threshold=float(self._threshold), folders=names,
                             folder_versions=list(versions), folder_rows=[int(c) for c in counts],
                             keys=self.change.keys, pair_i=packed.i, pair_j=packed.j, pair_sim=packed.sim,
                             info=info, index=self._index, history=history, root=str(self.root),
@@ -575,12 +611,13 @@ class KeptIVF:
     with `stored` (centroids, every row's nearest lists) it skips k-means and the assignment and
     searches with the stored index (calibrated again, as every full run is)."""
 
-    def __init__(self, inner, stored=None, why: str | None = None):
+    def __init__(self, inner: IVFBackend, stored: StoredIndex | None = None, why: str | None = None):
         self.inner, self.stored, self.why = inner, stored, why
         self.nlist = inner.nlist
-        self.built = None
+        self.built: IVFIndex | None = None
 
-    def build(self, x, labels, radius, progress=None, place=None):
+    def build(self, x: NDArray[np.float32], labels: np.ndarray, radius: float, progress: Progress | None = None,
+              place: Place | None = None) -> IVFIndex:
         if self.stored is None or place is not None:
             self.stored = None
             self.built = self.inner.build(x, labels, radius, progress, place)
@@ -616,7 +653,7 @@ def nearest_lists(centroids: np.ndarray, x: np.ndarray, k: int, block: int = 409
     return out
 
 
-def state_key(rules, table) -> dict[str, Any]:
+def state_key(rules: Rules, table: VectorTable) -> dict[str, Any]:
     """What the stored pairs are valid for besides the rows and the radius."""
     ix = rules.index
     return {"tool": __version__, "format": FORMAT, "vector_key": table.key, "dim": table.dim,
@@ -625,10 +662,10 @@ def state_key(rules, table) -> dict[str, Any]:
                       "recall_target": ix.recall_target, "scan": ix.scan, "gpu": ix.gpu}}
 
 
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     names = {"tool": "tool version", "vector_key": "embeddings.key", "centre": "embeddings.centre",
              "format": "state format"}
-    out = []
+    out: list[str] = []
     for k in sorted(set(old) | set(new)):
         a, b = old.get(k), new.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
@@ -638,12 +675,12 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _text(value) -> str:
+def _text(value: object) -> str:
     """A setting for a message; the stored one is state.json text: shown as names are."""
     return "auto" if value is None else file_text(value, 100)
 
 
-def _kind(n: int, labels, rules) -> str:
+def _kind(n: int, labels: np.ndarray, rules: IndexRules) -> str:
     """The search a full run does on this table (search.find_pairs' choice)."""
     labels = np.asarray(labels)
     if n == 0 or labels.min() == labels.max():  # (find_pairs: fewer than two folders)
@@ -657,13 +694,13 @@ def _kind(n: int, labels, rules) -> str:
     return resolve_kind(n, rules, bool(rules.gpu) or gpu_count() > 0)
 
 
-def _auto_nlist(n: int, rules) -> int:
-    from .search import auto_nlist
+def _auto_nlist(n: int, rules: IndexRules) -> int:
+    from .backends.ivf import auto_nlist
 
     return min(rules.nlist or auto_nlist(n), max(1, n // 39))
 
 
-def _tuning():
+def _tuning() -> SearchTuning:
     from .backends import DEFAULT_TUNING
 
     return DEFAULT_TUNING
@@ -673,7 +710,7 @@ def _narrow(probes: np.ndarray) -> np.ndarray:
     return probes.astype(np.int16) if probes.size == 0 or probes.max() < 2**15 else probes.astype(np.int32)
 
 
-def _at_least(found, threshold: float):
+def _at_least(found: SearchResult, threshold: float) -> SearchResult:
     """The pairs at or above the threshold (the search may have gathered some below)."""
     from .search import SearchResult
 
@@ -684,6 +721,11 @@ def _at_least(found, threshold: float):
     if keep.all():
         return SearchResult(found.i, found.j, found.sim, info)
     return SearchResult(found.i[keep], found.j[keep], found.sim[keep], info)
+
+
+def _copier(source: BinaryIO, a: int, b: int) -> Callable[[Rows], None]:
+    """Appends rows [a, b) of the stored table (its file open as `source`) to a new table's group."""
+    return lambda rows: rows.copy_rows(source, a, b)
 
 
 def _ranges(spans: list[tuple[int, int]]) -> np.ndarray:

@@ -6,7 +6,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SCAN_KINDS = ("lists", "faiss")
-INDEX_TYPES = ("auto", "flat", "caps", "ivf")
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    # INDEX_TYPES: "auto" (the search's own choice) and the type of every registered backend
+    # (backends/__init__.py), read when asked: the backends import this module, not it them.
+    if name == "INDEX_TYPES":
+        from .backends import index_types
+
+        return ("auto", *index_types())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)

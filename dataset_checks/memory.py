@@ -16,8 +16,12 @@ import os
 import re
 import threading
 import weakref
+from typing import Any, TypedDict, TypeVar, cast
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+_Item = TypeVar("_Item", bound=np.generic)  # a table's dtype: what a gather returns is the same
 
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20,
           "g": 1e9, "gb": 1e9, "gib": 2**30, "t": 1e12, "tb": 1e12, "tib": 2**40}
@@ -27,7 +31,7 @@ POLL_SECONDS = 0.005
 HEADROOM = 0.85  # trim when resident memory passes this share of the budget
 
 
-def parse_size(value) -> int:
+def parse_size(value: str | float) -> int:
     """Bytes from 4GB, 1.5 GiB, 512M, or a plain number of bytes; ValueError says what is wrong."""
     if isinstance(value, bool):
         raise ValueError("a size such as 4GB or 512MB")
@@ -47,10 +51,11 @@ def size_text(n: int) -> str:
     """Bytes for people: 1.9 TiB, 40.0 MiB, 512 bytes."""
     if n < 1024:
         return f"{n} bytes"
+    size = float(n)
     for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
-        n /= 1024
-        if n < 1024 or unit == "PiB":
-            return f"{n:.1f} {unit}"
+        size /= 1024
+        if size < 1024 or unit == "PiB":
+            return f"{size:.1f} {unit}"
     raise AssertionError  # pragma: no cover
 
 
@@ -124,14 +129,14 @@ GATHER_BYTES = 256 * 2**20  # scattered reads of a mapped table add at most abou
 GATHER_PIECE = 256  # rows
 
 
-def _mapping(array) -> "mmap.mmap | None":
+def _mapping(array: object) -> mmap.mmap | None:
     """The mmap behind an array (np.memmap, or a view of one such as np.asarray gives)."""
     while array is not None:
         if isinstance(array, mmap.mmap):
             return array
         mm = getattr(array, "_mmap", None)
         if mm is not None:
-            return mm
+            return cast(mmap.mmap, mm)  # np.memmap's private attribute: untyped
         array = getattr(array, "base", None)
     return None
 
@@ -151,23 +156,26 @@ _base: "weakref.WeakKeyDictionary[mmap.mmap, int]" = weakref.WeakKeyDictionary()
 _gather_lock = threading.Lock()
 
 
-def gather(array: np.ndarray, rows, limit: int = GATHER_BYTES) -> np.ndarray:
+def gather(array: NDArray[_Item], rows: ArrayLike, limit: int = GATHER_BYTES, *,
+           budget: Budget | None = None) -> NDArray[_Item]:
     """array[rows] (rows: integer indices of any shape), for scattered reads of a mapped table
     (samples, a check's suspects): read in pieces, and whenever the process's resident file
     pages have grown by `limit` since the last trim, the whole mapping is dropped from the
     process (the page cache keeps it). A sampled pass over a 2 GB table otherwise left most of
-    it resident."""
+    it resident. `budget`: the run's (its checkpoint between pieces); None: no budget."""
     mm = _mapping(array)
     if mm is None or not hasattr(mm, "madvise") or array.ndim != 2:
-        return array[rows]
-    rows = np.asarray(rows)
-    flat = rows.reshape(-1)
+        whole: NDArray[_Item] = array[rows]  # type: ignore[index]  # numpy's stubs: no index for ArrayLike
+        return whole
+    index = np.asarray(rows)
+    flat = index.reshape(-1)
     out = np.empty((flat.size, array.shape[1]), dtype=array.dtype)
     for s in range(0, flat.size, GATHER_PIECE):
         out[s : s + GATHER_PIECE] = array[flat[s : s + GATHER_PIECE]]
         _bound(mm, limit)
-        checkpoint()
-    return out.reshape(rows.shape + (array.shape[1],))
+        if budget is not None:
+            budget.checkpoint()
+    return out.reshape(index.shape + (array.shape[1],))
 
 
 def _bound(mm: mmap.mmap, limit: int) -> None:
@@ -180,30 +188,27 @@ def _bound(mm: mmap.mmap, limit: int) -> None:
             _base[mm] = file_resident_bytes()
 
 
-def release_rows(array: np.ndarray, rows) -> None:
+def release_rows(array: NDArray[Any], rows: slice | ArrayLike, *, budget: Budget | None = None) -> None:
     """`release` for the rows a pass just read: a slice, or an index array when it is one run of
-    consecutive rows (a folder of a table in folder order); scattered rows are left alone."""
+    consecutive rows (a folder of a table in folder order); scattered rows are left to `budget`'s
+    checkpoint (the run's; None: no budget)."""
     if isinstance(rows, slice):
         release(array, rows.start or 0, len(array) if rows.stop is None else rows.stop)
         return
-    rows = np.asarray(rows)
-    if rows.ndim == 1 and rows.size and int(rows[-1]) - int(rows[0]) == rows.size - 1:
-        release(array, int(rows[0]), int(rows[-1]) + 1)
-    else:
-        checkpoint()
+    index = np.asarray(rows)
+    if index.ndim == 1 and index.size and int(index[-1]) - int(index[0]) == index.size - 1:
+        release(array, int(index[0]), int(index[-1]) + 1)
+    elif budget is not None:
+        budget.checkpoint()
 
 
-_active: "Budget | None" = None  # the budget of the run in progress, for checkpoint()
+class BudgetRecord(TypedDict):
+    """Budget.as_dict: the run's memory budget as the findings' metadata records it."""
 
-
-def checkpoint() -> None:
-    """Called between the steps of the long loops (inverted lists, row blocks): when the running
-    budget's limit is near, the table's pages are dropped now. The watcher thread polls too, but
-    a busy interpreter (several compute threads on two cores) can keep it waiting for the GIL
-    long enough for a pass to fill the mapping: one 1 GB-budget run at 1M peaked at 3.1 GB."""
-    budget = _active
-    if budget is not None:
-        budget.check()
+    budget: int
+    budget_text: str
+    trims: int
+    peak_seen: int
 
 
 class Budget:
@@ -218,18 +223,28 @@ class Budget:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # checkpoint() trims only while the watcher runs: an unwatched budget's loops pay no /proc read
+        self._running = False
 
     def watch(self, array: np.ndarray) -> None:
         """Add a file mapping (np.memmap) whose pages may be dropped; a no-op for other arrays."""
         mm = getattr(array, "_mmap", None)
         if mm is None or not hasattr(mm, "madvise") or array.nbytes == 0:
             return
-        global _active
         self._maps.append(mm)
         if self._thread is None and array.nbytes > self.limit * (1 - HEADROOM):
             self._thread = threading.Thread(target=self._run, name="dataset_checks memory budget", daemon=True)
             self._thread.start()
-            _active = self
+            self._running = True
+
+    def checkpoint(self) -> None:
+        """Called between the steps of the long loops (inverted lists, row blocks): while this
+        budget runs (a table past its margin is watched, not yet closed), the table's pages are
+        dropped now when its limit is near. The watcher thread polls too, but a busy interpreter
+        (several compute threads on two cores) can keep it waiting for the GIL long enough for a
+        pass to fill the mapping: one 1 GB-budget run at 1M peaked at 3.1 GB."""
+        if self._running:
+            self.check()
 
     def check(self) -> None:
         """Trim now if resident memory is past the headroom (the watcher's test, run inline)."""
@@ -254,15 +269,13 @@ class Budget:
             self.check()
 
     def close(self) -> None:
-        global _active
-        if _active is self:
-            _active = None
+        self._running = False
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
         self._maps.clear()
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> BudgetRecord:
         return {"budget": self.limit, "budget_text": size_text(self.limit), "trims": self.trims,
                 "peak_seen": self.peak}

@@ -37,12 +37,13 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, TextIO
 
 import numpy as np
 
 from .discover import display_name
-from .findings import Finding, _atomic_write
+from .findings import _atomic_write
+from .issues import Finding
 from .patterns import COPY_SIMILARITY, Pattern, candidate_pattern
 from .text import cell_name, csv_cell, csv_uncell, name_cell
 
@@ -96,7 +97,7 @@ class MergeCandidate:
         """What candidates are ranked by (the rank score): the evidence plus the name bonus."""
         return self.evidence + self.name_bonus
 
-    def row(self, rank: int) -> tuple:
+    def row(self, rank: int) -> tuple[str | int, ...]:
         return (
             rank, name_cell(self.identity), name_cell(self.other_identity), f"{self.score:.4f}",
             f"{self.mean_cosine:.4f}", f"{self.best_similarity:.6f}", self.faces_matching, self.faces,
@@ -239,7 +240,7 @@ def _oriented(f: Finding, identity: str) -> Finding:
 
 
 def write_merge_csv(candidates: list[MergeCandidate], path: Path) -> Path:
-    def write(fh):
+    def write(fh: TextIO) -> None:
         w = csv.writer(fh)
         w.writerow(CSV_HEADER)
         w.writerows(c.row(rank) for rank, c in enumerate(candidates, start=1))

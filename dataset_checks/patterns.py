@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Iterable, Protocol
 from .discover import display_name
 
 if TYPE_CHECKING:
-    from .findings import Finding, Findings, Verdict
+    from .findings import Findings, Verdict
+    from .issues import Finding
 
 
 class MergeCounts(Protocol):
@@ -202,7 +203,7 @@ def candidate_pattern(c: MergeCounts) -> Pattern:
 
 
 def identity_patterns(verdict: "Verdict", findings: "Findings | None" = None,
-                      scores: dict[frozenset, float] | None = None,
+                      scores: dict[frozenset[str], float] | None = None,
                       copy_similarity: float | None = None) -> list[Pattern]:
     """Patterns of a failing identity's (not waived) matches, one per other folder, best evidence first.
 
@@ -232,7 +233,7 @@ def run_copy_similarity(findings: "Findings | None") -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else COPY_SIMILARITY
 
 
-def merge_scores(candidates: Iterable[MergeCounts]) -> dict[frozenset, float]:
+def merge_scores(candidates: Iterable[MergeCounts]) -> dict[frozenset[str], float]:
     return {frozenset((c.identity, c.other_identity)): c.score for c in candidates}
 
 

@@ -10,23 +10,48 @@ import argparse
 import copy
 import math
 import os
+from collections.abc import Generator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 
 from .baseline import Baseline, BaselineError
 from .discover import display_name
 from .text import terminal_line
-from .outputs import FolderLock, is_inside, user_cache_dir, writable_dir_problem
+from .outputs import FolderLock, is_inside, writable_dir_problem
 from .safe_write import LINK, UnsafeTarget, private_temp, publish, target_problem
 from .rules import RulesError, load_rules
-from .session import CheckSession, DatasetError
+from .run import DatasetError
+from .session import CheckSession
+
+if TYPE_CHECKING:
+    from .checks.base import Check
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 SESSION = pytest.StashKey[CheckSession]()
 OTHERS = None  # the identity parameter of a check family's item for every identity it did not flag
-ID_ESCAPING = "disable_test_id_escaping_and_forfeit_all_rights_to_community_support"
+_SHOWN = pytest.StashKey[dict[str, str]]()  # folder name -> its test id (pytest_make_parametrize_id)
+
+
+class _HtmlReportData(Protocol):
+    """What this plugin uses of pytest-html's ReportData, the object its public
+    pytest_html_report_title hook hands over (pytest-html ships no type hints)."""
+
+    title: str
+
+    @property
+    def config(self) -> pytest.Config: ...
+
+    @property
+    def data(self) -> dict[str, Any]: ...
+
+    def set_data(self, key: str, value: object) -> None: ...
+
+
+_HTML_DATA = pytest.StashKey[_HtmlReportData]()  # the run's report.html data (pytest_html_report_title)
+_HTML_PUBLISHED = pytest.StashKey[Path]()  # report.html, once the finished file was renamed there
 
 
 def _threshold(text: str) -> float:
@@ -118,21 +143,24 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
 
 
 def _positional_indexes(parser: pytest.Parser, args: list[str]) -> list[int]:
-    """Where the test paths are in `args`: not an option, nor the value after an option that takes one."""
-    actions = getattr(getattr(parser, "optparser", None), "_option_string_actions", {})
+    """Where the test paths are in `args`: not an option, nor the value after an option that takes one.
+
+    Asked of pytest's own parser (its public parse_known_args) one token at a time: the token is
+    a test path when a marker put in its place comes back as one. A command line has few tokens."""
     out: list[int] = []
-    k = 0
-    while k < len(args):
-        arg = args[k]
-        if arg == "--":
-            return out + list(range(k + 1, len(args)))
-        if arg.startswith("-") and arg != "-":
-            action = actions.get(arg) if "=" not in arg else None
-            k += 2 if action is not None and action.nargs != 0 else 1
+    for k, arg in enumerate(args):
+        if arg.startswith("-"):  # an option (or, after `--`, a path that _package_arg leaves alone)
             continue
-        out.append(k)
-        k += 1
+        try:
+            found = getattr(parser.parse_known_args([*args[:k], _PROBE, *args[k + 1:]]), "file_or_dir", None)
+        except (pytest.UsageError, SystemExit, argparse.ArgumentError):  # the marker is a bad option value
+            continue
+        if found and _PROBE in found:
+            out.append(k)
     return out
+
+
+_PROBE = ":dataset_checks:probe:"  # never an existing path, nor a valid number or choice
 
 
 def _package_arg(arg: str) -> str | None:
@@ -208,9 +236,9 @@ def pytest_configure(config: pytest.Config) -> None:
                                     f"{display_name(str(rules.dataset))}: give another dataset's root")
     # -- leakage: end --
     if rules.dataset is not None:
-        notes += _keep_out_of_dataset(config, rules.dataset)
+        _keep_out_of_dataset(config, rules.dataset)
     for other in rules.against:  # leakage: the other datasets are never written either
-        notes += _keep_out_of_dataset(config, other)
+        _keep_out_of_dataset(config, other)
     report_dir = _report_dir(config, rules.dataset)
     for other in rules.against:  # leakage
         if is_inside(report_dir, other):
@@ -266,9 +294,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSION] = session
     if config.option.durations is None:  # --durations reads every phase's report
         config.pluginmanager.register(_PassedPhases(config), "dataset_checks_passed_phases")
-    # Test ids are the folder names as text.shown writes them: 高橋 and 髙橋 read as themselves,
-    # and everything unsafe is already a %XX escape, so pytest's own \u escaping is not needed.
-    config._inicache[ID_ESCAPING] = True
 
 
 class _PassedPhases:
@@ -287,7 +312,8 @@ class _PassedPhases:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "call" or not report.passed or report.sections:
             return
-        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        reporter: pytest.TerminalReporter | None = self.config.pluginmanager.get_plugin("terminalreporter")
+        # TerminalReporter.stats is public: pytest's docs read it in pytest_terminal_summary examples
         filed = reporter.stats.get("") if reporter is not None else None
         if filed and filed[-1] is report:
             filed.pop()
@@ -349,8 +375,8 @@ def _report_dir(config: pytest.Config, dataset: Path | None) -> Path:
                             "(run from outside it); the dataset is never written: give --report-dir outside it")
 
 
-def _keep_out_of_dataset(config: pytest.Config, dataset: Path) -> list[str]:
-    """Refuse output options that point into the dataset; move pytest's own cache out of it."""
+def _keep_out_of_dataset(config: pytest.Config, dataset: Path) -> None:
+    """Refuse output options, and pytest's own cache, that point into the dataset."""
     shown = display_name(str(dataset))
     if config.inipath is not None and is_inside(config.inipath, dataset):
         raise pytest.UsageError(
@@ -367,21 +393,30 @@ def _keep_out_of_dataset(config: pytest.Config, dataset: Path) -> list[str]:
     if baseline and config.getoption("update_baseline") and is_inside(Path(baseline), dataset):
         raise pytest.UsageError(f"--update-baseline would write {display_name(str(baseline))} inside the dataset "
                                 f"{shown}; the dataset is never written: keep the baseline outside it")
-    notes = []
-    if config.pluginmanager.has_plugin("cacheprovider"):
-        from _pytest.pathlib import resolve_from_str
+    # pytest's cache plugin writes its folder at the end of every run (and --cache-clear empties
+    # it in its pytest_configure, after ours). pytest has no public way to move it once the ini is
+    # read, so a cache folder inside the dataset is refused, with the ways around it.
+    cache = _pytest_cache_dir(config)
+    if cache is not None and is_inside(cache, dataset):
+        raise pytest.UsageError(
+            f"pytest's cache folder {display_name(str(cache))} is inside the dataset {shown}; the dataset is never "
+            f"written: add -p no:cacheprovider, or -o cache_dir=PATH outside the dataset, or run "
+            f"`dataset-checks --dataset {shown}` (its rootdir, where the cache goes, is outside the dataset); "
+            "nothing was checked")
 
-        cache = resolve_from_str(config.getini("cache_dir"), config.rootpath)
-        if is_inside(cache, dataset):
-            cwd_cache = Path.cwd() / ".pytest_cache"
-            target = cwd_cache if not is_inside(cwd_cache, dataset) else user_cache_dir() / "pytest_cache"
-            config._inicache["cache_dir"] = str(target)  # read by the cache plugin's configure, after ours
-            notes.append(f"pytest's cache moved out of the dataset to {display_name(str(target))}")
-    return notes
+
+def _pytest_cache_dir(config: pytest.Config) -> Path | None:
+    """Where pytest's cache plugin will write, None when it is off (-p no:cacheprovider): the
+    ini's cache_dir as that plugin reads it (~ and $VARS expanded, relative to the rootdir)."""
+    if not config.pluginmanager.has_plugin("cacheprovider"):
+        return None
+    value = os.path.expandvars(os.path.expanduser(str(config.getini("cache_dir"))))
+    return config.rootpath / value  # an absolute value replaces the rootdir
 
 
 def _check_writable(config: pytest.Config, session: CheckSession) -> None:
     """Every folder this run writes to, probed before the search (not after minutes of work)."""
+    assert session.report_dir is not None  # pytest_configure always gives one
     folders = {session.report_dir: "--report-dir"}
     if session.html_path is not None:
         folders.setdefault(session.html_path.parent, "--html")
@@ -396,7 +431,7 @@ def _check_writable(config: pytest.Config, session: CheckSession) -> None:
             raise pytest.UsageError(f"{flag}: {display_name(problem)}; nothing was checked")
     # every file this run will write: a link (or a folder) at its name is refused now, not after
     # the search (the writers refuse it too); the baseline's is checked by Baseline.load
-    from .files import planned_files
+    from .sinks import planned_files
 
     targets = {path: "--report-dir" for path in planned_files(session.report_dir, session.rules)}
     if session.html_path is not None:
@@ -503,15 +538,34 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         if result is not None and not result.error:
             flagged = [i for i in identities if any(x.severity != "info" for x in result.of(i.name))]
             rest = len(identities) - len(flagged)
-            params = [i.name for i in flagged] + ([OTHERS] if rest else [])
-            ids = [i.display for i in flagged] + ([f"{rest} other identities"] if rest else [])
-            metafunc.parametrize("identity", params, ids=ids)
+            # the ids of the flagged folders come from pytest_make_parametrize_id; this one is ASCII,
+            # which pytest's escaping of a given id leaves as it is
+            others = [pytest.param(OTHERS, id=f"{rest} other identities")] if rest else []
+            metafunc.parametrize("identity", [*(i.name for i in flagged), *others])
             return
-    metafunc.parametrize("identity", [i.name for i in identities], ids=[i.display for i in identities])
+    metafunc.parametrize("identity", [i.name for i in identities])
+
+
+@pytest.hookimpl(tryfirst=True)  # before a conftest's: our node ids are pasted back to rerun a test
+def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str) -> str | None:
+    """The test id of an identity: its folder name as text.shown writes it (Identity.display).
+
+    pytest does not escape what this hook returns (an id given as `ids=` it would write with
+    \\u escapes): 高橋 and 髙橋 read as themselves, and everything unsafe is already a %XX escape."""
+    if argname != "identity" or not isinstance(val, str):
+        return None
+    session = config.stash.get(SESSION, None)
+    if session is None:
+        return None
+    shown = config.stash.get(_SHOWN, None)
+    if shown is None:  # one lookup per item: 20,000 identities are parametrized in 3+ families
+        shown = config.stash[_SHOWN] = {i.name: i.display for i in session.identities()}
+    return shown.get(val)
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj) -> list | None:
+def pytest_pycollect_makeitem(collector: pytest.Collector, name: str,
+                              obj: object) -> list[pytest.Item | pytest.Collector] | None:
     # No parameters means no item at all (not an "empty parameter set" skip, which would read as
     # a pass): a dataset without identity folders is failed by test_dataset alone, and one
     # without image folders has no test_faces_detected.
@@ -537,7 +591,7 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj) -> li
     return None if wanted else []
 
 
-def _check_of_family(name: str):
+def _check_of_family(name: str) -> type[Check] | None:
     from .checks import all_checks
 
     for check in all_checks():
@@ -553,7 +607,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     rank = session.identity_rank()
 
-    def key(item: pytest.Item):
+    def key(item: pytest.Item) -> tuple[int, int]:
         spec = getattr(item, "callspec", None)
         if spec is None or "identity" not in spec.params:
             return (0, 0)
@@ -585,10 +639,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 # innermost wrapper: around pytest-html's writer, inside the terminal reporter's summary
 @pytest.hookimpl(wrapper=True, trylast=True, specname="pytest_sessionfinish")
-def pytest_sessionfinish_around_html(session: pytest.Session):
+def pytest_sessionfinish_around_html(session: pytest.Session) -> Generator[None, None, None]:
     check = session.config.stash.get(SESSION, None)
-    if check is not None and check.html_path is not None:
-        _light_rows(session.config)
     try:
         result = yield
     except OSError as exc:  # pytest-html could not write report.html (disk full, folder gone)
@@ -603,53 +655,66 @@ def pytest_sessionfinish_around_html(session: pytest.Session):
     return result
 
 
-def _light_rows(config: pytest.Config) -> None:
+def _light_rows(config: pytest.Config, html: Path) -> None:
     """Rows without pytest-html's media viewer, when no row shows an image or a video.
 
     Its row template holds an <img> and a <video controls> for image and video extras, built
     for every row: Chromium sets up a media element per <video>, and 20,000 rows took 20-30 s
     to open (without them about 3 s). Our rows carry HTML extras only (the thumbnails are
-    inline), so the viewer is dropped from the template unless some row has such an extra;
-    with an unexpected template (another pytest-html), nothing changes."""
-    from pytest_html.report_data import ReportData
-
-    for plugin in config.pluginmanager.get_plugins():
-        data, template = getattr(plugin, "_report", None), getattr(plugin, "_template", None)
-        if not isinstance(data, ReportData) or template is None:
-            continue
-        media = ("image", "video")
-        if any(extra.get("format_type") in media for rows in data.data["tests"].values() for row in rows
-               for extra in row.get("extras", ())):
-            return
-        try:
-            env = template.environment
-            source = env.loader.get_source(env, template.name)[0]
-        except (AttributeError, TypeError, OSError, LookupError):  # LookupError: jinja's TemplateNotFound
-            return
-        start = source.find('<div class="media">')
-        end = source.find('<div class="logwrapper">', start)
-        if start < 0 or end < 0:
-            return
-        plugin._template = env.from_string(source[:start] + '<div class="media"></div>\n' + source[end:])
+    inline), so the viewer is dropped from the finished file's row template (our own temp
+    file, before it is published) unless some row has such an extra; with an unexpected
+    template (another pytest-html), nothing changes."""
+    data = config.stash.get(_HTML_DATA, None)
+    if data is None or any(extra.get("format_type") in ("image", "video") for rows in data.data["tests"].values()
+                           for row in rows for extra in row.get("extras", ())):
+        return
+    try:
+        text = html.read_bytes()
+    except OSError:
+        return
+    row = text.find(b'<template id="template_results-table__tbody">')
+    start = text.find(b'<div class="media">', row) if row >= 0 else -1
+    end = text.find(b'<div class="logwrapper">', start) if start >= 0 else -1
+    if end < 0:
+        return
+    try:  # O_NOFOLLOW: a link planted at the temp name is refused (publish then refuses it too)
+        fd = os.open(html, os.O_WRONLY | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "wb") as out:
+            out.write(text[:start] + b'<div class="media"></div>\n' + text[end:])
+    except OSError:
+        html.unlink(missing_ok=True)  # half-written: publish finds nothing, the last report stays
+        raise
 
 
 def _publish_html(config: pytest.Config, check: CheckSession) -> None:
-    tmp = Path(config.option.htmlpath)
-    if tmp == check.html_path or not os.path.lexists(tmp):
+    tmp, html = Path(config.option.htmlpath), check.html_path
+    if html is None or tmp == html or not os.path.lexists(tmp):
         return
     try:
-        publish(tmp, check.html_path)  # refuses a link or a folder at report.html (left as it is)
+        _light_rows(config, tmp)
+        publish(tmp, html)  # refuses a link or a folder at report.html (left as it is)
     except OSError as exc:
-        check.write_errors.append(f"{display_name(str(check.html_path))}: {exc.strerror or exc}")
+        check.write_errors.append(f"{display_name(str(html))}: {exc.strerror or exc}")
         return
-    for plugin in config.pluginmanager.get_plugins():  # so pytest-html's own line names the real file
-        if getattr(plugin, "_report_path", None) == tmp:
-            plugin._report_path = check.html_path
+    config.stash[_HTML_PUBLISHED] = html
+    # pytest-html's report object has done its work (it wrote the file we just published); its
+    # last hook, the terminal line, would name the temp file: it is unregistered (pluggy's public
+    # API) and our terminal summary names the real report
+    from pytest_html.basereport import BaseReport
+
+    for plugin in config.pluginmanager.get_plugins():
+        if isinstance(plugin, BaseReport):
+            config.pluginmanager.unregister(plugin)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)  # outermost: our section comes after pytest's short summary
-def pytest_terminal_summary(terminalreporter, config: pytest.Config):
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter,
+                            config: pytest.Config) -> Generator[None, None, None]:
     result = yield
+    published = config.stash.get(_HTML_PUBLISHED, None)
+    if published is not None:
+        # in pytest-html's words, for the real file (its own line, about the temp file, is off)
+        terminalreporter.write_sep("-", f"Generated html report: {published.as_uri()}")
     check = config.stash.get(SESSION, None)
     if check is not None and (check.written or check.write_errors):
         terminalreporter.section("dataset_checks")
@@ -659,6 +724,12 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config):
 
 
 # -- a failing identity in the terminal: a few lines, the whole message in report.html -----------
+
+
+class _LineWriter(Protocol):
+    """The part of pytest's terminal writer a longrepr uses (its class is not exported)."""
+
+    def line(self, s: str = "", **markup: bool) -> None: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -674,7 +745,7 @@ class BriefFailure:
     full: str
     reprcrash: "BriefCrash"
 
-    def toterminal(self, tw) -> None:
+    def toterminal(self, tw: _LineWriter) -> None:
         for line in self.lines:
             tw.line(line)
 
@@ -695,7 +766,7 @@ class BriefCrash:
         return self.message
 
 
-def _brief_failure(item: pytest.Item, call: pytest.CallInfo, check: CheckSession) -> BriefFailure | None:
+def _brief_failure(item: pytest.Item, call: pytest.CallInfo[None], check: CheckSession) -> BriefFailure | None:
     """The brief of a domain failure of a test of one identity, else None (pytest's report)."""
     exc = call.excinfo.value if call.when == "call" and call.excinfo is not None else None
     if not isinstance(exc, pytest.fail.Exception) or exc.pytrace:
@@ -703,15 +774,20 @@ def _brief_failure(item: pytest.Item, call: pytest.CallInfo, check: CheckSession
     spec = getattr(item, "callspec", None)
     if spec is None or "identity" not in spec.params:
         return None  # test_dataset and dataset-level checks: one test each, said in full
-    brief = check.brief(spec.params["identity"], exc.msg, cross_identity=item.originalname == "test_identity")
+    message = exc.msg or ""
+    brief = check.brief(spec.params["identity"], message, cross_identity=_is_test_identity(item))
     style = item.config.option.tbstyle
-    lines = tuple(exc.msg.split("\n")) if style == "long" else () if style == "line" else brief.lines
+    lines = tuple(message.split("\n")) if style == "long" else () if style == "line" else brief.lines
     path, lineno, _ = item.location
-    return BriefFailure(lines, exc.msg, BriefCrash(path, (lineno or 0) + 1, brief.line))
+    return BriefFailure(lines, message, BriefCrash(path, (lineno or 0) + 1, brief.line))
+
+
+def _is_test_identity(item: pytest.Item) -> bool:
+    return isinstance(item, pytest.Function) and item.originalname == "test_identity"
 
 
 @pytest.hookimpl(tryfirst=True, specname="pytest_runtest_makereport")
-def pytest_runtest_makereport_brief(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport | None:
+def pytest_runtest_makereport_brief(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport | None:
     # The report of a domain failure is made here, with its brief as the longrepr: pytest's own
     # would first format a traceback that is never shown (1-2 ms per failing identity).
     check = item.config.stash.get(SESSION, None)
@@ -719,12 +795,14 @@ def pytest_runtest_makereport_brief(item: pytest.Item, call: pytest.CallInfo) ->
     if brief is None:
         return None
     call = copy.copy(call)  # the original, with its exception, stays for --pdb and the other hooks
-    call.excinfo = brief  # not an ExceptionInfo: pytest takes it as the report's longrepr
+    # not an ExceptionInfo: pytest takes it as the report's longrepr (TestReport.from_item_and_call)
+    call.excinfo = brief  # type: ignore[assignment]  # deliberately not an ExceptionInfo, see above
     return pytest.TestReport.from_item_and_call(item, call)
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+def pytest_runtest_makereport(item: pytest.Item,
+                              call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     check = item.config.stash.get(SESSION, None)
     spec = getattr(item, "callspec", None)
@@ -732,22 +810,31 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         return report
     identity = spec.params["identity"]
     # a test_identity row shows its pairs; a check's row only when it fails (passing rows: one line)
-    if identity is not None and (report.failed or item.originalname == "test_identity"):
+    if identity is not None and (report.failed or _is_test_identity(item)):
         html = check.identity_html(identity)
         if html:
-            report.extras = [*getattr(report, "extras", []), {"name": "pairs", "format_type": "html",
-                             "content": html, "mime_type": None, "extension": None}]
+            # report.extras: pytest-html's documented way for a plugin to add to a row
+            report.extras = [*getattr(report, "extras", []), {  # type: ignore[attr-defined]  # not a TestReport field
+                "name": "pairs", "format_type": "html", "content": html, "mime_type": None, "extension": None}]
     return report
 
 
 @pytest.hookimpl(optionalhook=True)
-def pytest_html_report_title(report) -> None:
-    if SESSION in report.config.stash:
-        report.title = "dataset_checks report"
+def pytest_html_report_title(report: _HtmlReportData) -> None:
+    config = report.config
+    if SESSION not in config.stash:
+        return
+    report.title = "dataset_checks report"
+    config.stash[_HTML_DATA] = report  # its rows, read when the file is published (_light_rows)
+    # Rows open in evidence order (the Evidence column) unless the user chose a sort in the ini.
+    # pytest-html read initial_sort in its pytest_configure; this hook comes before any row.
+    if config.getini("initial_sort") == "result":
+        report.set_data("initialSort", "dcorder")
 
 
 @pytest.hookimpl(optionalhook=True)
-def pytest_html_results_summary(prefix: list, summary: list, postfix: list, session: pytest.Session) -> None:
+def pytest_html_results_summary(prefix: list[str], summary: list[str], postfix: list[str],
+                                session: pytest.Session) -> None:
     check = session.config.stash.get(SESSION, None)
     if check is not None:
         prefix.append(check.summary_html())
@@ -757,31 +844,19 @@ def pytest_html_results_summary(prefix: list, summary: list, postfix: list, sess
 # -- report.html result table: evidence order, no Duration column, escaped test ids -------------
 # (appended hooks; they only act in a dataset_checks run)
 
-_HTML_CONFIG: list[pytest.Config] = []  # the config of the run whose report pytest-html is building
+# The config of the run whose report pytest-html is building: its table hooks get the cells (and
+# a report) only, no config, so the run is found here (set at sessionstart, cleared at unconfigure).
+_HTML_CONFIG: list[pytest.Config] = []
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-html builds the header
 def pytest_sessionstart(session: pytest.Session) -> None:
     config = session.config
     _HTML_CONFIG[:] = [config] if SESSION in config.stash else []
-    if SESSION not in config.stash or config.pluginmanager.getplugin("html") is None:  # -p no:html
-        return
-    try:
-        if config.getini("initial_sort") != "result":  # the user chose a sort
-            return
-        from pytest_html.report_data import ReportData
-    except (ValueError, KeyError, ImportError):
-        return
-
-    # Rows open in evidence order (the Evidence column) unless the user chose a sort in the ini.
-    for plugin in config.pluginmanager.get_plugins():
-        data = getattr(plugin, "_report", None)
-        if isinstance(data, ReportData):
-            data.set_data("initialSort", "dcorder")
 
 
 @pytest.hookimpl(optionalhook=True)
-def pytest_html_results_table_header(cells: list) -> None:
+def pytest_html_results_table_header(cells: list[str]) -> None:
     if not _HTML_CONFIG:
         return
     cells[:] = [c for c in cells if 'data-column-type="duration"' not in c]
@@ -789,7 +864,7 @@ def pytest_html_results_table_header(cells: list) -> None:
 
 
 @pytest.hookimpl(optionalhook=True)
-def pytest_html_results_table_row(report, cells: list) -> None:
+def pytest_html_results_table_row(report: pytest.TestReport, cells: list[str]) -> None:
     config = _HTML_CONFIG[0] if _HTML_CONFIG else None
     check = config.stash.get(SESSION, None) if config is not None else None
     if check is None:
@@ -819,7 +894,7 @@ _NO_LOG = "No log output captured."  # pytest-html's log of a row with nothing t
 
 
 @pytest.hookimpl(optionalhook=True)
-def pytest_html_results_table_html(report, data: list) -> None:
+def pytest_html_results_table_html(report: pytest.TestReport, data: list[str]) -> None:
     if not _HTML_CONFIG or SESSION not in _HTML_CONFIG[0].stash:
         return
     longrepr = report.longrepr

@@ -9,27 +9,34 @@ people look different. Deterministic and fast: about a millisecond per picture.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
+
+if TYPE_CHECKING:  # Pillow is imported only when pictures are drawn
+    from PIL.Image import Image
 
 SIZE = 64
 FEATURES = 14
 
 
-def _projection(dim: int) -> np.ndarray:
+def _projection(dim: int) -> NDArray[np.float64]:
     rng = np.random.default_rng(12345 + dim)
-    return rng.standard_normal((dim, FEATURES)) / np.sqrt(dim)
+    out: NDArray[np.float64] = rng.standard_normal((dim, FEATURES)) / np.sqrt(dim)
+    return out
 
 
-def features(vectors: np.ndarray) -> np.ndarray:
+def features(vectors: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
     """(n, FEATURES) values in (0, 1) from unit-normalised vectors."""
     x = np.asarray(vectors, dtype=np.float64)
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     z = x @ _projection(x.shape[1]) * np.sqrt(x.shape[1]) / 2.5
-    return 1.0 / (1.0 + np.exp(-3.0 * z))
+    out: NDArray[np.float64] = 1.0 / (1.0 + np.exp(-3.0 * z))
+    return out
 
 
-def portrait(f: np.ndarray, size: int = SIZE):
+def portrait(f: NDArray[np.float64], size: int = SIZE) -> Image:
     from PIL import Image, ImageDraw
 
     s = size / 64.0
@@ -55,7 +62,7 @@ def portrait(f: np.ndarray, size: int = SIZE):
     return im
 
 
-def write_portraits(root: Path, names: list[str], files: list[list[str]], vectors: list[np.ndarray],
+def write_portraits(root: Path, names: list[str], files: list[list[str]], vectors: list[NDArray[np.float32]],
                     size: int = SIZE, quality: int = 80) -> int:
     """Write one JPEG per face into root/<identity>/<file>; returns the number written."""
     written = 0

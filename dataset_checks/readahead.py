@@ -9,7 +9,7 @@ run on the pool; `window` bounds how many finished reads wait in memory.
 from __future__ import annotations
 
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -19,7 +19,7 @@ R = TypeVar("R")
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 8, window: int = 64) -> Iterator[R]:
     """`map(fn, items)` with up to `workers` calls in flight and at most `window` results held."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: deque = deque()
+        pending: deque[Future[R]] = deque()
         for item in items:
             pending.append(pool.submit(fn, item))
             if len(pending) >= window:

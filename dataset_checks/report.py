@@ -20,7 +20,8 @@ from html import escape
 from typing import Any, Iterable
 
 from .discover import display_name
-from .findings import Findings, Match, Verdict
+from .findings import Findings, Verdict
+from .issues import Match
 from .merge import NAME_EVIDENCE, MergeCandidate
 from .patterns import Pattern, RankedIdentity, identity_patterns, merge_scores, rank_failing
 from .text import own_text, terminal_line
@@ -90,8 +91,9 @@ def search_description(meta: dict[str, Any]) -> str:
         params.append("scanned list by list")
     from .engines.ranges import describe  # engines
 
-    if describe(search.get("engine")):
-        params.append(describe(search.get("engine")))
+    engine = describe(search.get("engine"))
+    if engine:
+        params.append(engine)
     index = meta.get("index") or "none"
     return index + (f" ({', '.join(params)})" if params else "")
 
@@ -316,7 +318,7 @@ def _failing_groups(ranked: list[RankedIdentity], limit: int) -> tuple[list[tupl
     """The first `limit` failing identities, those that fail through the same folder pair on one
     line (A and B fail for the same photo: one line, not two)."""
     groups: list[tuple[list[str], Pattern | None]] = []
-    by_pair: dict[frozenset, int] = {}
+    by_pair: dict[frozenset[str], int] = {}
     for r in ranked[:limit]:
         top = r.top
         key = frozenset((top.identity, top.other_identity)) if top else None

@@ -9,12 +9,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
+import yaml  # type: ignore[import-untyped]  # no types-PyYAML in the environment: yaml is Any to mypy
 
 from .discover import KNOWN_VECTOR_KEYS  # noqa: F401  (importable from here as before)
-from .index_rules import INDEX_TYPES, SCAN_KINDS, IndexRules  # noqa: F401  (IndexRules: importable from here)
+from . import index_rules
+from .index_rules import SCAN_KINDS, IndexRules  # noqa: F401  (IndexRules: importable from here)
+
+if TYPE_CHECKING:  # the registry is imported when first needed (see check_settings)
+    from .checks import Check, CheckSettings
 
 DEFAULT_THRESHOLD = 0.85
 
@@ -147,10 +151,10 @@ class Rules:
     calibration: CalibrationRules = field(default_factory=CalibrationRules)
     # per check (dataset_checks.checks): enabled, severity and its parameters; {} in code means
     # every check with its defaults (checks_settings() fills them in)
-    checks: dict = field(default_factory=dict)
+    checks: dict[str, CheckSettings] = field(default_factory=dict)
     against: tuple[Path, ...] = ()  # other dataset roots checked for leakage (rules `against:`, --against)
 
-    def check_settings(self, name: str):
+    def check_settings(self, name: str) -> CheckSettings:
         """A check's resolved settings: from the rules file, else the check's defaults."""
         if name in self.checks:
             return self.checks[name]
@@ -163,6 +167,9 @@ class Rules:
     memory: int | None = None  # bytes the run keeps to (rules `memory:`, --memory); None: half the machine
     engine: "EngineRules" = field(default_factory=lambda: EngineRules())
     incremental: IncrementalRules = field(default_factory=IncrementalRules)  # incremental
+    # optional outputs asked for (rules `outputs:`), e.g. face01_pairs; which names exist is the
+    # sinks' registry's to say (sinks.planned_files refuses an unknown one)
+    outputs: tuple[str, ...] = ()
 
     def threshold_for(self, identity: str) -> float:
         return self.identity_thresholds.get(identity, self.threshold)
@@ -189,7 +196,7 @@ class _Checker:
     def fail(self, key: str, expected: str, found: Any) -> RulesError:
         return RulesError(self.file, key, expected, found)
 
-    def mapping(self, key: str, value: Any, allowed: set[str]) -> dict:
+    def mapping(self, key: str, value: Any, allowed: set[str]) -> dict[str, Any]:
         if value is None:
             return {}
         if not isinstance(value, dict):
@@ -203,10 +210,10 @@ class _Checker:
     def threshold(self, key: str, value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.fail(key, "a number in [-1, 1]", value)
-        value = float(value)
-        if not math.isfinite(value) or not -1.0 <= value <= 1.0:
-            raise self.fail(key, "a number in [-1, 1]", value)
-        return value
+        number = float(value)
+        if not math.isfinite(number) or not -1.0 <= number <= 1.0:
+            raise self.fail(key, "a number in [-1, 1]", number)
+        return number
 
     def optional_int(self, key: str, value: Any, minimum: int) -> int | None:
         if value is None or value == "auto":
@@ -216,16 +223,16 @@ class _Checker:
         return value
 
     def choice(self, key: str, value: Any, choices: tuple[str, ...]) -> str:
-        if value not in choices:
+        if not isinstance(value, str) or value not in choices:  # (no other type equals a str)
             raise self.fail(key, "one of " + ", ".join(choices), value)
         return value
 
 
 _TOP_KEYS = {"dataset", "embeddings", "embedder", "threshold", "calibration", "index", "identity_thresholds", "allow",
-             "bad_input", "checks", "against", "memory", "engine", "incremental"}
+             "bad_input", "checks", "against", "memory", "engine", "incremental", "outputs"}
 
 
-def default_settings(check):
+def default_settings(check: type[Check]) -> CheckSettings:
     from types import MappingProxyType
 
     from .checks import CheckSettings
@@ -233,7 +240,7 @@ def default_settings(check):
     return CheckSettings(check.enabled, check.severity, MappingProxyType({k: p.default for k, p in check.params.items()}))
 
 
-def _checks(c: "_Checker", value: Any) -> dict:
+def _checks(c: "_Checker", value: Any) -> dict[str, CheckSettings]:
     """rules.yaml `checks:`: one mapping per check (enabled, severity, its own parameters)."""
     from types import MappingProxyType
 
@@ -241,14 +248,14 @@ def _checks(c: "_Checker", value: Any) -> dict:
 
     registry = {check.name: check for check in all_checks()}
     raw = c.mapping("checks", value, set(registry))
-    out = {}
+    out: dict[str, CheckSettings] = {}
     for name, check in registry.items():
         section = c.mapping(f"checks.{name}", raw.get(name), {"enabled", "severity", *check.params})
         enabled = section.get("enabled", check.enabled)
         if not isinstance(enabled, bool):
             raise c.fail(f"checks.{name}.enabled", "true or false", enabled)
         severity = c.choice(f"checks.{name}.severity", section.get("severity", check.severity), SEVERITIES)
-        params = {}
+        params: dict[str, Any] = {}
         for pname, param in check.params.items():
             v = section.get(pname, param.default)
             if not param.valid(v):
@@ -351,7 +358,7 @@ def parse_rules(data: Any, file: Path | None = None) -> Rules:
     if not isinstance(certify, bool):
         raise c.fail("index.certify", "true or false", certify)
     index = IndexRules(
-        type=c.choice("index.type", ix.get("type", "auto"), INDEX_TYPES),
+        type=c.choice("index.type", ix.get("type", "auto"), index_rules.INDEX_TYPES),  # the registered backends
         nlist=c.optional_int("index.nlist", ix.get("nlist"), 1),
         nprobe=c.optional_int("index.nprobe", ix.get("nprobe"), 1),
         flat_below=flat_below,
@@ -413,6 +420,7 @@ def parse_rules(data: Any, file: Path | None = None) -> Rules:
         memory=None if memory == "auto" else memory,
         engine=engine,
         incremental=_incremental(c, data.get("incremental")),
+        outputs=_outputs(c, data.get("outputs")),
         source=file,
         dataset=dataset,
         vector_key=vector_key,
@@ -431,6 +439,17 @@ def parse_rules(data: Any, file: Path | None = None) -> Rules:
         cache_dir=cache_dir,
         embed_workers=embed_workers,
     )
+
+
+def _outputs(c: _Checker, value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise c.fail("outputs", "a list of optional output names, such as [face01_pairs]", value)
+    for k, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip():
+            raise c.fail(f"outputs[{k}]", "an optional output name (a string), such as face01_pairs", item)
+    return tuple(dict.fromkeys(value))
 
 
 def _incremental(c: _Checker, value: Any) -> IncrementalRules:
@@ -497,7 +516,7 @@ MAX_NODES = 100_000  # YAML values (scalars, lists, mappings) after expanding ev
 MAX_DEPTH = 64  # lists and mappings nested in one another
 
 
-class _Refused(yaml.YAMLError):
+class _Refused(yaml.YAMLError):  # type: ignore[misc]  # YAMLError is Any to mypy (yaml untyped)
     """A rules file beyond the bounds above, or with a key twice: `line` (1-based), expected, found."""
 
     def __init__(self, line: int, expected: str, found: str):
@@ -506,7 +525,7 @@ class _Refused(yaml.YAMLError):
 
 
 try:
-    from yaml.cyaml import CParser as _CParser  # libyaml's parser, when PyYAML was built with it
+    from yaml.cyaml import CParser as _CParser  # type: ignore[import-untyped]  # libyaml's parser, when PyYAML was built with it
 except ImportError:  # pragma: no cover - PyYAML without libyaml
     _CParser = None
 
@@ -514,7 +533,8 @@ except ImportError:  # pragma: no cover - PyYAML without libyaml
 _PARSER = (_CParser,) if _CParser is not None else (yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser)
 
 
-class _RulesLoader(yaml.composer.Composer, *_PARSER, yaml.constructor.SafeConstructor, yaml.resolver.Resolver):
+# misc: yaml's classes are Any to mypy, and the parser bases are chosen at run time
+class _RulesLoader(yaml.composer.Composer, *_PARSER, yaml.constructor.SafeConstructor, yaml.resolver.Resolver):  # type: ignore[misc]
     """yaml.safe_load's loader, composing with a count: every alias counts the values it stands for,
     so that an alias bomb ("billion laughs": 345 bytes that expand to billions of values) is refused
     at the alias that crosses MAX_NODES, and nesting past MAX_DEPTH is refused before Python's
@@ -534,7 +554,7 @@ class _RulesLoader(yaml.composer.Composer, *_PARSER, yaml.constructor.SafeConstr
         self._depth = 0
         self._sizes: dict[int, int] = {}  # id(anchored node) -> the values it expands to
 
-    def compose_node(self, parent, index):
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:  # index: passed through
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent):
             node = super().compose_node(parent, index)
@@ -556,16 +576,17 @@ class _RulesLoader(yaml.composer.Composer, *_PARSER, yaml.constructor.SafeConstr
             self._sizes[id(node)] = self._nodes - before
         return node
 
-    def _count(self, size: int, event, what: str) -> None:
+    def _count(self, size: int, event: yaml.Event, what: str) -> None:
         self._nodes += size
         if self._nodes > MAX_NODES:
             raise _Refused(event.start_mark.line + 1,
                            f"at most {MAX_NODES} values in all, aliases (*name) counted at the size of what they name",
                            f"{what}, which makes {self._nodes} values (an alias bomb?)")
 
-    def construct_yaml_int(self, node):
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
         try:
-            return super().construct_yaml_int(node)
+            value: int = super().construct_yaml_int(node)
+            return value
         except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
             raise _Refused(node.start_mark.line + 1, "a number",
                            f"a whole number of {len(node.value)} digits") from None
@@ -575,11 +596,11 @@ _RulesLoader.add_constructor("tag:yaml.org,2002:int", _RulesLoader.construct_yam
 _MERGE = "tag:yaml.org,2002:merge"
 
 
-def _duplicate_keys(loader: _RulesLoader, root) -> tuple[str, int, int] | None:
+def _duplicate_keys(loader: _RulesLoader, root: yaml.Node) -> tuple[str, int, int] | None:
     """(dotted key, first line, second line) of the first key given twice in one mapping, at any
     level (PyYAML keeps the last silently). Keys merged in with `<<: *alias` may be overridden."""
     seen: set[int] = set()
-    stack = [(root, "")]
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
     while stack:
         node, path = stack.pop()
         if id(node) in seen:

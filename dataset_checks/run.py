@@ -9,18 +9,36 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 from . import __version__
 from .baseline import Baseline
 from .discover import Identity, discover_identities, display_name
+from .cutoff import Threshold
 from .findings import Findings, build_findings
+from .issues import Issue
 from .rules import Rules
 from .search import SearchTooBroad, exactness, find_pairs
 from .vectors import load_table
 from .verify import verify_search
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
+    from .check_run import CheckResult
+    from .checks.data import AgainstData
+    from .context import RunContext
+    from .embed.folders import FaceReport, Prepared
+    from .engines.ranges import RangeEngine
+    from .incremental import Incremental, KeptIVF
+    from .issues import Key
+    from .memory import Budget
+    from .search import SearchResult
+    from .threshold import ThresholdChoice
+    from .vectors import VectorTable
 
 
 class DatasetError(RuntimeError):
@@ -29,26 +47,31 @@ class DatasetError(RuntimeError):
 
 @dataclass(frozen=True)
 class RunResult:
-    """Everything one run produced, for the writers, the terminal, the report and the tests."""
+    """Everything one run produced, for the writers, the terminal, the report and the tests.
 
-    rules: Rules  # resolved: `threshold: auto` holds the chosen value
-    findings: Findings  # pairs, per-identity verdicts, the checks' issues, metadata
-    check_results: dict = field(default_factory=dict)  # check name -> check_run.CheckResult
-    table: Any = None  # vectors.VectorTable (None when the run failed before loading)
-    search: Any = None  # search.SearchResult (None when the search failed)
-    threshold_choice: Any = None  # threshold.ThresholdChoice under `threshold: auto`
-    faces: dict = field(default_factory=dict)  # identity name -> embed.FaceReport
-    embedding: dict = field(default_factory=dict)
-    timings: dict = field(default_factory=dict)
+    `issues` is every finding of the run as one list of `issues.Issue` (the search's pairs, the
+    folders' input problems, the registered checks'); `findings.verdicts` the verdict per identity
+    and `findings.outcomes` every identity's result over all its tests; `threshold` the threshold in
+    force and where it came from (the rules stay as given)."""
 
+    rules: Rules  # the configuration as given: never changed by the run
+    threshold: Threshold
+    findings: Findings  # pairs, per-identity verdicts and outcomes, every issue, run facts
+    check_results: dict[str, CheckResult] = field(default_factory=dict)
+    table: VectorTable | None = None  # None when the run failed before loading
+    search: SearchResult | None = None  # None when the search failed
+    faces: dict[str, FaceReport] = field(default_factory=dict)  # identity -> its images' outcomes
+    embedding: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
 
-def threshold_source(rules: Rules, choice: Any = None) -> str:
-    """Where the threshold in use came from, in words (header, summary, report, findings.json)."""
-    if not rules.threshold_auto:
-        return f"from {display_name(rules.threshold_from)}"
-    if choice is not None:
-        return choice.source_text()
-    return "auto: the model's default"
+    @property
+    def issues(self) -> tuple[Issue, ...]:
+        return self.findings.issues
+
+    @property
+    def threshold_choice(self) -> ThresholdChoice | None:
+        """threshold.ThresholdChoice when this run calibrated `threshold: auto`, else None."""
+        return self.threshold.choice
 
 
 class Pipeline:
@@ -57,7 +80,7 @@ class Pipeline:
 
     def __init__(self, rules: Rules, root: Path, identities: list[Identity], cache_dir: Path,
                  baseline: Baseline | None = None, update_baseline: bool = False, progress: bool = False,
-                 is_demo: bool = False, timings: dict | None = None, full: bool = False):
+                 is_demo: bool = False, timings: dict[str, float] | None = None, full: bool = False):
         self.rules = rules
         self.root = Path(root)
         self._identities = identities
@@ -67,52 +90,57 @@ class Pipeline:
         self.progress = progress
         self.is_demo = is_demo
         self.timings: dict[str, float] = dict(timings or {})
-        self.faces: dict = {}
+        self.faces: dict[str, FaceReport] = {}
         self.embedding: dict[str, Any] = {}
-        self.table = None
-        self.search = None
-        self.threshold_choice = None
-        # threshold: auto: {"value", "settings"[, "from": "baseline"]}, what --update-baseline records
-        self.threshold_record: dict | None = None
-        self.check_results: dict = {}
-        self._centre_shift = None  # leakage: this dataset's mean when embeddings.centre is on
-        self.table_source = None  # "stored" (mapped from the cache as it was) or "loaded"
-        self.budget = None  # memory.Budget while the run executes
+        self.table: VectorTable | None = None
+        self.search: SearchResult | None = None
+        # the cross-identity threshold in force: the rules' until `threshold: auto` is resolved
+        self.threshold = Threshold.of_rules(rules)
+        self.check_results: dict[str, CheckResult] = {}
+        # leakage: this dataset's mean when embeddings.centre is on
+        self._centre_shift: NDArray[np.float64] | None = None
+        self.table_source: str | None = None  # "stored" (mapped from the cache as it was) or "loaded"
+        self.budget: Budget | None = None  # while the run executes
+        self.context: RunContext | None = None  # the budget, bars and cache, handed to every stage
         self.notes: list[str] = []  # for the header: what the run did not do as asked, and why
         self.full = full  # incremental: --full (search everything, whatever the stored state)
-        self.incremental = None  # incremental.Incremental while the run executes
+        self.incremental: Incremental | None = None  # while the run executes
         self.cache_error: str | None = None  # hostile cache: the first write into the cache that failed
-        self.folder_means = None  # unit mean of every folder (float32), for the merge ranking
+        self.folder_means: NDArray[np.float32] | None = None  # unit mean of every folder, for the merge ranking
 
     def identities(self) -> list[Identity]:
         return self._identities
 
-    def _bar(self, iterable=None, **kw):
+    def _bar(self, iterable: Iterable[Any] | None = None, **kw: Any) -> Any:
         from tqdm import tqdm
 
         return tqdm(iterable, file=sys.stderr, leave=False, dynamic_ncols=True, **kw)
 
     def execute(self) -> RunResult:
         findings = self._run()
-        return RunResult(rules=self.rules, findings=findings, check_results=self.check_results, table=self.table,
-                         search=self.search, threshold_choice=self.threshold_choice, faces=self.faces,
+        return RunResult(rules=self.rules, threshold=self.threshold, findings=findings, check_results=self.check_results,
+                         table=self.table, search=self.search, faces=self.faces,
                          embedding=self.embedding, timings=dict(self.timings))
 
     def _run(self) -> Findings:
+        from .context import RunContext
         from .memory import Budget, default_budget
 
-        self.budget = Budget(self.rules.memory or default_budget())
+        self.budget = budget = Budget(self.rules.memory or default_budget())
+        # handed explicitly to what checkpoints the budget (checks, the search): no module holds the run
+        self.context = RunContext(budget=budget, progress=self._bar if self.progress else None,
+                                  cache_dir=self.cache_dir)
         try:
-            return self._run_within_budget()
+            return self._run_within_budget(budget)
         finally:
             # The table is not read after the run: its pages go back to the page cache, so
             # pytest's reporting does not stack on top of them.
-            self.budget.trim()
-            self.budget.close()
+            budget.trim()
+            budget.close()
             if self.incremental is not None:  # incremental
                 self.incremental.release()
 
-    def _run_within_budget(self) -> Findings:
+    def _run_within_budget(self, budget: Budget) -> Findings:
         progress = self._bar if self.progress else None
         identities = self.identities()
         t0 = time.perf_counter()
@@ -127,17 +155,18 @@ class Pipeline:
         inc.acquire()
         # -- incremental: end --
         self.table = table = self._table(identities, prepared, progress)
-        self.budget.watch(table.vectors)  # before anything reads the whole table
+        budget.watch(table.vectors)  # before anything reads the whole table
         inc.match(table, prepared)  # incremental: which rows are new since the stored state
         self._model_rules(table, prepared)
         self.timings["load"] = time.perf_counter() - t0 - self.timings.get("embed", 0.0)
         error = None
         try:
-            def full_search(threshold, backend):  # incremental: a full run, when one is needed
+            def full_search(threshold: float, backend: KeptIVF | None) -> SearchResult:  # a full run, when one is needed
                 return find_pairs(table.vectors, table.identity_of, threshold, self.rules.index, progress=progress,
-                                  backend=backend, engine=self._engine())
+                                  backend=backend, engine=self._engine(), context=self.context)
 
-            self.search = inc.search(table, self.rules, full_search)
+            self.search = inc.search(table, self.rules, full_search, threshold=self.threshold.radius,
+                                     auto=self.threshold.auto, context=self.context)
             for stage, seconds in self.search.info.get("timings", {}).items():
                 self.timings[stage] = seconds
         except SearchTooBroad as exc:
@@ -146,10 +175,12 @@ class Pipeline:
         verification = None
         if self.search is not None:
             t0 = time.perf_counter()
-            verification = verify_search(table.vectors, table.identity_of, self.rules.min_threshold,
+            verification = verify_search(table.vectors, table.identity_of, self.threshold.radius,
                                          self.search.i, self.search.j)
             self._add_missed(table, verification.pop("_missed_rows", ((), ())), verification)
-            face = lambda r: f"{table.identities[table.identity_of[r]].display}/{table.files[r]}"  # noqa: E731
+            def face(r: int) -> str:
+                return f"{table.identities[table.identity_of[r]].display}/{table.files[r]}"
+
             verification["missed"] = [[face(a), face(b)] for a, b in verification["missed"]]
             self.timings["verify"] = time.perf_counter() - t0
             inc.save(table, self.search)  # incremental: the state for the next run
@@ -157,27 +188,39 @@ class Pipeline:
         t0 = time.perf_counter()
         meta = {**self.metadata(), "verification": verification}
         waive = self.baseline.waivers() if self.baseline is not None else []
-        findings = build_findings(table, self.search, self.rules, meta, waive=waive, error=error)
+        findings = build_findings(table, self.search, self.rules, meta, waive=waive, error=error,
+                                  threshold=self.threshold)
         if self.update_baseline and self.baseline is not None:
             accept = Baseline.accept_all(findings, f"{self.baseline.reason} (accepted by --update-baseline)")
-            findings = build_findings(table, self.search, self.rules, meta, waive=accept, error=error)
+            findings = build_findings(table, self.search, self.rules, meta, waive=accept, error=error,
+                                      threshold=self.threshold)
         self.timings["findings"] = time.perf_counter() - t0
-        self._checks(table, findings, dict(waive))
-        findings.metadata["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
-        findings.metadata["embedding"] = self.embedding
-        findings.metadata["copy_similarity"] = self._copy_similarity(table)  # patterns.py: "copies" at or above
-        findings.metadata["faces"] = {
-            r.identity.display: [o.line() for o in r.problems] or ([r.error] if r.error else [])
-            for r in self.faces.values() if r.problems or r.error
-        }
-        # every identity's outcome over all its tests, known before pytest runs them: every count
-        # (summary, report.html, findings.json) comes from it
+        self._checks(table, dict(waive))
+        from .check_files import issues_json
         from .findings import identity_outcomes
 
-        findings.outcomes = identity_outcomes(findings.verdicts, self.rules, self.check_results, self.faces)
-        return findings
+        meta = {
+            **meta,
+            "checks": issues_json(self.check_results),
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "embedding": self.embedding,
+            "copy_similarity": self._copy_similarity(table),  # patterns.py: "copies" at or above
+            "faces": {r.identity.display: [o.line() for o in r.problems] or ([r.error] if r.error else [])
+                      for r in self.faces.values() if r.problems or r.error},
+        }
+        # The one result: every issue in one list, and every identity's outcome over all its tests,
+        # known before pytest runs them (every count, in the summary, report.html and
+        # findings.json, comes from it). Built once here, never changed after.
+        return replace(
+            findings,
+            metadata=meta,
+            check_issues=tuple(i for r in self.check_results.values() for i in r.issues),
+            evaluated={name: r.instance.evaluated for name, r in self.check_results.items()
+                       if r.error is None and r.instance is not None},  # baseline
+            outcomes=identity_outcomes(findings.verdicts, self.rules, self.check_results, self.faces),
+        )
 
-    def _copy_similarity(self, table) -> float:
+    def _copy_similarity(self, table: VectorTable) -> float:
         """The cosine at or above which one-to-one pairs are called copies (the same photo): the
         near_duplicates check's threshold (its rules setting, else its auto value for the model
         and centring), so that "copies" means what that check means by near-identical."""
@@ -189,7 +232,7 @@ class Pipeline:
             configured = 0.0
         return configured or auto_threshold(table.key, self.rules.centre)
 
-    def _engine(self):
+    def _engine(self) -> RangeEngine | None:
         """Where the candidates stage runs (rules `engine:`): None in this process, else an engine
         of dataset_checks.engines (Ray), checkpointing its ranges in the cache folder."""
         from .engines import make_engine
@@ -199,7 +242,7 @@ class Pipeline:
             engine.resume = False
         return engine
 
-    def _add_missed(self, table, rows, verification: dict) -> None:
+    def _add_missed(self, table: VectorTable, rows: tuple[Any, Any], verification: dict[str, Any]) -> None:
         """Pairs the exact check found and the search did not: into the result. The sampled
         recall still reports the miss (the index needs a larger nprobe), but the gate never
         passes a pair it has seen."""
@@ -211,6 +254,7 @@ class Pipeline:
         if not mi.size:
             return
         s = self.search
+        assert s is not None  # verified pairs exist only after a search
         sim = pair_similarity(table.vectors, mi, mj)
         i, j, sims = np.concatenate([s.i, mi]), np.concatenate([s.j, mj]), np.concatenate([s.sim, sim])
         order = np.lexsort((j, i, -sims))
@@ -218,19 +262,21 @@ class Pipeline:
         verification["added_to_findings"] = int(mi.size)
 
     # -- the registered checks (dataset_checks.checks) -----------------------------------
-    def _checks(self, table, findings: Findings, waivers: dict) -> None:
+    def _checks(self, table: VectorTable, waivers: dict[Key, str]) -> None:
         from .check_run import run_checks
         from .checks.data import CheckData
 
         data = CheckData(root=self.root, rules=self.rules, identities=self.identities(), table=table,
-                         pairs=self.search, threshold=self.rules.threshold, against=self._against_data(),
-                         threshold_choice=self.threshold_choice)  # calibview
+                         pairs=self.search, threshold=self.threshold.value, against=self._against_data(),
+                         threshold_choice=self.threshold.choice,  # calibview
+                         context=self.context)
         accept = (f"{self.baseline.reason} (accepted by --update-baseline)"
                   if self.update_baseline and self.baseline is not None else None)
         t0 = time.perf_counter()
         # a mapped table's pages go back before the checks (whose passes give theirs back as they
         # go): the checks' memory comes on top of the findings, not of a resident table
-        self.budget.trim()
+        if self.budget is not None:
+            self.budget.trim()
         self.check_results = run_checks(data, waivers, accept)
         # one wall time: the checks run in parallel lanes (each check's own seconds are in
         # findings.json "checks")
@@ -244,15 +290,9 @@ class Pipeline:
 
             self.folder_means = np.asarray(folder_means(data), dtype=np.float32)
         data.cache.clear()
-        findings.issues = [i for r in self.check_results.values() for i in r.issues]
-        findings.evaluated = {name: r.instance.evaluated for name, r in self.check_results.items()
-                              if r.error is None and r.instance is not None}  # baseline
-        from .check_files import issues_json
-
-        findings.metadata["checks"] = issues_json(self.check_results)
 
     # -- leakage: begin ---------------------------------------------------------------------
-    def _against_data(self) -> list:
+    def _against_data(self) -> list[AgainstData]:
         """Other datasets (rules `against:`, --against) loaded for the leakage check; read only.
 
         Image-only folders there are embedded like ours (same embedder, same cache, the cache never
@@ -306,7 +346,7 @@ class Pipeline:
 
         return folder_bound(self.budget.limit if self.budget is not None else self.rules.memory)
 
-    def _embed(self, identities, progress):
+    def _embed(self, identities: list[Identity], progress: Any) -> Prepared:
         from .embed import prepare
 
         prepared = prepare(self.root, identities, self.rules.vector_key, self.rules.embedder, self.cache_dir,
@@ -315,14 +355,14 @@ class Pipeline:
         if prepared.stats is not None:
             self.timings["embed"] = prepared.embed_seconds
         self.faces = prepared.faces
-        if prepared.stats is not None:
+        if prepared.stats is not None and prepared.embedder is not None:  # stats: images were embedded
             self.embedding = {**prepared.embedder.as_dict(), "cache": str(self.cache_dir),
                               **prepared.stats.as_dict()}
         elif prepared.embedder is None and any(r.error for r in prepared.faces.values()):
             self.embedding = {"embedder": self.rules.embedder, "error": next(r.error for r in prepared.faces.values() if r.error)}
         return prepared
 
-    def _table(self, identities, prepared, progress):
+    def _table(self, identities: list[Identity], prepared: Prepared, progress: Any) -> VectorTable:
         """The vector table: mapped from the cache when this dataset version was loaded before,
         else loaded folder by folder into the cache (in memory when there is no cache)."""
         from .table_store import TableStore
@@ -330,7 +370,7 @@ class Pipeline:
 
         from .table_store import CacheUnwritable
 
-        store = TableStore(self.cache_dir, self.root) if self.cache_dir is not None else None
+        store: TableStore | None = TableStore(self.cache_dir, self.root) if self.cache_dir is not None else None
         if store is not None and not self.full:  # hostile cache: --full reads every file again
             stored = store.open(prepared.version)
             if stored is not None and [i.name for i in identities] == stored.get("identities"):
@@ -368,7 +408,7 @@ class Pipeline:
         return table
 
     # -- hostile cache: begin ---------------------------------------------------------------
-    def cache_unusable(self, where, exc: OSError) -> None:
+    def cache_unusable(self, where: object, exc: OSError) -> None:
         """A write into the cache failed (a full disk, a quota, a read-only file system, no
         permission): the run goes on without it, and says so once."""
         if self.cache_error is not None:
@@ -379,10 +419,8 @@ class Pipeline:
                           "may read and search everything again)")
     # -- hostile cache: end -----------------------------------------------------------------
 
-    def _model_rules(self, table, prepared) -> None:
+    def _model_rules(self, table: VectorTable, prepared: Prepared) -> None:
         """Centre the vectors (embeddings.centre) and resolve `threshold: auto` for the model."""
-        from dataclasses import replace
-
         from .embed import DEFAULT_THRESHOLDS
         from .rules import DEFAULT_THRESHOLD
         from .vectors import centre_vectors
@@ -393,7 +431,8 @@ class Pipeline:
                 from .table_store import centred
 
                 table.vectors, self._centre_shift = centred(Path(folder).parent, table.vectors)
-                self.budget.watch(table.vectors)
+                if self.budget is not None:
+                    self.budget.watch(table.vectors)
             else:
                 if len(table.vectors) >= 2:  # leakage: --against data is centred on the same point
                     self._centre_shift = table.vectors.mean(axis=0, dtype="float64")
@@ -418,23 +457,21 @@ class Pipeline:
             if self._baseline_threshold(settings):
                 return
             choice = calibrate_threshold(table.vectors, table.identity_of, floor, chance_pairs=cal.chance_pairs,
-                                         ceiling=ceiling, sample_pairs=cal.sample_pairs, seed=cal.seed)
-            self.threshold_choice = choice
+                                         ceiling=ceiling, sample_pairs=cal.sample_pairs, seed=cal.seed,
+                                         budget=self.budget)
             self.timings["threshold"] = choice.seconds
-            self.rules = replace(self.rules, threshold=choice.value)
-            self.threshold_record = {"value": choice.value, "settings": settings}
+            self.threshold = replace(self.threshold, value=float(choice.value), source=choice.source_text(),
+                                     choice=choice, record={"value": choice.value, "settings": settings})
         elif self.baseline is not None and self.baseline.threshold is not None and not self.update_baseline:
-            self.notes.append(f"the threshold {self.rules.threshold:g} from {display_name(self.rules.threshold_from)} "
+            self.notes.append(f"the threshold {self.threshold.value:g} from {display_name(self.rules.threshold_from)} "
                               f"wins over the baseline {display_name(self.baseline.path.name)}'s recorded "
                               f"{self.baseline.threshold['value']:g}")
 
-    def _baseline_threshold(self, settings: dict) -> bool:
+    def _baseline_threshold(self, settings: dict[str, Any]) -> bool:
         """A gate run (--baseline without --update-baseline) keeps the `threshold: auto` value its
         baseline was accepted at, when the file records one under the same settings: the data
         changing (an error removed) never moves the gate; only --update-baseline (which
         recalibrates and records the new value) or --threshold does. True when it was used."""
-        from dataclasses import replace
-
         from .text import file_text
 
         base = self.baseline
@@ -455,15 +492,15 @@ class Pipeline:
                               f"under other calibration settings ({changed}): threshold: auto "
                               f"recalibrated on this data; --update-baseline records it")
             return False
-        self.rules = replace(self.rules, threshold=float(record["value"]), threshold_auto=False,
-                             threshold_from=f"the baseline {base.path.name}: threshold: auto as accepted by "
+        self.threshold = replace(self.threshold, value=float(record["value"]), auto=False,
+                                 record={**record, "from": "baseline"},
+                                 source="from " + display_name(f"the baseline {base.path.name}: threshold: auto as accepted by "
                                             f"--update-baseline, not recalibrated (--update-baseline recalibrates "
-                                            f"it, --threshold overrides it)")
-        self.threshold_record = {**record, "from": "baseline"}
+                                            f"it, --threshold overrides it)"))
         return True
 
     def threshold_source(self) -> str:
-        return threshold_source(self.rules, self.threshold_choice)
+        return self.threshold.source
 
     def metadata(self) -> dict[str, Any]:
         info = dict(self.search.info) if self.search is not None else {}
@@ -473,10 +510,10 @@ class Pipeline:
             "tool": f"dataset_checks {__version__}",
             "dataset": "built-in demo" if self.is_demo else str(self.root),
             "rules": str(self.rules.source) if self.rules.source else None,
-            "threshold": self.rules.threshold,
-            "threshold_choice": self.threshold_source(),
-            "threshold_calibration": self.threshold_choice.as_dict() if self.threshold_choice is not None else None,
-            "threshold_record": self.threshold_record,  # baseline: recorded by --update-baseline, used by a gate
+            "threshold": self.threshold.value,
+            "threshold_choice": self.threshold.source,
+            "threshold_calibration": self.threshold.choice.as_dict() if self.threshold.choice is not None else None,
+            "threshold_record": dict(self.threshold.record) if self.threshold.record is not None else None,  # baseline: recorded by --update-baseline, used by a gate
             "identity_thresholds": self.rules.identity_thresholds,
             "embedding_key": table.key if table is not None else None,
             "dim": table.dim if table is not None else None,

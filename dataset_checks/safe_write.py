@@ -23,7 +23,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, BinaryIO, Callable, Literal, TextIO, overload
 
 from .discover import display_name
 
@@ -64,14 +64,20 @@ def check_target(path: Path) -> None:
         raise UnsafeTarget(path, why)
 
 
-def _readable(fd_or_path) -> None:
+def _readable(fd_or_path: int | str | os.PathLike[str]) -> None:
     # mkstemp makes 0600 files; outputs are meant to be read by others (CI artifacts)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(fd_or_path, 0o666 & ~umask)
 
 
-def atomic_write(path: Path, write: Callable, *, binary: bool = False, readable: bool = False,
+@overload
+def atomic_write(path: Path, write: Callable[[BinaryIO], object], *, binary: Literal[True],
+                 readable: bool = False, fsync: bool = False) -> Path: ...
+@overload
+def atomic_write(path: Path, write: Callable[[TextIO], object], *, binary: Literal[False] = False,
+                 readable: bool = False, fsync: bool = False) -> Path: ...
+def atomic_write(path: Path, write: Callable[[Any], object], *, binary: bool = False, readable: bool = False,
                  fsync: bool = False) -> Path:
     """Write `path` whole or not at all: `write(fh)` fills a new temporary file beside it (text
     mode: UTF-8, newlines as written), which is then renamed over it. Raises UnsafeTarget, and

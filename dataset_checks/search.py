@@ -30,24 +30,25 @@ little below the threshold so that float32 rounding cannot drop a pair sitting o
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, TypedDict, cast
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .arrays import nonzero
+from .context import RunContext
 from .backends import (  # noqa: F401  (the defaults, importable from here as before)
     CALIBRATION_CELLS, CALIBRATION_QUERIES, CALIBRATION_SAME_KEPT, CLEAR_MATCH_MARGIN, DEFAULT_TUNING, GPU_K_MAX,
     GPU_K_START, KMEANS_NITER, PROBES_KEPT, QUERY_BATCH, RADIUS_MARGIN, RANGE_BATCH_PROBED, SCAN_CELLS, SPLIT_MIN,
-    SPLIT_SHARE, Backend, BuiltIndex, Emit, SearchTuning, _bar, _faiss, _stage)
+    SPLIT_SHARE, Backend, BackendRequest, BuiltIndex, Emit, SearchTuning, _bar, _faiss, _stage, backend_spec)
 from .backends.caps import CAPS_MAX_SCANNED, CapsBackend  # noqa: F401
 from .backends.flat import FlatBackend, _exact_rows, _flat_scan  # noqa: F401
-from .backends.gpu import GpuBackend, _gpu_scan  # noqa: F401
+from .backends.gpu import DeviceBackend, GpuBackend, _gpu_scan  # noqa: F401
 from .backends.ivf import (  # noqa: F401
     IVFBackend, _choose_nprobe, _cpu_range, _ivf_lists, _ivf_range, _list_of, _list_scan, _list_scan_chunks,
-    _nearest_lists, _set_nprobe, _training_rows)
+    _nearest_lists, _set_nprobe, _training_rows, auto_nlist)
 from .index_rules import IndexRules
 
 MAX_PAIRS_DEFAULT = 5_000_000
@@ -60,9 +61,12 @@ class SearchTooBroad(RuntimeError):
 
 @dataclass
 class SearchResult:
-    i: np.ndarray  # int64, i < j, row indices into the vector table
-    j: np.ndarray
-    sim: np.ndarray  # float64 cosine similarity, >= threshold
+    i: NDArray[np.int64]  # i < j, row indices into the vector table
+    j: NDArray[np.int64]
+    sim: NDArray[np.float64]  # cosine similarity, >= threshold
+    # An open JSON record, not a fixed schema: find_pairs' own keys (vectors, dim, threshold,
+    # timings, device, candidates, engine) plus whatever the backend's `info` and `stats` hold,
+    # in the order they were merged; findings.json and the search state store it as it is.
     info: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -76,14 +80,6 @@ def gpu_count() -> int:
         return int(get()) if get else 0
     except Exception:  # a CUDA build with a broken driver: run on the CPU
         return 0
-
-
-def auto_nlist(n: int) -> int:
-    """About 2*sqrt(n) lists, a power of two: measured on the 57k benchmark as the best trade
-    between k-means training (which grows with nlist) and scanning (which shrinks with it)."""
-    if n < 64:
-        return 1
-    return int(2 ** round(math.log2(2 * math.sqrt(n))))
 
 
 def exact_pairs(vectors: np.ndarray, labels: np.ndarray, threshold: float, block: int = 2048) -> SearchResult:
@@ -114,7 +110,7 @@ def exact_pairs(vectors: np.ndarray, labels: np.ndarray, threshold: float, block
     return _pack([i[ok]], [j[ok]], [sim[ok]])
 
 
-def _pack(out_i, out_j, out_s) -> SearchResult:
+def _pack(out_i: list[np.ndarray], out_j: list[np.ndarray], out_s: list[np.ndarray]) -> SearchResult:
     if not out_i:
         return SearchResult(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
     i, j, s = (np.concatenate(a) for a in (out_i, out_j, out_s))
@@ -191,7 +187,12 @@ def pair_similarity(vectors: np.ndarray, i: np.ndarray, j: np.ndarray, block: in
 
 
 
-def exactness(info: dict[str, Any] | None) -> dict[str, Any]:
+class Exactness(TypedDict):
+    exact: bool
+    how: str
+
+
+def exactness(info: dict[str, Any] | None) -> Exactness:
     """Whether the search that gave these pairs is proven exact, and how (findings.json `exact`,
     the summary's search line): flat and folder caps always; an IVF index only with its proof
     (`index.certify`) or with every list probed."""
@@ -216,18 +217,14 @@ def resolve_kind(n: int, rules: IndexRules, use_gpu: bool) -> str:
 
 
 def choose_backend(kind: str, use_gpu: bool, n: int, rules: IndexRules, scan: str, seed: int,
-                   tuning: SearchTuning) -> Backend:
-    """The backend for a resolved index type ("flat" or "ivf") and device."""
-    if kind == "flat":
-        backend: Any = FlatBackend(tuning)
-    elif kind == "caps":
-        # numpy's BLAS on the CPU, whatever the device; auto: the flat search where caps cannot pay
-        return CapsBackend(tuning, flat_fallback=rules.type == "auto")
-    else:
-        # faiss wants >= 39 training points per list; more lists than that only add noise.
-        nlist = min(rules.nlist or auto_nlist(n), max(1, n // 39))
-        backend = IVFBackend(rules, nlist, scan=scan, seed=seed, tuning=tuning)
-    return GpuBackend(backend, tuning) if use_gpu else backend
+                   tuning: SearchTuning, context: RunContext | None = None) -> Backend:
+    """The backend for a resolved index type (a registered one, backends/__init__.py) and
+    device; one that does not run on a GPU ignores `use_gpu`."""
+    spec = backend_spec(kind)
+    backend = spec.factory(BackendRequest(n=n, rules=rules, scan=scan, seed=seed, tuning=tuning, context=context))
+    if use_gpu and spec.gpu:  # BackendSpec.gpu promises a `build` that takes `place`
+        return GpuBackend(cast(DeviceBackend, backend), tuning)
+    return backend
 
 
 def find_pairs(
@@ -242,6 +239,7 @@ def find_pairs(
     tuning: SearchTuning = DEFAULT_TUNING,
     engine: Any = None,
     backend: Backend | None = None,
+    context: RunContext | None = None,
 ) -> SearchResult:
     """Every pair of vectors with different labels and cosine similarity >= threshold.
 
@@ -251,7 +249,8 @@ def find_pairs(
     k-means and calibration knobs (see `SearchTuning`). `engine` (engines/, e.g. `RayEngine`):
     runs the candidates stage as ranges of the index's units elsewhere; None: in this process.
     `backend`: the one to use instead of `choose_backend`'s, of the same kind (the search
-    state's IVF with stored centroids).
+    state's IVF with stored centroids). `context`: the run's (its memory budget is checkpointed
+    by the stages that read the table out of order).
 
     Memory does not grow with the size of a folder: every stage works in blocks of bounded
     size and drops same-folder hits before gathering them, so one folder of a million identical
@@ -277,9 +276,10 @@ def find_pairs(
     kind = resolve_kind(n, rules, use_gpu)
     if rules.type == "auto" and kind == "ivf":
         rules = replace(rules, certify=True)  # the default is exact: the GPU's IVF with its proof
-    use_gpu = use_gpu and kind != "caps"
+    spec = backend_spec(kind)
+    use_gpu = use_gpu and spec.gpu
     info["device"] = "gpu" if use_gpu else "cpu"
-    backend = backend or choose_backend(kind, use_gpu, n, rules, ivf_scan or rules.scan, seed, tuning)
+    backend = backend or choose_backend(kind, use_gpu, n, rules, ivf_scan or rules.scan, seed, tuning, context)
     collector = _Collector(x, labels, float(threshold), max_pairs)
 
     t0 = time.perf_counter()
@@ -287,7 +287,7 @@ def find_pairs(
     info.update(built.info)
     timings["build"] = time.perf_counter() - t0
 
-    if kind == "ivf":
+    if spec.calibrated:
         t0 = time.perf_counter()
         built.calibrate(progress)
         info.update(built.info)
@@ -295,7 +295,7 @@ def find_pairs(
 
     t0 = time.perf_counter()
     if engine is None:
-        built.candidates(collector.add, progress=progress)
+        built.candidates(collector.add, progress=progress, context=context)
     else:  # engines/: the same ranges of units, run as tasks, into the same collector
         info["engine"] = engine.candidates(built, collector, vectors, x, progress=progress)
     result = collector.result()

@@ -2,7 +2,7 @@
 
 `CheckSession` wraps one `run.Pipeline` (rules -> vectors -> search -> findings -> checks, no
 pytest) with what a pytest run needs around it: identities at collection (cheap), the built-in
-demo dataset, the report folder's lock, the files (`files.write_files`), the terminal text
+demo dataset, the report folder's lock, the files (`sinks.write_all`), the terminal text
 (`report.summary_lines`) and report.html's pieces (`report`, `check_files`). The plugin only
 adapts: its hooks call these methods.
 """
@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
@@ -24,7 +24,17 @@ from .findings import Findings, Verdict
 from .merge import MergeCandidate, merge_candidates
 from .patterns import Pattern, RankedIdentity
 from .rules import Rules
-from .run import DatasetError, Pipeline, RunResult, threshold_source  # noqa: F401 - DatasetError: the plugin's import
+from .cutoff import Threshold
+from .run import DatasetError, Pipeline, RunResult  # noqa: F401 - DatasetError: the plugin's import
+
+if TYPE_CHECKING:
+    from .check_run import CheckResult
+    from .embed.folders import FaceReport
+    from .outputs import FolderLock
+    from .report import Brief
+    from .search import SearchResult
+    from .thumbnails import Thumbnails
+    from .vectors import VectorTable
 
 
 def stderr_is_terminal() -> bool:
@@ -51,27 +61,28 @@ class CheckSession:
         self._ranked: list[RankedIdentity] | None = None  # failing identities by evidence, once per run
         self._patterns: dict[str, list[Pattern]] = {}  # identity name -> its patterns (failing ones)
         self._row_order: dict[str, tuple[str, str]] | None = None
-        self._thumbs = None
+        self._thumbs: Thumbnails | None = None
         self.report_dir = Path(report_dir) if report_dir is not None else None
         self.progress = stderr_is_terminal() if progress is None else progress
         self._demo_dir: Path | None = None
         self.cache_root: Path | None = None  # where .dataset_checks_cache/ goes (the plugin sets the rootdir)
-        self.faces: dict = {}  # identity name -> embed.FaceReport, for folders whose images were embedded
+        self.faces: dict[str, FaceReport] = {}  # identity -> its images' outcomes (folders embedded here)
         self.embedding: dict[str, Any] = {}
         self._image_identities: list[Identity] | None = None
         self._identities: list[Identity] | None = None
         self._findings: Findings | None = None
-        self.table = None
-        self.search = None
+        self.table: VectorTable | None = None
+        self.search: SearchResult | None = None
         self.timings: dict[str, float] = {}
         self.written: list[Path] = []
         self.write_errors: list[str] = []  # outputs that could not be written (said in the summary)
         self.notes: list[str] = []  # what the plugin redirected or ignored (shown in the header)
         self.rules_from: str | None = None  # why that rules file: --rules, from the current folder, from the rootdir
-        self.lock = None  # outputs.FolderLock on the report folder, held by the plugin
-        self.threshold_choice = None  # threshold.ThresholdChoice when `threshold: auto` was resolved
+        self.lock: FolderLock | None = None  # on the report folder, held by the plugin
+        # the threshold in force: the rules' until the run resolves it (the rules stay as given)
+        self.threshold = Threshold.of_rules(rules)
         self.run_error: str | None = None  # the pipeline itself broke: every verdict says so
-        self.check_results: dict = {}  # check name -> check_run.CheckResult
+        self.check_results: dict[str, CheckResult] = {}
         self.pipeline: Pipeline | None = None  # the run (dataset_checks.run), once findings() ran
         self.result: RunResult | None = None  # its typed result (None when it failed)
         self.full = False  # incremental: --full (search everything, whatever the stored state says)
@@ -102,6 +113,13 @@ class CheckSession:
     def identities(self) -> list[Identity]:
         if self._identities is None:
             t0 = time.perf_counter()
+            from .face01_layout import root_layout
+
+            # FACE01's project layout would pass as one identity of many people: refused, never
+            # checked that way (the message says how to convert it)
+            layout = root_layout(self.root)
+            if layout is not None:
+                raise DatasetError(layout)
             try:
                 self._identities = discover_identities(self.root)
             except FileNotFoundError:
@@ -114,7 +132,7 @@ class CheckSession:
         return self._identities
 
     # -- the run -------------------------------------------------------------------------
-    def _bar(self, iterable=None, **kw):
+    def _bar(self, iterable: Iterable[Any] | None = None, **kw: Any) -> Any:
         from tqdm import tqdm
 
         return tqdm(iterable, file=sys.stderr, leave=False, dynamic_ncols=True, **kw)
@@ -137,15 +155,16 @@ class CheckSession:
                 self.run_traceback = traceback.format_exc(limit=-6)
                 self._findings = self._failed(self.run_error)
             p = self.pipeline  # what the run got to, also after a failure
-            self.rules, self.table, self.search = p.rules, p.table, p.search
-            self.threshold_choice, self.check_results = p.threshold_choice, p.check_results
+            self.table, self.search, self.threshold = p.table, p.search, p.threshold
+            self.check_results = p.check_results
             self.faces, self.embedding, self.timings = p.faces, p.embedding, p.timings
         return self._findings
 
     def _failed(self, error: str) -> Findings:
-        verdicts = {i.name: Verdict(identity=i, threshold=self.rules.threshold, vectors=0,
+        verdicts = {i.name: Verdict(identity=i, threshold=self.threshold.value, vectors=0,
                                     error=f"the run failed: {error}") for i in self.identities()}
-        return Findings(pairs=[], verdicts=verdicts, metadata={**self.pipeline.metadata(), "error": error})
+        facts = self.pipeline.metadata() if self.pipeline is not None else {}
+        return Findings(pairs=[], verdicts=verdicts, metadata={**facts, "error": error})
 
     def dataset_problems(self) -> list[str]:
         """Why the dataset as a whole was not checked (test_dataset fails with these); [] when it was.
@@ -183,15 +202,15 @@ class CheckSession:
 
     def threshold_source(self) -> str:
         """Where the threshold in use came from, in words (header, summary, report, findings.json)."""
-        return threshold_source(self.rules, self.threshold_choice)
+        return self.threshold.source
 
     def threshold_text(self) -> str:
         """The threshold in use and where it came from."""
         if self.rules.threshold_auto and self._findings is None:
             return "auto (chosen once the vectors are loaded)"
-        return f"{self.rules.threshold:g} ({self.threshold_source()})"
+        return self.threshold.text()
 
-    def check_result(self, name: str):
+    def check_result(self, name: str) -> CheckResult | None:
         """The CheckResult of an enabled check (None when it is off)."""
         self.findings()
         return self.check_results.get(name)
@@ -221,7 +240,7 @@ class CheckSession:
             ]
         return self._image_identities
 
-    def faces_report(self, name: str):
+    def faces_report(self, name: str) -> FaceReport | None:
         self.findings()
         return self.faces.get(name)
 
@@ -242,9 +261,7 @@ class CheckSession:
             self._candidates = merge_candidates(t.vectors, t.identity_of, [i.name for i in t.identities], f.pairs,
                                                 name_matches=matches_of(self.check_results.values()), means=means,
                                                 copy_similarity=f.metadata.get("copy_similarity"))
-            self.timings["merge"] = seconds = time.perf_counter() - t0
-            if isinstance(f.metadata.get("timings"), dict):  # a stage of the run like the others (findings.json)
-                f.metadata["timings"]["merge"] = round(seconds, 4)
+            self.timings["merge"] = time.perf_counter() - t0  # a stage like the others (findings.json)
         return self._candidates
 
     # -- baseline (dataset_checks.baseline) ------------------------------------------------
@@ -263,7 +280,7 @@ class CheckSession:
     # -- end baseline ----------------------------------------------------------------------
 
     # -- report.html pieces (pytest-html hooks call these) ---------------------------------
-    def thumbnails(self):
+    def thumbnails(self) -> Thumbnails:
         if self._thumbs is None:
             from .thumbnails import Thumbnails
 
@@ -346,14 +363,15 @@ class CheckSession:
 
         return identity_message(self.verdict(name), self.findings(), patterns=self.patterns(name))
 
-    def brief(self, name: str | None, message: str, cross_identity: bool):
+    def brief(self, name: str | None, message: str, cross_identity: bool) -> Brief:
         """A failing test as the terminal shows it (report.Brief): for test_identity
         (`cross_identity`) its pattern and best pair per other folder, else the message's first lines."""
         from .report import identity_brief, message_brief
 
-        patterns = self.patterns(name) if cross_identity and name is not None and self._findings is not None else None
-        if patterns:
-            return identity_brief(self._findings.verdicts[name], patterns)
+        findings = self._findings
+        patterns = self.patterns(name) if cross_identity and name is not None and findings is not None else None
+        if patterns and findings is not None and name is not None:
+            return identity_brief(findings.verdicts[name], patterns)
         return message_brief(message)
 
     # -- output --------------------------------------------------------------------------
@@ -362,9 +380,11 @@ class CheckSession:
         write_errors (the summary says so and the run fails) and the others are still written."""
         if self._findings is None or self.report_dir is None:
             return []
-        from .files import write_files
+        from .sinks import RunView, write_all
 
-        written = write_files(self.report_dir, self._findings, self.merge_candidates(), self.check_results)
+        merge_seconds = {"merge": self.timings["merge"]} if "merge" in self.timings else {}
+        written = write_all(self.report_dir, RunView(self._findings, self.merge_candidates(), self.check_results,
+                                                     timings=merge_seconds))
         self.written = written.files
         self.write_errors.extend(written.errors)
         if self.update_baseline and self.baseline is not None:  # baseline
@@ -388,16 +408,16 @@ class CheckSession:
         ]
         p = self.pipeline
         if p is not None and p.table is not None and len(p.table):
-            from .vectors import size_text
+            from .memory import size_text
 
             table = p.table
-            where = {"stored": "mapped from the cache (dataset unchanged since it was written)",
+            held = {"stored": "mapped from the cache (dataset unchanged since it was written)",
                      "updated": "updated in the cache (only the changed folders read)",
                      "loaded": "loaded into the cache" if isinstance(table.vectors, np.memmap) else "held in memory"}
             budget = p.budget.limit if p.budget is not None else None
             source = "--memory or rules.yaml" if r.memory else "auto: half the machine"
             lines.append(f"dataset_checks: {len(table):,} vectors x {table.dim} ({size_text(table.vectors.nbytes)}) "
-                         f"{where.get(p.table_source, '')}; memory budget "
+                         f"{held.get(p.table_source or '', '')}; memory budget "
                          f"{size_text(budget) if budget else '?'} ({source}); engine {r.engine.type}")
         incremental = p.incremental.header() if p is not None and p.incremental is not None else None
         if incremental:

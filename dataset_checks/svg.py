@@ -63,7 +63,7 @@ def nice_step(span: float, ticks: int = 8) -> float:
     if span <= 0 or not math.isfinite(span):
         return 1.0
     raw = span / ticks
-    mag = 10 ** math.floor(math.log10(raw))
+    mag: float = 10 ** math.floor(math.log10(raw))  # (int ** int is Any to mypy: a negative power is a float)
     for f in (1, 2, 2.5, 5, 10):
         if f * mag >= raw:
             return f * mag

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .vectors import FACE01_FILE
 
@@ -19,7 +21,7 @@ from .vectors import FACE01_FILE
 class SyntheticDataset:
     names: list[str]
     files: list[list[str]]
-    vectors: list[np.ndarray]  # float32 (n_i, dim) per identity, not normalised
+    vectors: list[NDArray[np.float32]]  # (n_i, dim) per identity, not normalised
     planted: list[tuple[str, str, str, str]] = field(default_factory=list)  # (id, file, other_id, other_file)
 
     def write(self, root: Path, key: str = "efficientnetv2_arcface", shape_3d: bool = True) -> Path:
@@ -30,24 +32,27 @@ class SyntheticDataset:
         return root
 
 
-def save_folder(folder: Path, files: list[str], vecs: np.ndarray, key: str = "efficientnetv2_arcface",
+def save_folder(folder: Path, files: list[str], vecs: NDArray[np.floating[Any]], key: str = "efficientnetv2_arcface",
                 shape_3d: bool = True, dtype: str = "float32") -> Path:
     """One identity folder's npKnown.npz (FACE01: ArcFace arrays are (N, 1, D))."""
     folder.mkdir(parents=True, exist_ok=True)
     arr = vecs[:, None, :] if shape_3d and key == "efficientnetv2_arcface" else vecs
-    np.savez(folder / FACE01_FILE, name=np.array(files, dtype=str), **{key: arr.astype(dtype)})
+    # numpy's stub types **kwds as the `allow_pickle` flag's bool; they are arrays to save
+    np.savez(folder / FACE01_FILE, name=np.array(files, dtype=str), **{key: arr.astype(dtype)})  # type: ignore[arg-type]
     return folder / FACE01_FILE
 
 
-def faces(rng: np.random.Generator, centre: np.ndarray, n: int, intra: float) -> np.ndarray:
+def faces(rng: np.random.Generator, centre: NDArray[np.float64], n: int, intra: float) -> NDArray[np.float32]:
     dim = centre.shape[0]
     sigma = np.sqrt(1.0 / intra - 1.0) / np.sqrt(dim)
-    return (centre + sigma * rng.standard_normal((n, dim))).astype(np.float32)
+    out: NDArray[np.float32] = (centre + sigma * rng.standard_normal((n, dim))).astype(np.float32)
+    return out
 
 
-def unit(rng: np.random.Generator, dim: int) -> np.ndarray:
+def unit(rng: np.random.Generator, dim: int) -> NDArray[np.float64]:
     v = rng.standard_normal(dim)
-    return v / np.linalg.norm(v)
+    out: NDArray[np.float64] = v / np.linalg.norm(v)
+    return out
 
 
 def seed_scale(
@@ -70,20 +75,22 @@ def seed_scale(
     return SyntheticDataset(plan.names, [plan.files(i) for i in range(n_identities)], vectors, plan.planted)
 
 
-def write_seed_scale(root: Path, dtype: str = "float32", key: str = "efficientnetv2_arcface", **params) -> int:
+def write_seed_scale(root: Path, dtype: str = "float32", key: str = "efficientnetv2_arcface",
+                     **params: Any) -> int:
     """seed_scale(**params) written to root folder by folder, never all of it in memory (10M
     faces are 20 GB). With float32 the files are those of seed_scale(...).write(root); float16
     halves them (what fits on a small disk; the loader reads either). Returns the planted copies."""
     root = Path(root)
     plan = _Plan(**params)
 
-    def save(i: int, vecs: np.ndarray) -> None:
+    def save(i: int, vecs: NDArray[np.float32]) -> None:
         save_folder(root / plan.names[i], plan.files(i), vecs, key, dtype=dtype)
 
-    def read(i: int) -> np.ndarray:
+    def read(i: int) -> NDArray[np.float32]:
         with np.load(root / plan.names[i] / FACE01_FILE) as z:
             arr = z[key]
-        return arr.reshape(len(arr), -1).astype(np.float32)
+        out: NDArray[np.float32] = arr.reshape(len(arr), -1).astype(np.float32)
+        return out
 
     for i in range(plan.n_identities):
         save(i, plan.folder(i))
@@ -127,7 +134,7 @@ class _Plan:
     def files(self, i: int) -> list[str]:
         return [f"{self.names[i]}_{j:04d}.jpg" for j in range(int(self.sizes[i]))]
 
-    def folder(self, i: int) -> np.ndarray:
+    def folder(self, i: int) -> NDArray[np.float32]:
         """Folder i's faces; folders must be asked for in order, 0 first."""
         centre = unit(self.rng, self.dim)
         m = int(self.sizes[i])
@@ -137,7 +144,7 @@ class _Plan:
             return faces(self.rng, base / np.linalg.norm(base), m, 0.97)
         return faces(self.rng, centre, m, self.intra)
 
-    def plants(self):
+    def plants(self) -> Iterator[tuple[int, int, int, int, NDArray[np.float64]]]:
         """(a, ja, b, jb, noise): face jb of folder b becomes a copy of face ja of folder a (unit
         length) plus noise (re-encoded), in order; a later copy may take an earlier one's face."""
         rng, sizes, crowded, dim = self.rng, self.sizes, self.crowded, self.dim

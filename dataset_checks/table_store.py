@@ -23,8 +23,10 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .arrays import normalise
 from .problems import Problem
@@ -36,6 +38,9 @@ from .text import own_text
 # 2: rows normalised as float32 times the float32 reciprocal of the float64 norm.
 # 3: every input problem stored (no "... and N more problems" entry: the cap is for display only).
 FORMAT = 3
+# meta.json's object (JSON values: the table's key, problems, counts, sources, identities,
+# records, whatever its writer adds), and once opened also `vectors` and `identity_of` (arrays)
+Meta = dict[str, Any]
 VECTORS, META, IDENTITY_OF = "vectors.f32", "meta.json", "identity_of.npy"
 STAGING, OWNER = ".staging-", ".owner"  # hostile cache: a folder being written, and its writer's lock
 ORPHAN_GRACE = 600  # s: how much older than the run a staging folder without an owner file must be
@@ -45,7 +50,7 @@ class CacheUnwritable(Exception):
     """Writing into the cache failed (a full disk, a quota, a read-only file system, no
     permission): the run goes on without the cache, in memory (run.Pipeline says so once)."""
 
-    def __init__(self, where, exc: OSError):
+    def __init__(self, where: Path | None, exc: OSError):
         super().__init__(f"{where}: {exc.strerror or exc}")
         self.where, self.error = where, exc
 
@@ -101,7 +106,7 @@ def sweep_staging(parent: Path, before: float) -> list[str]:
     (one without an owner file: older than ORPHAN_GRACE before it). The names removed."""
     import fcntl
 
-    removed = []
+    removed: list[str] = []
     try:
         entries = [e for e in os.scandir(parent) if e.name.startswith(STAGING) and str(Path(e.path)) not in _OWNERS]
     except OSError:
@@ -142,10 +147,10 @@ def dataset_folder(cache_dir: Path, root: Path) -> Path:
 class Version:
     """Accumulates what a table depends on into one digest."""
 
-    def __init__(self, *settings):
+    def __init__(self, *settings: object):
         self._h = hashlib.sha256(json.dumps([FORMAT, *map(str, settings)]).encode())
 
-    def add(self, *parts) -> None:
+    def add(self, *parts: object) -> None:
         self._h.update(repr(parts).encode("utf-8", "surrogateescape"))
         self._h.update(b"\0")
 
@@ -158,32 +163,32 @@ class Rows:
 
     def __init__(self, dim: int, folder: Path | None):
         self.dim, self.n = dim, 0
-        self.identity_of: list[np.ndarray] = []
+        self.identity_of: list[NDArray[np.int32]] = []
         self.files: list[str] = []
         self.counts: dict[int, int] = {}  # identity -> rows
-        self.blocks: list[np.ndarray] = []
-        self.path = None
-        self._fp = None
+        self.blocks: list[NDArray[np.float32]] = []
+        self.path: Path | None = None
+        self._fp: BinaryIO | None = None
         if folder is not None:
             fd, name = tempfile.mkstemp(prefix=f"rows-{dim}-", suffix=".f32", dir=folder)
             self.path, self._fp = Path(name), os.fdopen(fd, "wb")
 
-    def add(self, identity: int, files: list[str], vectors: np.ndarray) -> None:
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    def add(self, identity: int, files: list[str], vectors: NDArray[np.floating[Any]]) -> None:
+        rows = np.ascontiguousarray(vectors, dtype=np.float32)
         if self._fp is not None:
-            if vectors.size:  # a folder whose every row was bad adds none (and an empty view cannot be cast)
+            if rows.size:  # a folder whose every row was bad adds none (and an empty view cannot be cast)
                 try:
-                    self._fp.write(memoryview(vectors).cast("B"))
+                    self._fp.write(rows.data.cast("B"))
                 except OSError as exc:  # hostile cache: a full disk, a quota, ...
                     raise CacheUnwritable(self.path, exc) from exc
         else:
-            self.blocks.append(vectors)
-        self.identity_of.append(np.full(len(vectors), identity, dtype=np.int32))
+            self.blocks.append(rows)
+        self.identity_of.append(np.full(len(rows), identity, dtype=np.int32))
         self.files.extend(files)
-        self.counts[identity] = self.counts.get(identity, 0) + len(vectors)
-        self.n += len(vectors)
+        self.counts[identity] = self.counts.get(identity, 0) + len(rows)
+        self.n += len(rows)
 
-    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+    def finish(self) -> tuple[NDArray[np.float32], NDArray[np.int32]]:
         """(vectors, identity_of): a read-only map of the file, or one array in memory."""
         identity_of = np.concatenate(self.identity_of) if self.identity_of else np.zeros(0, np.int32)
         if self._fp is None:
@@ -191,10 +196,11 @@ class Rows:
             self.blocks = []
             return vectors, identity_of
         self.close()
+        assert self.path is not None  # set with _fp
         return open_vectors(self.path, self.n, self.dim), identity_of
 
     # -- incremental: begin --
-    def copy_rows(self, source, start: int, end: int) -> None:
+    def copy_rows(self, source: BinaryIO, start: int, end: int) -> None:
         """Append rows [start, end) of a stored table's vectors file (`source`, open for reading),
         copied by the kernel where it can (copy_file_range), else read and written in blocks."""
         try:
@@ -202,7 +208,8 @@ class Rows:
         except OSError as exc:  # hostile cache: the stored file or the new one (a full disk, ...)
             raise CacheUnwritable(self.path, exc) from exc
 
-    def _copy_rows(self, source, start: int, end: int) -> None:
+    def _copy_rows(self, source: BinaryIO, start: int, end: int) -> None:
+        assert self._fp is not None  # incremental updates write to a staging folder, never in memory
         self._fp.flush()
         row = self.dim * 4
         offset, left = start * row, (end - start) * row
@@ -250,7 +257,7 @@ class Rows:
                 pass
 
 
-def open_vectors(path: Path, n: int, dim: int) -> np.ndarray:
+def open_vectors(path: Path, n: int, dim: int) -> NDArray[np.float32]:
     if n == 0 or dim == 0:
         return np.zeros((n, dim), np.float32)
     return np.memmap(path, dtype=np.float32, mode="r", shape=(n, dim))
@@ -266,7 +273,7 @@ class TableStore:
         self.unwritable: CacheUnwritable | None = None  # hostile cache: why no table could be written
         self.started = time.time()  # hostile cache: staging folders older than this may be a killed run's
         self.swept: list[str] = []
-        self._parsed: tuple | None = None  # incremental: (stat of meta.json, its parsed text), read once
+        self._parsed: tuple[tuple[int, int, int], Meta] | None = None  # incremental: (stat of meta.json, its parsed text), read once
 
     def staging(self) -> Path | None:
         """A new temporary folder beside the published one, or None when the cache cannot be
@@ -279,7 +286,7 @@ class TableStore:
         self.swept += sweep_staging(self.folder.parent, self.started)  # killed runs' leftovers
         return staging
 
-    def publish(self, staging: Path, rows: Rows, version: str, meta: dict) -> np.ndarray:
+    def publish(self, staging: Path, rows: Rows, version: str, meta: Meta) -> NDArray[np.float32]:
         """Move the finished group's file and the table's metadata into place; the mapped vectors.
         Raises CacheUnwritable when that fails (the staging folder is then the caller's to drop)."""
         try:
@@ -288,8 +295,9 @@ class TableStore:
             raise CacheUnwritable(self.folder.parent, exc) from exc
         return open_vectors(self.folder / VECTORS, rows.n, rows.dim)
 
-    def _publish(self, staging: Path, rows: Rows, version: str, meta: dict) -> None:
+    def _publish(self, staging: Path, rows: Rows, version: str, meta: Meta) -> None:
         rows.close()
+        assert rows.path is not None  # vectors.TableBuilder publishes only a group written to a file
         vectors_path = staging / VECTORS
         rows.path.rename(vectors_path)
         rows.path = vectors_path
@@ -306,7 +314,7 @@ class TableStore:
         (self.folder / OWNER).unlink(missing_ok=True)
         shutil.rmtree(old, ignore_errors=True)
 
-    def open(self, version: str | None) -> dict | None:
+    def open(self, version: str | None) -> Meta | None:
         """The stored table of this version (None: of any version; incremental): its metadata
         with `vectors` (mapped) and `identity_of`, or None (no table, another version, or a
         damaged one: `note` says)."""
@@ -337,7 +345,8 @@ class TableStore:
             return None
 
 
-def centred(folder: Path, vectors: np.ndarray, block: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+def centred(folder: Path, vectors: NDArray[np.float32], block: int = 1 << 16
+            ) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
     """(centred table, the mean it subtracted) for `embeddings.centre`, kept beside the table.
 
     The centred rows are a second file mapping, written block by block, not an in-memory copy
@@ -355,10 +364,10 @@ def centred(folder: Path, vectors: np.ndarray, block: int = 1 << 16) -> tuple[np
         mean += vectors[s : s + block].sum(axis=0, dtype=np.float64)
     mean /= max(n, 1)
 
-    def rows(fp):
+    def rows(fp: BinaryIO) -> None:
         for s in range(0, n, block):
             out, _ = normalise(vectors[s : s + block], shift=mean)
-            fp.write(memoryview(out).cast("B"))
+            fp.write(out.data.cast("B"))
 
     # the table folder already exists (it may come with a checkout): the one writer, which
     # refuses a link planted at either name instead of writing through it
@@ -370,11 +379,11 @@ def centred(folder: Path, vectors: np.ndarray, block: int = 1 << 16) -> tuple[np
     return open_vectors(path, n, dim), mean
 
 
-def problems_json(problems: dict[int, list[Problem]]) -> dict[str, list[dict]]:
+def problems_json(problems: dict[int, list[Problem]]) -> dict[str, list[dict[str, Any]]]:
     return {str(k): [asdict(p) for p in v] for k, v in problems.items()}
 
 
-def problems_from_json(data: dict) -> dict[int, list[Problem]]:
+def problems_from_json(data: dict[str, list[dict[str, Any]]]) -> dict[int, list[Problem]]:
     # the cache is not the tool: a message read back from it is shown as the tool's own text
     # (control and bidi characters escaped), never raw
     return {int(k): [Problem(**{**p, "message": own_text(str(p.get("message", "")))}) for p in v]

@@ -1,15 +1,22 @@
 """The dataset checks: one test per identity folder (`pytest dataset_checks`)."""
 
+from __future__ import annotations
+
 import warnings
+from typing import TYPE_CHECKING, Callable
 
 import pytest
+
+if TYPE_CHECKING:
+    from .checks import Check
+    from .session import CheckSession
 
 
 class DatasetWarning(UserWarning):
     """An input problem that does not fail the identity (bad_input: warn, odd folder names)."""
 
 
-def test_identity(identity, dataset_checks_session):
+def test_identity(identity: str, dataset_checks_session: CheckSession) -> None:
     """No face in this folder matches a face in another folder at or above the threshold."""
     session = dataset_checks_session
     from .findings import identity_test_status  # the same judgement as the counts (findings.identity_outcomes)
@@ -27,7 +34,7 @@ def test_identity(identity, dataset_checks_session):
             warnings.warn(DatasetWarning(str(problem)), stacklevel=1)
 
 
-def test_faces_detected(identity, dataset_checks_session):
+def test_faces_detected(identity: str, dataset_checks_session: CheckSession) -> None:
     """Every image of this folder (embedded by the tool) decodes and shows exactly one face.
 
     Collected only for folders with images and no embeddings file. Images with no face, several
@@ -53,7 +60,7 @@ def test_faces_detected(identity, dataset_checks_session):
         warnings.warn(DatasetWarning(outcome.line()), stacklevel=1)
 
 
-def test_dataset(dataset_checks_session):
+def test_dataset(dataset_checks_session: CheckSession) -> None:
     """The dataset was found, holds identity folders, at least one of them was checked, and the
     search ran: a run that checked nothing never passes."""
     problems = dataset_checks_session.dataset_problems()
@@ -64,7 +71,7 @@ def test_dataset(dataset_checks_session):
 # -- one test family per registered check (dataset_checks.checks) --------------------------------
 
 
-def _judge(session, name: str, identity: str | None) -> None:
+def _judge(session: CheckSession, name: str, identity: str | None) -> None:
     result = session.check_result(name)
     if result is None:
         if session.run_error:  # the run broke before the checks: never a skip that reads as a pass
@@ -85,13 +92,18 @@ def _judge(session, name: str, identity: str | None) -> None:
         warnings.warn(DatasetWarning(text), stacklevel=1)
 
 
-def _family(check):
+def _family(check: type[Check]) -> Callable[..., None]:
+    test: Callable[..., None]
     if check.level == "dataset":
-        def test(dataset_checks_session):
+        def dataset_test(dataset_checks_session: CheckSession) -> None:
             _judge(dataset_checks_session, check.name, None)
+
+        test = dataset_test
     else:
-        def test(identity, dataset_checks_session):
+        def identity_test(identity: str | None, dataset_checks_session: CheckSession) -> None:
             _judge(dataset_checks_session, check.name, identity)
+
+        test = identity_test
     test.__name__ = test.__qualname__ = check.test_name()
     test.__doc__ = f"{check.title}: {check.doc}"
     return test

@@ -25,11 +25,12 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
+from numpy.typing import NDArray
 
-from .memory import gather
+from .memory import Budget, gather
 
 # Defaults (rules.yaml `calibration:`); the measurements behind them are in benchmarks/lfw_threshold.py.
 CHANCE_PAIRS = 1.0  # expected different-person pairs at/above the threshold, whole dataset
@@ -128,22 +129,30 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _gpd_survival(y, xi: float, sigma: float):
-    y = np.asarray(y, dtype=np.float64)
+@overload
+def _gpd_survival(y: float, xi: float, sigma: float) -> float: ...
+@overload
+def _gpd_survival(y: NDArray[np.floating[Any]], xi: float, sigma: float) -> NDArray[np.float64]: ...
+def _gpd_survival(y: float | NDArray[np.floating[Any]], xi: float, sigma: float) -> float | NDArray[np.float64]:
+    ys = np.asarray(y, dtype=np.float64)
     if abs(xi) < 1e-9:
-        return np.exp(-y / sigma)
-    base = 1.0 + xi * y / sigma
+        return np.exp(-ys / sigma)
+    base = 1.0 + xi * ys / sigma
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         out = np.where(base > 0, np.power(np.maximum(base, 1e-300), -1.0 / xi), 0.0)
     return out if out.ndim else float(out)
 
 
-def _gpd_quantile(p, xi: float, sigma: float):
+@overload
+def _gpd_quantile(p: float, xi: float, sigma: float) -> float: ...
+@overload
+def _gpd_quantile(p: NDArray[np.floating[Any]], xi: float, sigma: float) -> NDArray[np.float64]: ...
+def _gpd_quantile(p: float | NDArray[np.floating[Any]], xi: float, sigma: float) -> float | NDArray[np.float64]:
     """Excess y with survival p (0 < p <= 1)."""
-    p = np.asarray(p, dtype=np.float64)
+    ps = np.asarray(p, dtype=np.float64)
     if abs(xi) < 1e-9:
-        return -sigma * np.log(p)
-    return sigma * (np.power(p, -xi) - 1.0) / xi
+        return -sigma * np.log(ps)
+    return sigma * (np.power(ps, -xi) - 1.0) / xi
 
 
 def fit_gpd(excess: np.ndarray, trim: float = TRIM) -> tuple[float, float, int]:
@@ -191,8 +200,18 @@ def cross_pair_count(labels: np.ndarray) -> int:
     return int((n * n - int(np.sum(counts * counts))) // 2)
 
 
-def sample_cross_similarities(vectors: np.ndarray, labels: np.ndarray, sample_pairs: int = SAMPLE_PAIRS,
-                              seed: int = 0, cross_pairs: int | None = None, with_pairs: bool = False):
+@overload
+def sample_cross_similarities(vectors: NDArray[Any], labels: NDArray[np.integer[Any]], sample_pairs: int = ...,
+                              seed: int = ..., cross_pairs: int | None = ..., with_pairs: Literal[False] = ...,
+                              *, budget: Budget | None = ...) -> NDArray[np.float64]: ...
+@overload
+def sample_cross_similarities(vectors: NDArray[Any], labels: NDArray[np.integer[Any]], sample_pairs: int = ...,
+                              seed: int = ..., cross_pairs: int | None = ..., *, with_pairs: Literal[True],
+                              budget: Budget | None = ...) -> tuple[NDArray[np.float64], NDArray[np.int64]]: ...
+def sample_cross_similarities(vectors: NDArray[Any], labels: NDArray[np.integer[Any]], sample_pairs: int = SAMPLE_PAIRS,
+                              seed: int = 0, cross_pairs: int | None = None, with_pairs: bool = False,
+                              *, budget: Budget | None = None
+                              ) -> NDArray[np.float64] | tuple[NDArray[np.float64], NDArray[np.int64]]:
     """Cosines of cross-folder pairs drawn uniformly over all cross-folder pairs (float64).
 
     All pairs when the dataset has no more than `sample_pairs` row pairs. Otherwise blocks: two
@@ -203,6 +222,7 @@ def sample_cross_similarities(vectors: np.ndarray, labels: np.ndarray, sample_pa
     variance, not bias.
 
     with_pairs: also return each sampled pair's identity pair (a int64 key, order-free).
+    budget: the run's memory budget, checkpointed by the scattered reads (None: none).
     """
     x = np.asarray(vectors)
     labels = np.asarray(labels)
@@ -226,19 +246,20 @@ def sample_cross_similarities(vectors: np.ndarray, labels: np.ndarray, sample_pa
     blocks = min(nominal * MAX_BLOCK_FACTOR, max(1, math.ceil(sample_pairs / (m * m * cross_pairs / all_pairs))))
     rows = rng.integers(0, n, size=(blocks, 2, m))
     chunk = max(1, (1 << 23) // (2 * m * x.shape[1] * 4))  # ~8 MB of gathered rows at a time
-    out, keys = [], []
+    out: list[NDArray[np.float32]] = []
+    key_parts: list[NDArray[np.int64]] = []
     for s in range(0, blocks, chunk):
         rr = rows[s : s + chunk]
-        b = np.asarray(gather(x, rr), dtype=np.float32)
+        b = np.asarray(gather(x, rr, budget=budget), dtype=np.float32)
         gram = np.matmul(b[:, 0], np.swapaxes(b[:, 1], 1, 2))
         lab = labels[rr].astype(np.int64)
         la, lb = lab[:, 0, :, None], lab[:, 1, None, :]
         cross = la != lb
         out.append(gram[cross])
         if with_pairs:
-            keys.append((np.minimum(la, lb) * span + np.maximum(la, lb))[cross])
+            key_parts.append((np.minimum(la, lb) * span + np.maximum(la, lb))[cross])
     sims = np.concatenate(out).astype(np.float64)
-    return (sims, np.concatenate(keys)) if with_pairs else sims
+    return (sims, np.concatenate(key_parts)) if with_pairs else sims
 
 
 def _all_pairs(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -299,11 +320,13 @@ def _rate(t: float, sims_sorted: np.ndarray, tail: TailFit) -> float:
 
 def calibrate_threshold(vectors: np.ndarray, labels: np.ndarray, floor: float,
                         chance_pairs: float = CHANCE_PAIRS, ceiling: float = CEILING,
-                        sample_pairs: int = SAMPLE_PAIRS, seed: int = 0) -> ThresholdChoice:
+                        sample_pairs: int = SAMPLE_PAIRS, seed: int = 0, *, budget: Budget | None = None
+                        ) -> ThresholdChoice:
     """The smallest threshold >= floor at which the expected number of different-identity pairs
     over the whole dataset is <= `chance_pairs`, capped at `ceiling` (see the module docstring).
 
-    vectors: unit float32 rows; labels: identity index of each row.
+    vectors: unit float32 rows; labels: identity index of each row. budget: the run's memory
+    budget (None: none).
     """
     t0 = time.perf_counter()
     ceiling = max(float(ceiling), float(floor))
@@ -318,7 +341,8 @@ def calibrate_threshold(vectors: np.ndarray, labels: np.ndarray, floor: float,
 
     if cross < MIN_SAMPLE:
         return fallback("too few cross-folder pairs to estimate: floor used")
-    sims, keys = sample_cross_similarities(vectors, labels, sample_pairs, seed, cross_pairs=cross, with_pairs=True)
+    sims, keys = sample_cross_similarities(vectors, labels, sample_pairs, seed, cross_pairs=cross, with_pairs=True,
+                                           budget=budget)
     sims = one_per_identity_pair(sims, keys, 4 * EXCEED_FRACTION)
     del keys
     tail = fit_tail(sims)

@@ -1,8 +1,10 @@
 """Small inline JPEG thumbnails of the faces behind a finding, for report.html.
 
 Images sit next to the embeddings: FACE01 keeps them in the identity folder under the names in
-`name`. A face whose image is missing, unreadable or outside its folder has no thumbnail (the
-report shows its name instead). Images are only read, never written.
+`name`, or in one of its subfolders (same_face/, noFace/, multipleFaces/: its duplicate finder
+moves photos there without updating the file). A face whose image is missing, unreadable or
+outside its folder has no thumbnail (the report shows its name instead). Images are only read,
+never written.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import base64
 import io
 from pathlib import Path
+
+from .discover import FACE01_SIDE_ORDER
 
 THUMB_PX = 96  # longest side; the report shows them at this size
 QUALITY = 70
@@ -32,14 +36,18 @@ class Thumbnails:
 
     def _path(self, identity: str, file: str) -> Path | None:
         folder = self.root / identity
-        path = folder / file
         try:
-            resolved, base = path.resolve(), folder.resolve()
+            base = folder.resolve()
         except (OSError, RuntimeError):
             return None
-        if base not in resolved.parents or not resolved.is_file():
-            return None
-        return resolved
+        for path in [folder / file] + [folder / side / file for side in FACE01_SIDE_ORDER]:
+            try:
+                resolved = path.resolve()
+                if base in resolved.parents and resolved.is_file():
+                    return resolved
+            except (OSError, RuntimeError):
+                continue
+        return None
 
     def _make(self, identity: str, file: str) -> str | None:
         path = self._path(identity, file)

@@ -3,7 +3,10 @@
 Two layouts are read, both as plain `.npz` archives, never unpickled:
 
 * FACE01: `npKnown.npz` with `name` (file names) and the vectors under
-  `efficientnetv2_arcface` ((N, 1, 512) or (N, 512)) or `dlib` ((N, 128)).
+  `efficientnetv2_arcface` ((N, 1, 512) or (N, 512)) or `dlib` ((N, 128)). Also as FACE01
+  itself writes them: a folder where it found no face (`name=[]` and empty vectors, both
+  float64 (0,)) is a note, not a broken file; a v1 (2021) file saved without keywords
+  (`arr_0` names, `arr_1` dlib vectors) is read when it has as many names as vectors.
 * plain: `embeddings.npz` with `files` (file names) and `vectors` ((N, D)),
   written with `np.savez(folder / "embeddings.npz", files=names, vectors=vecs)`.
 
@@ -11,6 +14,28 @@ Vectors are L2-normalised after loading, so cosine similarity is an inner produc
 Anything wrong with a file becomes a `Problem` naming the file; loading goes on. Every array's
 .npy header is checked before the array is read: a shape that does not match the bytes the
 archive holds, or one larger than `MEMORY_LIMIT`, is a problem of that folder, not a MemoryError.
+
+Formats (issue #20). Each layout is an `EmbeddingsReader`: the file names it claims, the vector
+keys it may give, and `read`, which turns the file's bytes into names, vectors and problems
+(the two above are `NpzReader`s, FACE01_READER and PLAIN_READER). Everything else asks the
+registry (`readers`, `embeddings_file_names`, `reader_for`): which file is a folder's embeddings
+file and what a dataset version stamps (folderscan.scan_folder), embeddings_path, the
+"no embeddings" problem, `key: auto`'s tie order, discover.why_no_identities; images without
+an embeddings file go to `embed` whatever the formats. A folder holding several claimed files
+is read from the first: the built-in readers first (FACE01, plain), then discovered ones.
+
+A new format (say `embeddings.parquet`) touches exactly:
+
+* one new module `dataset_checks/embeddings_<format>.py` (found by its name on first use; no
+  other file names it): a class with `file_names`, `vector_keys` and `read` (`accept_arrays`
+  does the checks every format shares), and `register_reader(TheReader())` at its end. Import
+  a third-party library (pyarrow) inside `read`, so other datasets never pay for it; check the
+  arrays' size against `limit` before allocating them;
+* its tests (tests/test_vectors*.py).
+
+The file is read whole by `read_bytes` (bounded by the memory limit) on the reader threads, and
+its version stamp is its size, times, inode and `folderscan.zip_index` (for a file that is not
+a zip archive, in effect a digest of its last 4 KiB): nothing to add for those.
 """
 
 from __future__ import annotations
@@ -20,14 +45,16 @@ import io
 import math
 import re
 import os
+import threading
 import zipfile
 from collections import Counter
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple, Protocol, overload
 
 import numpy as np
 from numpy.lib import format as npy_format
+from numpy.typing import NDArray
 
 from .arrays import normalise
 from .discover import KNOWN_VECTOR_KEYS, Identity, display_name, why
@@ -37,17 +64,33 @@ from .problems import SHOWN, Problem, few
 from .readahead import ordered_map
 
 if TYPE_CHECKING:  # annotations only; the module is imported where used
-    from .table_store import Rows
+    from .table_store import Meta, Rows, TableStore
 
 PLAIN_NAMES, PLAIN_VECTORS = "files", "vectors"
 
+# FACE01's own shapes (issue 21). A folder where FACE01 found no face gets
+# `np.savez(name=[], efficientnetv2_arcface=[])`: both arrays float64 (0,). Nothing is wrong with
+# it, there is nothing to check: a note, never a reason to fail the folder (findings.Verdict).
+NO_FACE = "face01-no-face"
+NO_FACE_NOTE = f"FACE01 found no face in this folder ({FACE01_FILE} lists none)"
+# FACE01 v1 (2021) saved without keywords: `np.savez('npKnown', names, encodings)`. It dropped
+# faces it could not encode from the vectors but not from the names, and nothing records which.
+V1_NAMES, V1_VECTORS, V1_KEY = "arr_0", "arr_1", "dlib"
+V1_FORMAT = f"FACE01 v1 {FACE01_FILE} ({V1_NAMES} names, {V1_VECTORS} vectors)"
+V1_MISMATCH = "face01-v1-count-mismatch"
+
+# (shape, fortran_order, dtype) of an .npy header
+_Header = tuple[tuple[int, ...], bool, np.dtype[Any]]
+_read_header_3: Callable[[IO[bytes], tuple[int, int]], _Header] | None
 try:  # numpy 2 moved the implementation; 1.x has it in numpy.lib.format
-    from numpy.lib._format_impl import _read_array_header as _read_header_3
+    from numpy.lib._format_impl import _read_array_header as _read_header_3  # type: ignore[attr-defined,no-redef]  # private: not in numpy's stubs
 except ImportError:  # pragma: no cover - depends on the numpy version
     _read_header_3 = getattr(npy_format, "_read_array_header", None)
 
 __all__ = ["FACE01_FILE", "PLAIN_FILE", "MEMORY_LIMIT", "FolderVectors", "Problem", "VectorTable", "embeddings_path",
-           "load_table", "read_bytes", "read_folder", "read_folders", "normalise", "centre_vectors"]
+           "load_table", "read_bytes", "read_folder", "read_folders", "normalise", "centre_vectors",
+           "EmbeddingsReader", "NpzReader", "accept_arrays", "embeddings_file_names", "reader_for", "readers",
+           "register_reader", "NO_FACE", "NO_FACE_NOTE", "V1_FORMAT", "V1_MISMATCH"]
 
 
 def _physical_memory() -> int | None:
@@ -77,8 +120,85 @@ class FolderVectors:
     identity: Identity
     source: Path | None = None
     names: list[str] = field(default_factory=list)
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    arrays: dict[str, NDArray[Any]] = field(default_factory=dict)  # vector key -> (N, D) numbers, N = len(names)
     problems: list[Problem] = field(default_factory=list)
+
+
+class EmbeddingsReader(Protocol):
+    """One on-disk embeddings format of an identity folder (see the module doc for adding one)."""
+
+    @property
+    def file_names(self) -> tuple[str, ...]:
+        """The file names it claims in an identity folder, preferred first."""
+        ...
+
+    @property
+    def vector_keys(self) -> tuple[str, ...]:
+        """The vector arrays it may give, preferred first: with `key: auto`, keys found in as many
+        folders are ranked by reader, then by this order."""
+        ...
+
+    def read(self, data: bytes, rel: str, vector_key: str | None, limit: int, out: FolderVectors) -> None:
+        """Fill `out.names` and `out.arrays` from the whole file `data` (already read, within the
+        memory bound), or add to `out.problems` why not; never raises for bad data.
+
+        `rel`: the file as shown in problems; `vector_key`: the rules' key (None: auto); `limit`:
+        the most bytes the file's arrays may take once read (check before allocating them).
+        `accept_arrays` does the checks every format shares (1-D names, (N, D) numbers, N rows)."""
+        ...
+
+
+# Every format: the built-in two (appended below their reader), then those of the package's
+# `embeddings_*` modules, imported on first use. Read by reader threads: replaced, never mutated.
+_READERS: tuple[EmbeddingsReader, ...] = ()
+_READERS_LOCK = threading.RLock()  # a discovered module registers itself while discovery holds it
+_discovered = False
+FORMAT_MODULES = "embeddings_"  # a module of this package whose name starts so is a format's
+
+
+def register_reader(reader: EmbeddingsReader) -> None:
+    """Add a format after those known (a format's module calls this when it is imported)."""
+    global _READERS
+    with _READERS_LOCK:
+        _READERS = (*_READERS, reader)
+
+
+def readers() -> tuple[EmbeddingsReader, ...]:
+    """Every embeddings format, preferred first (a folder's file is the first one claimed)."""
+    global _discovered
+    if not _discovered:
+        with _READERS_LOCK:
+            if not _discovered:
+                import importlib
+                import pkgutil
+
+                package = __name__.rpartition(".")[0]
+                for module in sorted(m.name for m in pkgutil.iter_modules(importlib.import_module(package).__path__)):
+                    if module.startswith(FORMAT_MODULES):
+                        importlib.import_module(f"{package}.{module}")
+                _discovered = True
+    return _READERS
+
+
+def embeddings_file_names() -> tuple[str, ...]:
+    """The file names an identity folder's embeddings may have, preferred first."""
+    return tuple(name for reader in readers() for name in reader.file_names)
+
+
+def reader_for(name: str) -> EmbeddingsReader:
+    """The format of an embeddings file named `name`; a name none claims (a caller's own file)
+    is read as a plain embeddings.npz, as it always was."""
+    for reader in readers():
+        if name in reader.file_names:
+            return reader
+    return PLAIN_READER
+
+
+def _none_of(names: tuple[str, ...]) -> str:
+    """'neither A nor B', 'none of A, B, C': the files a folder without embeddings lacks."""
+    if len(names) == 2:
+        return f"neither {names[0]} nor {names[1]}"
+    return f"none of {', '.join(names)}" if len(names) > 2 else f"no {''.join(names)}"
 
 
 @dataclass
@@ -87,12 +207,12 @@ class VectorTable:
 
     root: Path
     identities: list[Identity]
-    identity_of: np.ndarray  # int32 (n,): index into `identities`
+    identity_of: NDArray[np.int32]  # (n,): index into `identities`
     files: list[str]  # (n,): file name inside the identity folder
-    vectors: np.ndarray  # float32 (n, d), unit length
+    vectors: NDArray[np.float32]  # (n, d), unit length
     key: str | None
     problems: dict[int, list[Problem]]  # identity index -> every problem (shown capped: problems.capped)
-    counts: np.ndarray  # int (len(identities),): vectors loaded per identity
+    counts: NDArray[np.int64]  # (len(identities),): vectors loaded per identity
     sources: dict[int, Path] = field(default_factory=dict)
 
     @property
@@ -124,7 +244,7 @@ def embeddings_path(folder: Path) -> Path | None:
 
     None also when the folder cannot be looked at; `folderscan.scan_folder` says why.
     """
-    for name in (FACE01_FILE, PLAIN_FILE):
+    for name in embeddings_file_names():
         try:
             if (folder / name).is_file():
                 return folder / name
@@ -133,6 +253,10 @@ def embeddings_path(folder: Path) -> Path | None:
     return None
 
 
+@overload
+def read_bytes(path: Path, max_bytes: int | None = None) -> bytes | OSError | MemoryError: ...
+@overload
+def read_bytes(path: Path | None, max_bytes: int | None = None) -> bytes | OSError | MemoryError | None: ...
 def read_bytes(path: Path | None, max_bytes: int | None = None) -> bytes | OSError | MemoryError | None:
     """The whole file in one read (np.load on a path makes many small ones), or the error.
 
@@ -171,11 +295,11 @@ _HEADER = re.compile(rb"\{'descr': '([<>|=][a-zA-Z][0-9]+)', 'fortran_order': (T
 
 
 @functools.lru_cache(maxsize=256)
-def _dtype(descr: bytes) -> np.dtype:
+def _dtype(descr: bytes) -> np.dtype[Any]:
     return np.dtype(descr.decode("ascii"))
 
 
-def _quick_header(fp) -> tuple | None:
+def _quick_header(fp: IO[bytes]) -> _Header | None:
     """(shape, fortran_order, dtype) of a version 1.0 header in numpy's own layout, else None
     (the stream is then back where it was)."""
     start = fp.tell()
@@ -192,7 +316,7 @@ def _quick_header(fp) -> tuple | None:
     return None
 
 
-def _member(zf: zipfile.ZipFile, key: str, rel: str) -> tuple[tuple[int, ...], np.dtype, int, bool, int]:
+def _member(zf: zipfile.ZipFile, key: str, rel: str) -> tuple[tuple[int, ...], np.dtype[Any], int, bool, int]:
     """Shape, dtype and bytes the .npy member `key` declares, checked against what the archive holds.
 
     Only the header is decompressed: a header may declare any shape, and numpy allocates the
@@ -229,8 +353,8 @@ def _member(zf: zipfile.ZipFile, key: str, rel: str) -> tuple[tuple[int, ...], n
     return shape, dtype, declared, fortran, header
 
 
-def _stored_array(data: bytes, zf: zipfile.ZipFile, key: str, shape, dtype: np.dtype, fortran: bool,
-                  header: int) -> np.ndarray | None:
+def _stored_array(data: bytes, zf: zipfile.ZipFile, key: str, shape: tuple[int, ...], dtype: np.dtype[Any],
+                  fortran: bool, header: int) -> NDArray[Any] | None:
     """A zero-copy view of an uncompressed member's array inside the archive bytes, or None
     (compressed member, or a local header that does not match): then numpy reads it.
 
@@ -249,25 +373,45 @@ def _stored_array(data: bytes, zf: zipfile.ZipFile, key: str, shape, dtype: np.d
     if start + count * dtype.itemsize > len(data):
         return None
     arr = np.frombuffer(data, dtype=dtype, count=count, offset=start)
-    return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
+    view: NDArray[Any] = arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
+    return view
 
 
-def _load_arrays(data: bytes, rel: str, names_key: str, wanted: list[str], limit: int, out: "FolderVectors"):
-    """(names, {key: array}) read from the archive bytes, or None with the problem added to `out`."""
+class _Loaded(NamedTuple):
+    names: NDArray[Any]
+    arrays: dict[str, NDArray[Any]]  # vector key -> array as stored
+    names_key: str  # the member the names came from (FACE01 v1: arr_0)
+    no_face: bool = False  # names and every vector array empty lists (FACE01: no face found)
+
+
+def _load_arrays(data: bytes, rel: str, names_key: str, wanted: list[str], limit: int, out: FolderVectors,
+                 no_face: bool = False, unnamed: str | None = None) -> _Loaded | None:
+    """Names and {key: array} read from the archive bytes, or None with the problem added to `out`.
+
+    `no_face`: a file whose names and other arrays are all shape (0,) (empty lists saved) is
+    `_Loaded.no_face`, whatever key its vectors had. `unnamed`: the key the vectors of a file
+    saved without keywords (exactly arr_0 names, arr_1 vectors: FACE01 v1) are read as."""
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         keys = list(npz.files)
         there = f"(arrays present: {_file_text(', '.join(keys), 1000) or 'none'})"  # member names: file text
+        present = [k for k in wanted if k in keys]
+        v1 = unnamed is not None and names_key not in keys and sorted(keys) == [V1_NAMES, V1_VECTORS]
+        if v1:
+            names_key, present = V1_NAMES, [V1_VECTORS]
         if names_key not in keys:
             out.problems.append(Problem(rel, f"missing array '{_file_text(names_key)}' {there}", code="missing-array"))
             return None
-        present = [k for k in wanted if k in keys]
+        # every header first (only headers are decompressed): the folder's declared total is
+        # checked before any array is read or inflated
+        names_member = _member(npz.zip, names_key, rel)
+        if no_face and names_member[0] == (0,) and all(_member(npz.zip, k, rel)[0] == (0,)
+                                                       for k in keys if k != names_key):
+            return _Loaded(np.zeros(0), {}, names_key, no_face=True)
         if not present:
             expected = " or ".join(f"'{_file_text(k)}'" for k in wanted)
             out.problems.append(Problem(rel, f"missing vector array {expected} {there}", code="missing-array"))
             return None
-        # every header first (only headers are decompressed): the folder's declared total is
-        # checked before any array is read or inflated
-        members = {k: _member(npz.zip, k, rel) for k in (names_key, *present)}
+        members = {names_key: names_member, **{k: _member(npz.zip, k, rel) for k in present}}
         total = sum(m[2] for m in members.values())
         if total > limit:
             k, (shape, dtype, size, _, _) = max(members.items(), key=lambda m: m[1][2])
@@ -276,20 +420,109 @@ def _load_arrays(data: bytes, rel: str, names_key: str, wanted: list[str], limit
                                         f"its memory bound of {size_text(limit)} (a quarter of the run's memory "
                                         f"budget of {size_text(int(limit / FOLDER_SHARE))}: --memory / rules memory:); "
                                         "not read", code="too-large"))
-        read = {}
+        read: dict[str, NDArray[Any]] = {}
         for k, (shape, dtype, _size, fortran, header) in members.items():
             arr = _stored_array(data, npz.zip, k, shape, dtype, fortran, header)
             read[k] = arr if arr is not None else npz[k]
         names = read[names_key]
         arrays = {k: read[k] for k in present}
-    return names, arrays
+        if v1 and unnamed is not None:
+            arrays = {unnamed: read[V1_VECTORS]}
+    return _Loaded(names, arrays, names_key)
+
+
+def accept_arrays(out: FolderVectors, rel: str, names_key: str, names: NDArray[Any],
+                  arrays: dict[str, NDArray[Any]]) -> None:
+    """`names` (file names) and `arrays` (vector key -> vectors) as a file held them, into `out`
+    when they have the shapes every format needs, else a problem each (`names_key`: what the
+    file calls its names, for the message)."""
+    if names.ndim != 1 or names.dtype.kind not in "US":
+        out.problems.append(Problem(rel, f"'{names_key}' must be a 1-D array of file names, found dtype "
+                                         f"{_file_text(names.dtype)} "
+                                         f"shape {names.shape}", code="bad-names"))
+        return
+    out.names = [n.decode("utf-8", "backslashreplace") if isinstance(n, bytes) else str(n) for n in names.tolist()]
+    for k, arr in arrays.items():
+        if arr.ndim == 3 and arr.shape[1] == 1:
+            arr = arr[:, 0, :]
+        if arr.ndim != 2 or arr.dtype.kind not in "fiu":
+            out.problems.append(Problem(rel, f"'{k}' must be an (N, D) or (N, 1, D) number array, found dtype "
+                                             f"{_file_text(arr.dtype)} shape {arr.shape}", code="bad-shape"))
+            continue
+        if arr.shape[0] != len(out.names):
+            out.problems.append(Problem(rel, f"'{names_key}' lists {len(out.names)} files but '{k}' has "
+                                             f"{arr.shape[0]} vectors", code="count-mismatch"))
+            continue
+        out.arrays[k] = arr
+
+
+@dataclass(frozen=True)
+class NpzReader:
+    """An `.npz` archive with the file names under `names_key` and the vectors under one of
+    `vector_keys` (`follows_key`: the rules' key, when set, names the one wanted).
+
+    `face01`: the shapes FACE01 itself writes are read too: a file of empty lists (no face found)
+    is a note, and a v1 file saved without keywords (arr_0 names, arr_1 dlib vectors) is read
+    when it has as many names as vectors."""
+
+    file_names: tuple[str, ...]
+    names_key: str
+    vector_keys: tuple[str, ...]
+    follows_key: bool = False
+    face01: bool = False
+
+    def read(self, data: bytes, rel: str, vector_key: str | None, limit: int, out: FolderVectors) -> None:
+        wanted = [vector_key] if self.follows_key and vector_key else list(self.vector_keys)
+        try:
+            loaded = _load_arrays(data, rel, self.names_key, wanted, limit, out, no_face=self.face01,
+                                  unnamed=V1_KEY if self.face01 else None)
+        except _Refused as exc:
+            out.problems.append(exc.problem)
+            return
+        except MemoryError:
+            # The bound is a guess about free memory; other folders and processes share it.
+            out.problems.append(Problem(rel, f"not enough memory to read its arrays (memory bound {size_text(limit)})",
+                                        code="too-large"))
+            return
+        except ValueError as exc:
+            if "allow_pickle" in str(exc) and zipfile.is_zipfile(io.BytesIO(data)):  # an npz whose arrays are objects
+                out.problems.append(Problem(rel, "holds Python objects (pickled arrays); re-save names with dtype=str "
+                                                 "and vectors as float arrays", code="pickled"))
+            else:
+                out.problems.append(Problem(rel, f"corrupt or truncated archive ({_file_text(exc)})", code="corrupt"))
+            return
+        except (zipfile.BadZipFile, EOFError, OSError, KeyError, zipfile.LargeZipFile) as exc:
+            out.problems.append(Problem(rel, f"corrupt or truncated archive ({type(exc).__name__}: {_file_text(exc)})",
+                                        code="corrupt"))
+            return
+        if loaded is None:
+            return
+        if loaded.no_face:  # out.source is set: load_table reports no "other model" for it
+            out.problems.append(Problem(rel, NO_FACE_NOTE, fatal=False, code=NO_FACE))
+            return
+        names, arrays = loaded.names, loaded.arrays
+        vecs = arrays.get(V1_KEY) if loaded.names_key == V1_NAMES else None
+        if vecs is not None and names.ndim == 1 and vecs.ndim and vecs.shape[0] != len(names):
+            # never guess which names lost their vector
+            out.problems.append(Problem(rel, f"{V1_FORMAT} lists {len(names)} names but {vecs.shape[0]} vectors: "
+                                             "it cannot be matched name-to-vector (nothing records which names have "
+                                             "no vector); not read: re-create it with current FACE01",
+                                        code=V1_MISMATCH))
+            return
+        accept_arrays(out, rel, loaded.names_key, names, arrays)
+
+
+FACE01_READER = NpzReader((FACE01_FILE,), "name", KNOWN_VECTOR_KEYS, follows_key=True, face01=True)
+PLAIN_READER = NpzReader((PLAIN_FILE,), PLAIN_NAMES, (PLAIN_VECTORS,))
+register_reader(FACE01_READER)
+register_reader(PLAIN_READER)
 
 
 def read_folder(
     identity: Identity,
     root: Path,
     vector_key: str | None,
-    preread: tuple[Path | None, bytes | OSError | None] | None = None,
+    preread: tuple[Path | None, bytes | OSError | MemoryError | None] | None = None,
     *,
     scan: FolderScan | None = None,
     max_bytes: int | None = None,
@@ -306,7 +539,7 @@ def read_folder(
         return out
     limit = MEMORY_LIMIT if max_bytes is None else max_bytes
     folder = _rel(root, identity.path)
-    data = None
+    data: bytes | OSError | MemoryError | None = None
     if scan is None and preread is not None:
         scan = FolderScan(embeddings=preread[0])
     if scan is None:
@@ -319,15 +552,9 @@ def read_folder(
         if isinstance(data, OSError):  # callers that looked for the file themselves
             out.problems.append(Problem(folder + "/", f"cannot be read: {why(data)}", code="unreadable"))
         elif not any(p.fatal for p in out.problems):
-            out.problems.append(Problem(folder + "/", f"no embeddings: neither {FACE01_FILE} nor {PLAIN_FILE} is "
+            out.problems.append(Problem(folder + "/", f"no embeddings: {_none_of(embeddings_file_names())} is "
                                                       "in this folder", code="no-embeddings"))
         return out
-    if path.name == FACE01_FILE:
-        names_key = "name"
-        wanted = [vector_key] if vector_key else list(KNOWN_VECTOR_KEYS)
-    else:
-        names_key = PLAIN_NAMES
-        wanted = [PLAIN_VECTORS]
     out.source = path
     rel = _rel(root, path)
     if data is None:
@@ -342,49 +569,7 @@ def read_folder(
     if isinstance(data, OSError):
         out.problems.append(Problem(rel, f"cannot be read: {data.strerror or data}", code="unreadable"))
         return out
-    try:
-        loaded = _load_arrays(data, rel, names_key, wanted, limit, out)
-    except _Refused as exc:
-        out.problems.append(exc.problem)
-        return out
-    except MemoryError:
-        # The bound is a guess about free memory; other folders and processes share it.
-        out.problems.append(Problem(rel, f"not enough memory to read its arrays (memory bound {size_text(limit)})",
-                                    code="too-large"))
-        return out
-    except ValueError as exc:
-        if "allow_pickle" in str(exc) and zipfile.is_zipfile(io.BytesIO(data)):  # an npz whose arrays are objects
-            out.problems.append(Problem(rel, "holds Python objects (pickled arrays); re-save names with dtype=str "
-                                             "and vectors as float arrays", code="pickled"))
-        else:
-            out.problems.append(Problem(rel, f"corrupt or truncated archive ({_file_text(exc)})", code="corrupt"))
-        return out
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError, zipfile.LargeZipFile) as exc:
-        out.problems.append(Problem(rel, f"corrupt or truncated archive ({type(exc).__name__}: {_file_text(exc)})",
-                                    code="corrupt"))
-        return out
-    if loaded is None:
-        return out
-    names, arrays = loaded
-
-    if names.ndim != 1 or names.dtype.kind not in "US":
-        out.problems.append(Problem(rel, f"'{names_key}' must be a 1-D array of file names, found dtype "
-                                         f"{_file_text(names.dtype)} "
-                                         f"shape {names.shape}", code="bad-names"))
-        return out
-    out.names = [n.decode("utf-8", "backslashreplace") if isinstance(n, bytes) else str(n) for n in names.tolist()]
-    for k, arr in arrays.items():
-        if arr.ndim == 3 and arr.shape[1] == 1:
-            arr = arr[:, 0, :]
-        if arr.ndim != 2 or arr.dtype.kind not in "fiu":
-            out.problems.append(Problem(rel, f"'{k}' must be an (N, D) or (N, 1, D) number array, found dtype "
-                                             f"{_file_text(arr.dtype)} shape {arr.shape}", code="bad-shape"))
-            continue
-        if arr.shape[0] != len(out.names):
-            out.problems.append(Problem(rel, f"'{names_key}' lists {len(out.names)} files but '{k}' has "
-                                             f"{arr.shape[0]} vectors", code="count-mismatch"))
-            continue
-        out.arrays[k] = arr
+    reader_for(path.name).read(data, rel, vector_key, limit, out)
     return out
 
 
@@ -402,7 +587,7 @@ def read_folders(identities: list[Identity], root: Path, vector_key: str | None,
                  workers: int | None = None, max_bytes: int | None = None) -> Iterator[FolderVectors]:
     """read_folder for each identity, in order; file reads run ahead on threads."""
 
-    def fetch(identity: Identity):
+    def fetch(identity: Identity) -> tuple[Identity, FolderScan | None, bytes | OSError | MemoryError | None]:
         return identity, *fetch_folder(identity, root, max_bytes)
 
     for identity, scan, data in ordered_map(fetch, identities, workers=workers or 8):
@@ -418,7 +603,7 @@ def identity_problems(identity: Identity, root: Path) -> list[Problem]:
     return [*identity.problems, *(Problem(where, note, fatal=False, code="note") for note in identity.notes)]
 
 
-def _bad_rows(rel: str, names: list[str], rows: np.ndarray, what: str, code: str) -> Problem:
+def _bad_rows(rel: str, names: list[str], rows: NDArray[np.intp], what: str, code: str) -> Problem:
     """One problem for all rows of one kind in one file: a million zero vectors is one line."""
     n = len(rows)
     listed = [f"{r} ({display_name(names[r])})" for r in rows[:SHOWN].tolist()]
@@ -494,8 +679,8 @@ class TableBuilder:
             rows_of.add(idx, list(names), vec)
         f.arrays = {}  # the raw arrays (views of the archive's bytes) are done with
 
-    def add_stored(self, idx: int, record: dict, group: tuple[str, int], files: list[str],
-                   copy: Callable[["Rows"], None] | None) -> None:
+    def add_stored(self, idx: int, record: list[Any], group: tuple[str, int], files: list[str],
+                   copy: Callable[[Rows], None] | None) -> None:
         """One folder from a stored table: its `record`, its rows' `files` and `copy(rows)`,
         which appends its rows of `group` (the stored table's key and dimension)."""
         source, shapes, fatal, own, bad = record
@@ -510,6 +695,7 @@ class TableBuilder:
             self.bad_rows.setdefault((k, int(dim)), {})[idx] = [Problem(*p) for p in found]
         self.stored_group = group
         if files:
+            assert copy is not None  # given with every folder that has rows
             rows = self._group(group)
             copy(rows)
             rows.identity_of.append(np.full(len(files), idx, dtype=np.int32))
@@ -517,11 +703,11 @@ class TableBuilder:
             rows.counts[idx] = rows.counts.get(idx, 0) + len(files)
             rows.n += len(files)
 
-    def records(self) -> list[list]:
+    def records(self) -> list[list[Any]]:
         """Per identity, what the table needs of its folder besides its rows, as JSON-ready lists:
         [source, [[key, rows, dim], ...], fatal, [its own problems], [[key, dim, [bad-row problems]], ...]]
         (problems as [file, message, fatal, code]). Before `finish` adds its problems."""
-        bad: dict[int, list] = {}
+        bad: dict[int, list[list[Any]]] = {}
         for (k, dim), by_idx in self.bad_rows.items():
             for idx, found in by_idx.items():
                 bad.setdefault(idx, []).append([k, dim, [list(astuple(p)) for p in found]])
@@ -530,7 +716,8 @@ class TableBuilder:
                  bad.get(idx, [])]
                 for idx, shapes in enumerate(self.shapes)]
 
-    def finish(self, store=None, version: str | None = None, meta: dict | None = None) -> VectorTable:
+    def finish(self, store: TableStore | None = None, version: str | None = None,
+               meta: Meta | None = None) -> VectorTable:
         """The table: published in the store when there is one (with every folder's record and
         `meta`), else in memory. Raises NeedsFullLoad when stored folders' rows are not those of
         the group the dataset turned out to use."""
@@ -541,14 +728,16 @@ class TableBuilder:
         if key is None:
             seen = Counter(k for s in shapes for k in s)
             if seen:
-                order = {k: i for i, k in enumerate((*KNOWN_VECTOR_KEYS, PLAIN_VECTORS))}
+                order: dict[str, int] = {}
+                for k in (k for reader in readers() for k in reader.vector_keys):
+                    order.setdefault(k, len(order))
                 key = max(seen, key=lambda k: (seen[k], -order.get(k, 99)))
         dims = Counter(s[key][1] for s in shapes if key in s)
         dim = dims.most_common(1)[0][0] if dims else 0
         if self.stored_group is not None and self.stored_group != (key, dim):
             raise NeedsFullLoad(f"the dataset's vectors are now {key} {dim}-d, the stored table's "
                                 f"{self.stored_group[0]} {self.stored_group[1]}-d")
-        chosen = self.groups.pop((key, dim), None) or Rows(dim, None)
+        chosen = (self.groups.pop((key, dim), None) if key is not None else None) or Rows(dim, None)
         records = self.records() if self.staging is not None and chosen.path is not None else None
         counts = np.zeros(len(identities), dtype=np.int64)
         problems = self.problems
@@ -559,7 +748,7 @@ class TableBuilder:
                 continue
             rel = _rel(root, source)
             if key not in s:
-                if not self.folder_fatal[idx]:
+                if not self.folder_fatal[idx] and not any(p.code == NO_FACE for p in probs):
                     others = ", ".join(s) or "none"
                     probs.append(Problem(rel, f"no '{key}' vectors (this folder has: {others}); the dataset uses "
                                               f"'{key}' (vectors of two models are never compared)", code="other-model"))
@@ -580,6 +769,7 @@ class TableBuilder:
         problems = {k: v for k, v in problems.items() if v}
         files = chosen.files
         if self.staging is not None and chosen.path is not None:
+            assert store is not None  # the staging folder is the store's
             vectors = store.publish(self.staging, chosen, version or "", {
                 "key": key, "problems": problems_json(problems), "counts": counts.tolist(),
                 "sources": {str(k): str(v) for k, v in self.sources.items()},
@@ -602,13 +792,13 @@ def load_table(
     root: str | Path,
     identities: list[Identity],
     vector_key: str | None = None,
-    progress: Callable[..., Iterable] | None = None,
+    progress: Callable[..., Iterable[FolderVectors]] | None = None,
     workers: int | None = None,
     folders: Iterable[FolderVectors] | None = None,
     max_bytes: int | None = None,
-    store=None,
+    store: TableStore | None = None,
     version: str | None = None,
-    meta: dict | None = None,
+    meta: Meta | None = None,
 ) -> VectorTable:
     """Load all identity folders into one `VectorTable`.
 
@@ -634,7 +824,7 @@ def load_table(
         builder.discard()
 
 
-def stored_table(root: Path, identities: list[Identity], meta: dict) -> VectorTable:
+def stored_table(root: Path, identities: list[Identity], meta: Meta) -> VectorTable:
     """The VectorTable of a table the store opened (`TableStore.open`)."""
     from .table_store import problems_from_json
 
@@ -644,7 +834,7 @@ def stored_table(root: Path, identities: list[Identity], meta: dict) -> VectorTa
                        sources={int(k): Path(v) for k, v in meta["sources"].items()})
 
 
-def centre_vectors(vectors: np.ndarray) -> np.ndarray:
+def centre_vectors(vectors: NDArray[np.float32]) -> NDArray[np.float32]:
     """Unit rows minus their mean, re-normalised (rules embeddings.centre). Rows that end at zero
     length (only possible with one vector) stay zero."""
     if len(vectors) < 2:

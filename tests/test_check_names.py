@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import random
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -147,7 +146,18 @@ def test_rules_on_the_known_variants():
     assert name_parts("RonaldMcDonald") == ("ronald", "mc", "donald")
 
 
-def test_cost_at_20k_names():
+def test_cost_at_20k_names(monkeypatch):
+    # counted work, not time: the pairs scored exactly stay a sliver of all 200 million pairs
+    from dataset_checks.checks import names as names_mod
+
+    scored = []
+    banded = names_mod._banded_levenshtein
+
+    def counting(codes, lens, s, r, k):
+        scored.append(int(s.size))
+        return banded(codes, lens, s, r, k)
+
+    monkeypatch.setattr(names_mod, "_banded_levenshtein", counting)
     rng = random.Random(5)
     firsts = ["".join(rng.choice("abcdefghijklmnoprstuvwy") for _ in range(rng.randint(3, 8))).capitalize()
               for _ in range(2000)]
@@ -155,12 +165,11 @@ def test_cost_at_20k_names():
              for _ in range(8000)]
     names = sorted({f"{rng.choice(firsts)}_{rng.choice(lasts)}" for _ in range(21000)})[:20000]
     names += ["Nan_Wang", "Wang_Nan", "John_Barnett", "John_Burnett"]
-    t0 = time.perf_counter()
     found = name_matches(names)
-    seconds = time.perf_counter() - t0
     got = {(names[a], names[b]) for a, b in found}
     assert {("Nan_Wang", "Wang_Nan"), ("John_Barnett", "John_Burnett")} <= got
-    assert seconds < 3.0, seconds  # every pair compared takes minutes
+    all_pairs = len(names) * (len(names) - 1) // 2
+    assert 0 < sum(scored) < all_pairs // 10_000, scored  # 807 on this seed
 
 
 # -- the test family, names.csv, the merge ranking ---------------------------------------------
@@ -277,7 +286,6 @@ def test_lfw_fails_the_name_variants_and_only_them():
     assert failing == LFW_ONE_PERSON
     for pair in LFW_TWO_PEOPLE:
         assert by_pair[pair].severity != "fail"
-    assert result.seconds < 2.0, result.seconds
 
 
 @settings(max_examples=300, deadline=None)

@@ -135,6 +135,55 @@ def test_core_checks_are_registered_first():
     assert registry.get("cross_identity").test_name() == "test_identity"
 
 
+# -- discovery: a new check is its own module and nothing else ------------------------------------
+
+SHIPPED_ORDER = ["cross_identity", "faces_detected", "bad_input", "misfiled", "consistency", "exact_duplicates",
+                 "near_duplicates", "names", "leakage", "calibration"]
+
+
+def test_report_order_is_each_checks_order():
+    names = [c.name for c in registry.all_checks()]
+    assert [n for n in names if n in SHIPPED_ORDER] == SHIPPED_ORDER  # a new check may sit anywhere
+
+
+def test_every_module_but_the_helpers_is_a_check_module():
+    import pkgutil
+
+    modules = {m.name for m in pkgutil.iter_modules(registry.__path__)}
+    assert registry._NOT_CHECKS <= modules  # no stale helper names
+    assert set(registry.check_modules()) == modules - registry._NOT_CHECKS
+    registry.all_checks()
+    owners = {c.__module__.rpartition(".")[2] for c in registry._REGISTRY.values()
+              if c.__module__.startswith(registry.__name__ + ".")}
+    assert owners == set(registry.check_modules())  # each registers a check; no helper does
+
+
+def test_a_check_without_an_order_comes_after_the_shipped_ones(toy_check):
+    assert registry.all_checks()[-1] is SmallFolders
+
+
+def test_a_new_check_module_is_found_and_placed_by_its_order(tmp_path, monkeypatch):
+    import sys
+
+    (tmp_path / "zz_toy_check.py").write_text(
+        "from dataset_checks.checks import register\nfrom dataset_checks.checks.base import Check\n\n\n"
+        "@register\nclass ToyCheck(Check):\n    name = 'toy_check'\n    title = 'toy'\n    doc = 'A toy.'\n"
+        "    order = 15\n", encoding="utf-8")
+    (tmp_path / "_toy_helper.py").write_text("raise AssertionError('a private module is not a check')\n",
+                                             encoding="utf-8")
+    monkeypatch.setattr(registry, "__path__", [*registry.__path__, str(tmp_path)])
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_loaded", False)
+    module = f"{registry.__name__}.zz_toy_check"
+    try:
+        assert "zz_toy_check" in registry.check_modules() and "_toy_helper" not in registry.check_modules()
+        names = [c.name for c in registry.all_checks()]
+        assert names.index("misfiled") < names.index("toy_check") < names.index("consistency")
+    finally:
+        sys.modules.pop(module, None)
+        vars(registry).pop("zz_toy_check", None)
+
+
 @pytest.fixture
 def pairs_and_bad(pytester) -> Path:
     """Alice and Bob share a face; Zed's embeddings file is corrupt."""

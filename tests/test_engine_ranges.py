@@ -57,7 +57,15 @@ def test_ranges_give_exactly_the_local_engines_pairs(seed, threshold, ranges, ki
     info = ranged.info["engine"]
     assert 1 <= info["ranges"] <= ranges
     assert info["computed"] == info["ranges"] and info["resumed"] == 0
-    assert search_account(ranged.info) == search_account(local.info)
+    got, want = search_account(ranged.info), search_account(local.info)
+    if kind == "caps":
+        # the caps search scores a range's rows in blocks of that range: float32 products of other
+        # shapes round differently, and a pair within a rounding error of the search radius may be
+        # a candidate in one cut and not in another (seed 205686, threshold 0.5: 2413 vs 2412);
+        # the pairs found, checked above, are the same
+        have, expect = got.pop("candidates"), want.pop("candidates")
+        assert abs(have - expect) <= max(2, expect // 500), (have, expect)
+    assert got == want
 
 
 @given(costs=st.lists(st.floats(0, 1e6), min_size=1, max_size=300), ranges=st.integers(1, 64))

@@ -12,7 +12,7 @@ import pytest
 
 from dataset_checks import safe_write
 from dataset_checks.embed.cache import Cache, Entry
-from dataset_checks.files import planned_files
+from dataset_checks.sinks import planned_files
 from dataset_checks.outputs import LOCK_NAME, FolderLock
 from dataset_checks.rules import Rules
 from dataset_checks.table_store import centred, open_vectors
@@ -143,7 +143,7 @@ def test_a_folder_at_a_report_file_name_is_refused(pytester, run, faces, capsys)
 
 def test_link_planted_during_the_run_is_not_written_through(pytester, run, faces, secret, monkeypatch):
     # the writers refuse too: a link that appears after the up-front check
-    import dataset_checks.files as files_mod
+    import dataset_checks.findings as files_mod  # the sinks call its writers
 
     out = pytester.path / "out"
     real = files_mod.write_csv

@@ -108,13 +108,13 @@ def test_checkpoint_trims_for_the_running_budget_only(mapped):
     try:
         with mock.patch.object(memory, "resident_bytes", return_value=2**30):
             before = budget.trims
-            memory.checkpoint()
+            budget.checkpoint()
             assert budget.trims > before
     finally:
         budget.close()
     with mock.patch.object(memory, "resident_bytes", return_value=2**30):
         trims = budget.trims
-        memory.checkpoint()  # closed: nothing runs
+        budget.checkpoint()  # closed: nothing runs
         assert budget.trims == trims
 
 

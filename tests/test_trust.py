@@ -27,7 +27,7 @@ def demo_data(pytester) -> Path:
 @pytest.fixture(autouse=True)
 def user_cache(pytester, monkeypatch) -> Path:
     cache = pytester.path / "user-cache"
-    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))  # a redirected pytest cache lands here, not in ~
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))  # the user cache folder lands here, not in ~
     return cache
 
 
@@ -50,27 +50,32 @@ def test_dataset_as_rootdir_writes_nothing_there(pytester, demo_data):
     # makes the dataset pytest's rootdir; --rootdir reproduces that without touching /.
     before = tree_state(demo_data)
     work = pytester.path / "work"
-    result = _run(pytester, work, "--dataset", str(demo_data), f"--rootdir={demo_data}")
+    # pytest's cache would go to the rootdir: refused (pytest offers no public way to move it)
+    refused = _run(pytester, work, "--dataset", str(demo_data), f"--rootdir={demo_data}")
+    assert refused.ret == pytest.ExitCode.USAGE_ERROR, _output(refused)
+    assert "pytest's cache folder" in _output(refused) and "-p no:cacheprovider" in _output(refused)
+    assert tree_state(demo_data) == before
+    result = _run(pytester, work, "--dataset", str(demo_data), f"--rootdir={demo_data}", "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.TESTS_FAILED, _output(result)  # the demo's planted errors
     assert tree_state(demo_data) == before
     assert (work / "reports" / "findings.csv").is_file() and (work / "reports" / "report.html").is_file()
-    assert (work / ".pytest_cache").is_dir()
-    result.stdout.fnmatch_lines(["*note: pytest's cache moved out of the dataset*"])
-    again = _run(pytester, work, "--dataset", str(demo_data), f"--rootdir={demo_data}")
+    again = _run(pytester, work, "--dataset", str(demo_data), f"--rootdir={demo_data}", "-p", "no:cacheprovider")
     assert "test_identity[reports]" not in _output(again)  # no fake identity from our own files
     assert tree_state(demo_data) == before
 
 
-def test_run_from_inside_the_dataset(pytester, demo_data, user_cache):
+def test_run_from_inside_the_dataset(pytester, demo_data):
     before = tree_state(demo_data)
-    refused = _run(pytester, demo_data, "--dataset", ".")
+    refused = _run(pytester, demo_data, "--dataset", ".")  # the rootdir, and pytest's cache, would be the dataset
+    assert refused.ret == pytest.ExitCode.USAGE_ERROR
+    assert "inside the dataset" in _output(refused) and "-p no:cacheprovider" in _output(refused)
+    refused = _run(pytester, demo_data, "--dataset", ".", "-p", "no:cacheprovider")
     assert refused.ret == pytest.ExitCode.USAGE_ERROR
     assert "inside the dataset" in _output(refused) and "--report-dir" in _output(refused)
     out = pytester.path / "out"
-    ran = _run(pytester, demo_data, "--dataset", ".", "--report-dir", str(out))
+    ran = _run(pytester, demo_data, "--dataset", ".", "--report-dir", str(out), "-p", "no:cacheprovider")
     assert ran.ret == pytest.ExitCode.TESTS_FAILED, _output(ran)
     assert (out / "findings.json").is_file()
-    assert (user_cache / "dataset_checks" / "pytest_cache").is_dir()  # neither rootdir nor cwd could take it
     assert tree_state(demo_data) == before
 
 
@@ -92,13 +97,19 @@ def test_update_baseline_inside_the_dataset_is_refused(pytester, demo_data):
     assert tree_state(demo_data) == before
 
 
-def test_cache_dir_inside_the_dataset_is_moved(pytester, demo_data):
+def test_cache_dir_inside_the_dataset_is_refused(pytester, demo_data):
+    # pytest has no public way to move its cache once the ini is read: the run is refused, before
+    # --cache-clear (the cache plugin's configure, after ours) could empty a folder of the dataset
     before = tree_state(demo_data)
     work = pytester.path / "work"
     result = _run(pytester, work, "--dataset", str(demo_data), "-o", f"cache_dir={demo_data}/.cache", "--cache-clear")
-    assert result.ret == pytest.ExitCode.TESTS_FAILED, _output(result)
-    assert (work / ".pytest_cache").is_dir()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, _output(result)
+    assert "inside the dataset" in _output(result) and "-o cache_dir=PATH" in _output(result)
+    assert "dataset-checks --dataset" in _output(result)
     assert tree_state(demo_data) == before
+    ran = _run(pytester, work, "--dataset", str(demo_data), "-o", f"cache_dir={work}/.cache", "--cache-clear")
+    assert ran.ret == pytest.ExitCode.TESTS_FAILED, _output(ran)
+    assert (work / ".cache").is_dir() and tree_state(demo_data) == before
 
 
 def test_symlinked_report_dir_into_the_dataset_is_refused(pytester, demo_data):
@@ -114,7 +125,7 @@ def test_config_files_inside_the_dataset_are_not_obeyed(pytester, demo_data):
     (demo_data / "rules.yaml").write_text("threshold: 0.1\n", encoding="utf-8")
     before = tree_state(demo_data)
     work = pytester.path / "work"
-    result = _run(pytester, work, "--dataset", str(demo_data), f"--rootdir={demo_data}")
+    result = _run(pytester, work, "--dataset", str(demo_data), f"--rootdir={demo_data}", "-p", "no:cacheprovider")
     result.stdout.fnmatch_lines(["*rules.yaml lies inside the dataset and is not read*"])
     assert "threshold 0.1" not in result.stdout.str()
     (demo_data / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
@@ -241,7 +252,7 @@ def test_write_failure_is_said_and_fails_the_run(pytester, monkeypatch, run):
     root = pytester.path / "ok"
     write_face01(root, "Alice", np.eye(2, 8, dtype=np.float32))
     write_face01(root, "Bob", np.eye(2, 8, k=4, dtype=np.float32))
-    import dataset_checks.files as files_mod
+    import dataset_checks.findings as files_mod  # the sinks call its writers
 
     def full(*_a, **_k):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -10,14 +10,40 @@ repeat and may be same-folder: the driver's collector dedups, drops and re-score
 
 Tuning knobs are fields of `SearchTuning`, passed down, never patched: the module constants
 below are only their defaults.
+
+Registry
+--------
+Each backend module registers itself when imported: `register(BackendSpec(...))` with the
+`index.type` value that selects it, a factory (`BackendRequest` -> `Backend`), its place in the
+listing of types, whether it runs on a GPU (`GpuBackend` then wraps it) and whether it has a
+calibration stage. Every module of this package is imported the first time the registry is read
+(`backend_spec`, `index_types`), so no list of backends exists to update: `index_rules.INDEX_TYPES`
+("auto" then the registered types, which the rules parser validates `index.type` against),
+`search.choose_backend` and `search.find_pairs` (GPU or not, calibration stage or not) all ask
+the registry. bounds.py (a helper) and gpu.py (the device wrapper) register nothing. A backend
+module defers heavy or optional imports (faiss: `_faiss()`) to its build: reading the registry,
+which the rules parser does, imports every module here.
+
+A new backend touches exactly one module, its own backends/<name>.py (the index, the backend,
+the factory and its `register` call), plus its tests (tests/test_search*.py) and its line in
+docs/search.md. Only making it the one `index.type: auto` picks would also touch the auto policy,
+`search.resolve_kind`.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
+from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from ..context import RunContext
+    from ..index_rules import IndexRules
 
 # float32 dot products of unit vectors are off by at most a few 1e-7 (d <= 4096); the margin
 # keeps every pair whose exact similarity is >= threshold among the candidates.
@@ -91,7 +117,20 @@ class SearchTuning:
 
 DEFAULT_TUNING = SearchTuning()
 
-Emit = Callable[[np.ndarray, np.ndarray, np.ndarray], None]  # (query rows, neighbour rows, float32 scores)
+# (query rows, neighbour rows, float32 scores)
+Emit = Callable[[NDArray[np.integer[Any]], NDArray[np.integer[Any]], NDArray[np.floating[Any]]], None]
+# faiss is untyped: a faiss index is Any. `place(cpu_index) -> the device's index`
+Place = Callable[[Any], Any]
+
+
+class ProgressBar(Protocol):
+    def update(self, n: int, /) -> object: ...
+
+    def close(self) -> None: ...
+
+
+# tqdm-like: `progress(total=..., desc=..., unit=...)` opens a bar
+Progress = Callable[..., ProgressBar]
 
 
 class BuiltIndex(Protocol):
@@ -100,9 +139,10 @@ class BuiltIndex(Protocol):
     units: int  # candidates() covers range(units)
     unit: str  # "list" or "vec": what a unit is
 
-    def calibrate(self, progress=None) -> None: ...
+    def calibrate(self, progress: Progress | None = None) -> None: ...
 
-    def candidates(self, emit: Emit, start: int = 0, end: int | None = None, progress=None) -> None: ...
+    def candidates(self, emit: Emit, start: int = 0, end: int | None = None,
+                   progress: Progress | None = None, context: RunContext | None = None) -> None: ...
 
     # Optional (engines/): called once after the stats of ranges run elsewhere were summed into
     # `stats`, so that info derived from them (IVF's certificate) covers the whole search.
@@ -110,10 +150,70 @@ class BuiltIndex(Protocol):
 
 
 class Backend(Protocol):
-    def build(self, x: np.ndarray, labels: np.ndarray, radius: float, progress=None) -> BuiltIndex: ...
+    def build(self, x: NDArray[np.float32], labels: np.ndarray, radius: float,
+              progress: Progress | None = None) -> BuiltIndex: ...
 
 
-def _faiss():
+@dataclass(frozen=True)
+class BackendRequest:
+    """What a factory may read to make its backend for one search."""
+
+    n: int  # vectors in the table
+    rules: IndexRules
+    scan: str  # `index.scan` or the caller's override (IVF on the CPU)
+    seed: int
+    tuning: SearchTuning
+    context: RunContext | None = None  # the run's (its memory budget); None: a search run alone
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    index_type: str  # the `index.type` value that selects this backend
+    factory: Callable[[BackendRequest], Backend]
+    order: int  # place in INDEX_TYPES, which the rules' error message lists in this order
+    gpu: bool = False  # on a GPU, `GpuBackend` wraps it (its `build` then takes `place`)
+    calibrated: bool = False  # find_pairs runs `calibrate` after the build, as a timed stage
+
+
+_REGISTRY: dict[str, BackendSpec] = {}
+_loaded = False
+
+
+def register(spec: BackendSpec) -> BackendSpec:
+    if spec.index_type == "auto":
+        raise ValueError("index.type auto is the search's own choice, not a backend")
+    known = _REGISTRY.get(spec.index_type)
+    if known is not None and known.factory is not spec.factory:
+        raise ValueError(f"two backends for index.type {spec.index_type!r}")
+    _REGISTRY[spec.index_type] = spec
+    return spec
+
+
+def _load() -> None:
+    """Import every module of this package once, so that each registers its backend."""
+    global _loaded
+    if _loaded:
+        return
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+    _loaded = True
+
+
+def index_types() -> tuple[str, ...]:
+    """The registered `index.type` values, in their listing order."""
+    _load()
+    return tuple(sorted(_REGISTRY, key=lambda t: (_REGISTRY[t].order, t)))
+
+
+def backend_spec(index_type: str) -> BackendSpec:
+    _load()
+    spec = _REGISTRY.get(index_type)
+    if spec is None:
+        raise ValueError(f"no search backend for index.type {index_type!r}: one of {', '.join(index_types())}")
+    return spec
+
+
+def _faiss() -> ModuleType:
     import faiss  # deferred: importing faiss costs time that `--collect-only` must not pay
 
     return faiss
@@ -128,7 +228,7 @@ def _span(units: int, start: int, end: int | None) -> tuple[int, int]:
 class _bar:
     """A progress bar that may be absent."""
 
-    def __init__(self, progress, total: int, desc: str, unit: str):
+    def __init__(self, progress: Progress | None, total: int, desc: str, unit: str):
         self.bar = progress(total=total, desc=desc, unit=unit) if progress is not None else None
 
     def update(self, k: int) -> None:
@@ -143,13 +243,13 @@ class _bar:
 class _stage:
     """A one-step progress bar for a stage with no natural count (k-means, calibration)."""
 
-    def __init__(self, progress, desc: str):
+    def __init__(self, progress: Progress | None, desc: str):
         self.bar = progress(total=1, desc=desc, unit="stage") if progress is not None else None
 
-    def __enter__(self):
+    def __enter__(self) -> _stage:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
             self.bar.update(1)
             self.bar.close()

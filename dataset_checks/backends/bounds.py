@@ -59,11 +59,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, TypedDict
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..arrays import nonzero
+from . import Emit
 
 U32 = 2.0**-24  # float32 unit roundoff
 SLACK = 1e-9  # added outward to every float64 quantity the bounds are computed from
@@ -72,8 +74,6 @@ CHUNK_ROWS = 1 << 15  # rows gathered at a time
 # share: at a low threshold (0.5 on 512-d faces) a cap excludes ~10% and only adds products.
 STOP_AFTER_PROBES = 1 << 20
 STOP_BELOW_SKIPPED = 0.3
-
-Emit = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
 
 
 def gemm_slack(dim: int) -> float:
@@ -165,6 +165,12 @@ def cosine_lower_from_float32(s: np.ndarray, centre_lo: np.ndarray, centre_hi: n
 # -- whole inverted lists ----------------------------------------------------------------------
 
 
+class Certificate(TypedDict):
+    queries: float  # share of queries whose unprobed lists are all proven empty
+    unprobed_proven: float  # share of (query, unprobed list) cells proven empty
+    unprobed: int  # (query, unprobed list) cells
+
+
 class ListBounds:
     """Caps of the inverted lists around the quantizer's centroids, from the build's own products.
 
@@ -187,11 +193,12 @@ class ListBounds:
         self.cutoff = cutoffs(cos_lo, c_lo, c_hi, radius, norms)  # (nlist,) float32
         self.probes, self.scores = probes, scores
 
-    def skipped(self, near: np.ndarray, near_scores: np.ndarray) -> np.ndarray:
+    def skipped(self, near: np.ndarray, near_scores: np.ndarray) -> NDArray[np.bool_]:
         """(rows, p) mask: probed list proven to hold nothing at or above the radius."""
-        return near_scores < self.cutoff[np.maximum(near, 0)]
+        mask: NDArray[np.bool_] = near_scores < self.cutoff[np.maximum(near, 0)]
+        return mask
 
-    def proven_unprobed(self, nprobe: int, rows: slice = slice(None)) -> np.ndarray:
+    def proven_unprobed(self, nprobe: int, rows: slice = slice(None)) -> NDArray[np.int64]:
         """Per query (of `rows`), how many of its unprobed lists are proven to hold nothing at
         or above the radius; a query with all nlist − nprobe of them proven is certified: its
         search is exact whatever the calibration's sample said."""
@@ -204,7 +211,7 @@ class ListBounds:
         valid = pr >= 0
         cut = self.cutoff[np.maximum(pr, 0)]
         # ranks p..k-1: by their own products
-        mid = ((sc[:, p:] < cut[:, p:]) & valid[:, p:]).sum(axis=1)
+        mid: NDArray[np.int64] = ((sc[:, p:] < cut[:, p:]) & valid[:, p:]).sum(axis=1)
         if k >= nlist:
             return mid
         # beyond rank k: the quantizer ranked them, so their product is <= the k-th one; a list
@@ -212,9 +219,10 @@ class ListBounds:
         last = sc[:, k - 1]
         above = nlist - np.searchsorted(np.sort(self.cutoff), last, side="right")
         in_top = ((cut > last[:, None]) & valid).sum(axis=1)
-        return mid + np.maximum(0, above - in_top)
+        proven: NDArray[np.int64] = mid + np.maximum(0, above - in_top)
+        return proven
 
-    def certificate(self, nprobe: int, block: int = 1 << 16) -> dict:
+    def certificate(self, nprobe: int, block: int = 1 << 16) -> Certificate:
         """Share of queries certified (see `proven_unprobed`) and share of (query, unprobed
         list) cells proven empty."""
         nlist, n = self.nlist, len(self.probes)
@@ -235,16 +243,17 @@ class ScanBounds:
     its folder caps (None: scan the list as it is)."""
 
     def __init__(self, radius: float, norms: NormRange, lists: ListBounds | None, folder_caps: bool,
-                 min_size: int = 3, peel: float = 1.3, min_saving: int = 1 << 16, stats: dict | None = None):
+                 min_size: int = 3, peel: float = 1.3, min_saving: int = 1 << 16, stats: dict[str, Any] | None = None):
         self.radius, self.norms, self.lists, self.stats = radius, norms, lists, stats
         self.folder_caps, self.min_size, self.peel, self.min_saving = folder_caps, min_size, peel, min_saving
         self.labels: np.ndarray | None = None
 
-    def skip_probes(self, near: np.ndarray, near_scores: np.ndarray, stats: dict | None,
+    def skip_probes(self, near: np.ndarray, near_scores: np.ndarray, stats: dict[str, Any] | None,
                     span: tuple[int, int] | None = None) -> np.ndarray:
         """near with the probes a list cap proves empty replaced by -1 (not scanned).
         near_scores: the quantizer's float32 products with those lists. `span`: the lists this
         scan covers (a range of an engine's); only their probes are counted."""
+        assert self.lists is not None, "skip_probes needs the list caps"
         skip = self.lists.skipped(near, near_scores) & (near >= 0)
         if stats is not None:
             counted = near >= 0 if span is None else (near >= span[0]) & (near < span[1])
@@ -431,7 +440,7 @@ def _score_caps(xb: np.ndarray, qid: np.ndarray, need: np.ndarray, caps: Caps, m
 
 
 def caps_scan(xq: np.ndarray, queries: np.ndarray, labels: np.ndarray, vecs: np.ndarray, ids: np.ndarray,
-              caps: Caps, radius: float, cells: int, stats: dict
+              caps: Caps, radius: float, cells: int, stats: dict[str, Any]
               ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """One inverted list against the queries that probe it, through its caps: one product per
     (query, cap) and per (query, loose member); a cap's members are scored only for the queries
@@ -498,7 +507,7 @@ class Certifier:
         """Every row, in the folder order the search takes them (smallest folders first)."""
         return np.argsort(self.folder, kind="stable")
 
-    def search(self, rows: np.ndarray, emit: Emit, stats: dict, cells: int, both_sides: bool = False,
+    def search(self, rows: np.ndarray, emit: Emit, stats: dict[str, Any], cells: int, both_sides: bool = False,
                progress: Callable[[int], None] | None = None) -> None:
         caps, x = self.caps, self.x
         rows = np.asarray(rows, dtype=np.int64)

@@ -19,10 +19,15 @@ per range; a row's cost is the number of folders after its own (`unit_costs`).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from numpy.typing import NDArray
 
 from ..memory import gather
-from . import DEFAULT_TUNING, Emit, SearchTuning, _bar, _span, _stage
+from ..context import RunContext, budget_of
+from . import (DEFAULT_TUNING, BackendRequest, BackendSpec, Emit, Place, Progress, SearchTuning, _bar, _span, _stage,
+               register)
 from . import bounds as _bounds
 from .flat import FlatBackend, FlatIndex
 
@@ -42,15 +47,16 @@ class CapsIndex:
         self.rows = certifier.order()
         self.units = len(x)
         caps = certifier.caps
-        self.info = {"index": "folder caps", "caps": int(len(caps.cutoff)), "loose_rows": int(len(certifier.loose)),
-                     "certified": {"exact": True, "how": "folder caps: each face against every other folder's "
-                                                         "cap, proven or scored"}}
-        self.stats: dict = {}
+        self.info: dict[str, Any] = {
+            "index": "folder caps", "caps": int(len(caps.cutoff)), "loose_rows": int(len(certifier.loose)),
+            "certified": {"exact": True,
+                          "how": "folder caps: each face against every other folder's cap, proven or scored"}}
+        self.stats: dict[str, Any] = {}
 
-    def calibrate(self, progress=None) -> None:
+    def calibrate(self, progress: Progress | None = None) -> None:
         pass  # exact: nothing to calibrate
 
-    def scanned_share(self, queries: int = 512, seed: int = 0) -> float:
+    def scanned_share(self, queries: int = 512, seed: int = 0, context: RunContext | None = None) -> float:
         """The share of the work the caps leave to scoring, estimated on a sample of faces: the
         (face, other folder's cap) tests that cannot exclude the cap, and the faces outside every
         cap (scored one by one). Near 0 on tight identity clusters at a useful threshold; at a low
@@ -64,23 +70,25 @@ class CapsIndex:
         if not len(caps.cutoff):
             return 1.0
         rows = np.sort(np.random.default_rng(seed).choice(n, size=min(queries, n), replace=False))
-        sims = np.asarray(gather(self.x, rows), dtype=np.float32) @ caps.centres.T  # a mapped table: scattered reads
+        sims = np.asarray(gather(self.x, rows, budget=budget_of(context)), dtype=np.float32) @ caps.centres.T  # scattered reads
         other = cert.folder[rows][:, None] != caps.group[None, :]
         need = (sims >= caps.cutoff[None, :]) & other
         share = float(np.count_nonzero(need)) / max(1, int(np.count_nonzero(other)))
         return share * (1.0 - loose) + loose
 
-    def candidates(self, emit: Emit, start: int = 0, end: int | None = None, progress=None) -> None:
+    def candidates(self, emit: Emit, start: int = 0, end: int | None = None,
+                   progress: Progress | None = None, context: RunContext | None = None) -> None:
         first, last = _span(self.units, start, end)
         bar = _bar(progress, last - first, "searching (folder caps)", "vec")
         self.certifier.search(self.rows[first:last], emit, self.stats, self.tuning.scan_cells, progress=bar.update)
         bar.close()
 
-    def unit_costs(self) -> np.ndarray:
+    def unit_costs(self) -> NDArray[np.float64]:
         """Each unit's share of the work, for cutting ranges of equal cost: the folders after
         its row's own (its cap tests) plus one."""
         folder = self.certifier.folder[self.rows]
-        return (int(folder.max(initial=0)) + 2 - folder).astype(np.float64)
+        costs: NDArray[np.float64] = (int(folder.max(initial=0)) + 2 - folder).astype(np.float64)
+        return costs
 
     def exact_rows(self, rows: np.ndarray, emit: Emit) -> None:
         """These rows against every other folder (both sides): an incremental run's new rows."""
@@ -88,10 +96,12 @@ class CapsIndex:
 
 
 class CapsBackend:
-    def __init__(self, tuning: SearchTuning = DEFAULT_TUNING, flat_fallback: bool = False):
-        self.tuning, self.flat_fallback = tuning, flat_fallback
+    def __init__(self, tuning: SearchTuning = DEFAULT_TUNING, flat_fallback: bool = False,
+                 context: RunContext | None = None):
+        self.tuning, self.flat_fallback, self.context = tuning, flat_fallback, context
 
-    def build(self, x, labels, radius, progress=None, place=None) -> CapsIndex | FlatIndex:
+    def build(self, x: NDArray[np.float32], labels: np.ndarray, radius: float, progress: Progress | None = None,
+              place: Place | None = None) -> CapsIndex | FlatIndex:
         # `place` (a device) is not used: the caps search runs its products with numpy's BLAS
         with _stage(progress, "folder caps"):
             norms = _bounds.NormRange.of(x)
@@ -99,10 +109,18 @@ class CapsBackend:
                                           peel=self.tuning.cap_peel)
         built = CapsIndex(x, labels, radius, self.tuning, certifier)
         if self.flat_fallback:
-            share = built.scanned_share()
+            share = built.scanned_share(context=self.context)
             if share > CAPS_MAX_SCANNED:  # the caps exclude too little to pay
                 flat = FlatBackend(self.tuning).build(x, labels, radius, progress)
                 flat.info = {**flat.info, "caps_scanned_share": round(share, 4),
                              "chosen": f"flat: folder caps would leave {share:.0%} of the work to scoring"}
                 return flat
         return built
+
+
+def _caps(request: BackendRequest) -> CapsBackend:
+    # numpy's BLAS on the CPU, whatever the device; auto: the flat search where caps cannot pay
+    return CapsBackend(request.tuning, flat_fallback=request.rules.type == "auto", context=request.context)
+
+
+register(BackendSpec("caps", _caps, order=20))

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from numpy.typing import NDArray
 
 from ..arrays import nonzero
-from . import DEFAULT_TUNING, SCAN_CELLS, Emit, SearchTuning, _bar, _faiss, _span
+from ..context import RunContext
+from . import (DEFAULT_TUNING, SCAN_CELLS, BackendRequest, BackendSpec, Emit, Place, Progress, SearchTuning, _bar,
+               _faiss, _span, register)
 
 
-def _flat_scan(x: np.ndarray, labels: np.ndarray, radius: float, emit: Emit, progress=None,
+def _flat_scan(x: np.ndarray, labels: np.ndarray, radius: float, emit: Emit, progress: Progress | None = None,
                cells: int | None = None, start: int = 0, end: int | None = None) -> None:
     """Exact range search of every row against every row, cross-label hits only, by GEMM.
 
@@ -75,17 +80,21 @@ def _exact_rows(x: np.ndarray, labels: np.ndarray, rows: np.ndarray, radius: flo
 class FlatIndex:
     unit = "vec"  # units: rows in label order (the scan's order), so a range is a run of folders
 
-    def __init__(self, x, labels, radius, tuning: SearchTuning, faiss_index=None):
+    def __init__(self, x: NDArray[np.float32], labels: np.ndarray, radius: float, tuning: SearchTuning,
+                 faiss_index: Any = None):
         self.x, self.labels, self.radius, self.tuning = x, labels, radius, tuning
         self.faiss_index = faiss_index  # only built for a device that needs a faiss index (GPU)
         self.units = len(x)
-        self.info = {"index": "IndexFlatIP", "certified": {"exact": True, "how": "flat: every pair scored"}}
-        self.stats: dict = {}
+        self.info: dict[str, Any] = {"index": "IndexFlatIP",
+                                     "certified": {"exact": True, "how": "flat: every pair scored"}}
+        self.stats: dict[str, Any] = {}
 
-    def calibrate(self, progress=None) -> None:
+    def calibrate(self, progress: Progress | None = None) -> None:
         pass  # exact: nothing to calibrate
 
-    def candidates(self, emit: Emit, start: int = 0, end: int | None = None, progress=None) -> None:
+    def candidates(self, emit: Emit, start: int = 0, end: int | None = None,
+                   progress: Progress | None = None, context: RunContext | None = None) -> None:
+        # `context` unused: the flat scan's blocks are bounded and read the table in order
         _flat_scan(self.x, self.labels, self.radius, emit, progress, cells=self.tuning.scan_cells,
                    start=start, end=end)
 
@@ -97,7 +106,8 @@ class FlatBackend:
     def __init__(self, tuning: SearchTuning = DEFAULT_TUNING):
         self.tuning = tuning
 
-    def build(self, x, labels, radius, progress=None, place=None) -> FlatIndex:
+    def build(self, x: NDArray[np.float32], labels: np.ndarray, radius: float, progress: Progress | None = None,
+              place: Place | None = None) -> FlatIndex:
         """`place(cpu_index) -> device index`: also build an IndexFlatIP and move it there."""
         device_index = None
         if place is not None:
@@ -105,3 +115,10 @@ class FlatBackend:
             cpu_index.add(x)
             device_index = place(cpu_index)
         return FlatIndex(x, labels, radius, self.tuning, device_index)
+
+
+def _flat(request: BackendRequest) -> FlatBackend:
+    return FlatBackend(request.tuning)
+
+
+register(BackendSpec("flat", _flat, order=10, gpu=True))

@@ -4,16 +4,35 @@ and the few queries that still saturate the largest k fall back to a bounded CPU
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..arrays import nonzero
-from . import DEFAULT_TUNING, Emit, SearchTuning, _bar, _faiss, _span
+from ..context import RunContext
+from . import DEFAULT_TUNING, BuiltIndex, Emit, Place, Progress, SearchTuning, _bar, _faiss, _span
 
 
-def _gpu_scan(gpu_index, x: np.ndarray, labels: np.ndarray, radius: float, emit: Emit, stats: dict,
-              fallback: Callable[[np.ndarray], None], progress=None, tuning: SearchTuning = DEFAULT_TUNING,
+class DeviceIndex(BuiltIndex, Protocol):
+    """What `GpuIndex` reads of the CPU-side index its backend built with `place`."""
+
+    x: NDArray[np.float32]
+    labels: np.ndarray
+    radius: float
+    faiss_index: Any  # the device's faiss index (faiss is untyped)
+
+    def exact_rows(self, rows: np.ndarray, emit: Emit) -> None: ...
+
+
+class DeviceBackend(Protocol):
+    def build(self, x: NDArray[np.float32], labels: np.ndarray, radius: float, progress: Progress | None = None,
+              place: Place | None = None) -> DeviceIndex: ...
+
+
+def _gpu_scan(gpu_index: Any, x: np.ndarray, labels: np.ndarray, radius: float, emit: Emit, stats: dict[str, Any],
+              fallback: Callable[[np.ndarray], None], progress: Progress | None = None,
+              tuning: SearchTuning = DEFAULT_TUNING,
               start: int = 0, end: int | None = None) -> None:
     """Range search on an index that only has k-NN: widen k until every query reaches below
     radius. Each k-NN call holds at most `tuning.scan_cells` results, same-label hits are dropped before
@@ -53,32 +72,36 @@ def _gpu_scan(gpu_index, x: np.ndarray, labels: np.ndarray, radius: float, emit:
 class GpuIndex:
     unit = "vec"
 
-    def __init__(self, inner, res, tuning: SearchTuning):
+    def __init__(self, inner: DeviceIndex, res: Any, tuning: SearchTuning):
         self.inner, self.res, self.tuning = inner, res, tuning  # res: the device index lives in it
         self.info = inner.info
-        self.stats: dict = {}
+        self.stats: dict[str, Any] = {}
         self.units = len(inner.x)
 
-    def calibrate(self, progress=None) -> None:
+    def calibrate(self, progress: Progress | None = None) -> None:
         self.inner.calibrate(progress)  # sets nprobe on the device index too
 
-    def candidates(self, emit: Emit, start: int = 0, end: int | None = None, progress=None) -> None:
+    def candidates(self, emit: Emit, start: int = 0, end: int | None = None,
+                   progress: Progress | None = None, context: RunContext | None = None) -> None:
         inner = self.inner
         _gpu_scan(inner.faiss_index, inner.x, inner.labels, inner.radius, emit, self.stats,
                   lambda rows: inner.exact_rows(rows, emit), progress, tuning=self.tuning, start=start, end=end)
-        if getattr(inner.rules, "certify", False) and hasattr(inner, "certify_rows"):  # IVF: backends/bounds.py
+        # IVF only (backends/bounds.py); a flat index has neither rules nor certify_rows
+        certify_rows: Callable[[np.ndarray, Emit], None] | None = getattr(inner, "certify_rows", None)
+        if certify_rows is not None and getattr(getattr(inner, "rules", None), "certify", False):
             first, last = _span(len(inner.x), start, end)
-            inner.certify_rows(np.arange(first, last), emit)
+            certify_rows(np.arange(first, last), emit)
 
 
 class GpuBackend:
     """Wraps a CPU backend (flat or IVF) whose `build` accepts `place`: the index is built (and,
     for IVF, trained) on the device; the CPU copy serves calibration and the fallback."""
 
-    def __init__(self, inner, tuning: SearchTuning = DEFAULT_TUNING):
+    def __init__(self, inner: DeviceBackend, tuning: SearchTuning = DEFAULT_TUNING):
         self.inner, self.tuning = inner, tuning
 
-    def build(self, x, labels, radius, progress=None) -> GpuIndex:
+    def build(self, x: NDArray[np.float32], labels: np.ndarray, radius: float,
+              progress: Progress | None = None) -> GpuIndex:
         faiss = _faiss()
         res = faiss.StandardGpuResources()
         built = self.inner.build(x, labels, radius, progress, place=lambda index: faiss.index_cpu_to_gpu(res, 0, index))

@@ -10,20 +10,43 @@ rows).
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Protocol, overload
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..arrays import nonzero
-from ..memory import checkpoint
 from ..index_rules import IndexRules
-from . import (CLEAR_MATCH_MARGIN, DEFAULT_TUNING, RADIUS_MARGIN, Emit, SearchTuning, _bar, _faiss, _span,
-               _stage)
+from . import (CLEAR_MATCH_MARGIN, DEFAULT_TUNING, RADIUS_MARGIN, BackendRequest, BackendSpec, Emit, Place, Progress,
+               SearchTuning, _bar, _faiss, _span, _stage, register)
 from . import bounds as _bounds
 
+if TYPE_CHECKING:
+    from ..context import RunContext
 
-def _cpu_range(index, radius: float) -> Callable[[np.ndarray], tuple]:
-    def run(xb: np.ndarray):
+
+# (query rows, neighbour rows, float32 scores); faiss indexes are untyped (Any) throughout
+_Candidates = tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float32]]
+
+
+class _InvertedLists(Protocol):
+    """(vectors, ids) of list l: faiss's own lists (a list) or the table's (`_TableLists`)."""
+
+    def __getitem__(self, lst: int, /) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def auto_nlist(n: int) -> int:
+    """About 2*sqrt(n) lists, a power of two: measured on the 57k benchmark as the best trade
+    between k-means training (which grows with nlist) and scanning (which shrinks with it)."""
+    if n < 64:
+        return 1
+    return int(2 ** round(math.log2(2 * math.sqrt(n))))
+
+
+def _cpu_range(index: Any, radius: float) -> Callable[[np.ndarray], _Candidates]:
+    def run(xb: np.ndarray) -> _Candidates:
         lims, dist, nb = index.range_search(xb, radius)
         q = np.repeat(np.arange(len(xb), dtype=np.int64), np.diff(lims.astype(np.int64)))
         return q, nb.astype(np.int64), dist
@@ -32,8 +55,9 @@ def _cpu_range(index, radius: float) -> Callable[[np.ndarray], tuple]:
 
 
 
-def _ivf_range(index, x: np.ndarray, labels: np.ndarray, radius: float, emit: Emit, rows: np.ndarray | None = None,
-               progress=None, budget: int | None = None, tuning: SearchTuning = DEFAULT_TUNING) -> None:
+def _ivf_range(index: Any, x: np.ndarray, labels: np.ndarray, radius: float, emit: Emit, rows: np.ndarray | None = None,
+               progress: Progress | None = None, budget: int | None = None,
+               tuning: SearchTuning = DEFAULT_TUNING) -> None:
     """`IndexIVFFlat.range_search` of `rows` (default: all), same-label hits dropped per batch.
 
     faiss returns a batch's hits all at once, same folder included, so a batch is cut where the
@@ -63,7 +87,7 @@ def _ivf_range(index, x: np.ndarray, labels: np.ndarray, radius: float, emit: Em
     bar.close()
 
 
-def _ivf_lists(faiss, index) -> list[tuple[np.ndarray, np.ndarray]]:
+def _ivf_lists(faiss: ModuleType, index: Any) -> list[tuple[np.ndarray, np.ndarray]]:
     """Zero-copy (vectors, ids) views of every inverted list of a CPU IndexIVFFlat."""
     invlists, d = index.invlists, index.d
     lists = []
@@ -98,7 +122,7 @@ class _TableLists:
         return self.x[ids], ids
 
 
-def _list_of(faiss, index, n: int) -> np.ndarray:
+def _list_of(faiss: ModuleType, index: Any, n: int) -> np.ndarray:
     """The inverted list holding each vector (int32), read from the lists themselves."""
     out = np.full(n, -1, dtype=np.int32)
     for lst in range(index.nlist):
@@ -108,47 +132,64 @@ def _list_of(faiss, index, n: int) -> np.ndarray:
     return out
 
 
-def _nearest_lists(quantizer, x: np.ndarray, k: int, block: int = 65536, scores: bool = False):
+@overload
+def _nearest_lists(quantizer: Any, x: np.ndarray, k: int, block: int = ..., scores: Literal[False] = ..., *,
+                   context: RunContext | None = ...) -> NDArray[np.int32]: ...
+
+
+@overload
+def _nearest_lists(quantizer: Any, x: np.ndarray, k: int, block: int = ..., *, scores: Literal[True],
+                   context: RunContext | None = ...) -> tuple[NDArray[np.int32], NDArray[np.float32]]: ...
+
+
+def _nearest_lists(quantizer: Any, x: np.ndarray, k: int, block: int = 65536, scores: bool = False, *,
+                   context: RunContext | None = None
+                   ) -> NDArray[np.int32] | tuple[NDArray[np.int32], NDArray[np.float32]]:
     """The k nearest lists of every row, nearest first, as int32 (a quarter of faiss's int64
     labels plus float32 distances: this array lives through the whole search). scores=True: also
-    the quantizer's float32 products with them (the list bounds are proved from these)."""
+    the quantizer's float32 products with them (the list bounds are proved from these).
+    `context`: the run's (its memory budget is checkpointed between blocks); None: no budget."""
     out = np.empty((len(x), k), dtype=np.int32)
     dist = np.empty((len(x), k), dtype=np.float32) if scores else None
     for s in range(0, len(x), block):
-        checkpoint()  # the memory budget, between blocks
+        if context is not None:
+            context.checkpoint()  # the memory budget, between blocks
         d, near = quantizer.search(np.ascontiguousarray(x[s : s + block]), k)
         out[s : s + block] = near
         if dist is not None:
             dist[s : s + block] = d
-    return (out, dist) if scores else out
+    return (out, dist) if dist is not None else out  # dist: only with scores
 
 
 
-def _list_scan_chunks(faiss, index, radius: float, xq: np.ndarray, labels: np.ndarray | None = None,
-                      progress=None, lists: list | None = None, probes: np.ndarray | None = None,
-                      stats: dict | None = None, tuning: SearchTuning = DEFAULT_TUNING,
-                      start_list: int = 0, end_list: int | None = None, bounds: "_bounds.ScanBounds | None" = None):
+def _list_scan_chunks(faiss: ModuleType, index: Any, radius: float, xq: np.ndarray, labels: np.ndarray | None = None,
+                      progress: Progress | None = None, lists: _InvertedLists | None = None,
+                      probes: np.ndarray | None = None, stats: dict[str, Any] | None = None,
+                      tuning: SearchTuning = DEFAULT_TUNING, start_list: int = 0, end_list: int | None = None,
+                      bounds: _bounds.ScanBounds | None = None,
+                      context: RunContext | None = None) -> Iterator[_Candidates]:
     """Yields (query, neighbour, score) candidates list by list; see `_list_scan`.
     `stats["scored_cells"]`: (query, vector) scores computed. `start_list`/`end_list`: only
     these lists are scanned, each against every query that probes it. `bounds`: skip what the
-    caps of bounds.py prove empty (same candidates)."""
+    caps of bounds.py prove empty (same candidates). `context`: the run's, whose memory budget is
+    checkpointed between lists (None: no budget; a range run elsewhere has none)."""
     scored = 0
     lists = lists if lists is not None else _ivf_lists(faiss, index)
     xq = np.ascontiguousarray(xq, dtype=np.float32)
     nprobe = min(index.nprobe, index.nlist)
-    list_caps = bounds is not None and bounds.lists is not None  # bounds
+    list_caps = bounds.lists if bounds is not None else None  # bounds
     near_scores = None
     if probes is not None and len(probes) == len(xq) and probes.shape[1] >= nprobe:
         near = np.ascontiguousarray(probes[:, :nprobe])
-        if list_caps and len(bounds.lists.scores) == len(xq):
-            near_scores = bounds.lists.scores[:, :nprobe]
-    elif list_caps:
-        near, near_scores = _nearest_lists(index.quantizer, xq, nprobe, scores=True)
+        if list_caps is not None and len(list_caps.scores) == len(xq):
+            near_scores = list_caps.scores[:, :nprobe]
+    elif list_caps is not None:
+        near, near_scores = _nearest_lists(index.quantizer, xq, nprobe, scores=True, context=context)
     else:
-        near = _nearest_lists(index.quantizer, xq, nprobe)
+        near = _nearest_lists(index.quantizer, xq, nprobe, context=context)
     first, last = _span(index.nlist, start_list, end_list)
     # --- bounds: a probed list whose cap excludes the query is not scanned for it ---
-    if near_scores is not None:
+    if near_scores is not None and bounds is not None:  # (near_scores: only with bounds)
         near = bounds.skip_probes(near, near_scores, stats, span=(first, last))
     caps = bounds if bounds is not None and bounds.folder_caps else None
     # --- end bounds ---
@@ -158,18 +199,19 @@ def _list_scan_chunks(faiss, index, radius: float, xq: np.ndarray, labels: np.nd
     where = np.flatnonzero((flat >= first) & (flat < last))
     inside = flat[where]
     query_of = where[np.argsort(inside, kind="stable")] // nprobe
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(inside, minlength=index.nlist))])
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(inside, minlength=index.nlist))])
     del where, inside
     bar = _bar(progress, last - first, "searching", "list")
     for lst in range(first, last):
-        checkpoint()  # the memory budget, between lists
+        if context is not None:
+            context.checkpoint()  # the memory budget, between lists
         vecs, ids = lists[lst]
-        queries = query_of[bounds[lst] : bounds[lst + 1]]
+        queries = query_of[offsets[lst] : offsets[lst + 1]]
         # --- bounds: the list through per-folder caps ---
         if queries.size and ids.size and caps is not None and labels is not None:
-            c = caps.of_list(vecs, ids, queries.size)
-            if c is not None:
-                yield from _bounds.caps_scan(xq, queries, labels, vecs, ids, c, radius, tuning.scan_cells,
+            fcaps = caps.of_list(vecs, ids, queries.size)
+            if fcaps is not None:
+                yield from _bounds.caps_scan(xq, queries, labels, vecs, ids, fcaps, radius, tuning.scan_cells,
                                              stats if stats is not None else {})
                 bar.update(1)
                 continue
@@ -206,8 +248,10 @@ def _list_scan_chunks(faiss, index, radius: float, xq: np.ndarray, labels: np.nd
         stats["scored_cells"] = stats.get("scored_cells", 0) + scored
 
 
-def _list_scan(faiss, index, radius: float, labels: np.ndarray | None = None, progress=None,
-               lists: list | None = None, probes: np.ndarray | None = None) -> Callable[[np.ndarray], tuple]:
+def _list_scan(faiss: ModuleType, index: Any, radius: float, labels: np.ndarray | None = None,
+               progress: Progress | None = None, lists: _InvertedLists | None = None,
+               probes: np.ndarray | None = None, context: RunContext | None = None
+               ) -> Callable[[np.ndarray], _Candidates]:
     """IndexIVFFlat range search, run list by list: every query that probes a list is scored
     against that list's vectors in one BLAS product.
 
@@ -217,12 +261,15 @@ def _list_scan(faiss, index, radius: float, labels: np.ndarray | None = None, pr
     scans each query's lists on its own. `labels`: drop same-label hits here (the main search
     never wants them; crowded folders make them millions), and skip a list's dominant folder for
     that folder's own queries. `probes`: the queries' nearest lists, already known (nearest
-    first, at least nprobe columns), so the quantizer is not searched again.
+    first, at least nprobe columns), so the quantizer is not searched again. `context`: the run's
+    (its memory budget is checkpointed); None: no budget.
     """
 
-    def run(xq: np.ndarray):
-        qs, nbs, ds = [], [], []
-        for q, nb, d in _list_scan_chunks(faiss, index, radius, xq, labels, progress, lists, probes):
+    def run(xq: np.ndarray) -> _Candidates:
+        qs: list[NDArray[np.int64]] = []
+        nbs: list[NDArray[np.int64]] = []
+        ds: list[NDArray[np.float32]] = []
+        for q, nb, d in _list_scan_chunks(faiss, index, radius, xq, labels, progress, lists, probes, context=context):
             qs.append(q)
             nbs.append(nb)
             ds.append(d)
@@ -264,16 +311,16 @@ def _training_rows(labels: np.ndarray, nlist: int, per_centroid: int, seed: int)
     return np.sort(order[rank < cap])
 
 
-def _set_nprobe(faiss, cpu_index, gpu_index, nprobe: int) -> None:
+def _set_nprobe(faiss: ModuleType, cpu_index: Any, gpu_index: Any, nprobe: int) -> None:
     cpu_index.nprobe = nprobe
     if gpu_index is not None:
         faiss.GpuParameterSpace().set_index_parameter(gpu_index, "nprobe", nprobe)
 
 
-def _choose_nprobe(faiss, cpu_index, gpu_index, x, labels, radius, rules: IndexRules, seed,
-                   list_of: np.ndarray, probes: np.ndarray | None = None,
+def _choose_nprobe(faiss: ModuleType, cpu_index: Any, gpu_index: Any, x: np.ndarray, labels: np.ndarray,
+                   radius: float, rules: IndexRules, seed: int, list_of: np.ndarray, probes: np.ndarray | None = None,
                    cells: int | None = None, same_kept: int | None = None,
-                   tuning: SearchTuning = DEFAULT_TUNING) -> tuple[int, dict]:
+                   tuning: SearchTuning = DEFAULT_TUNING) -> tuple[int, dict[str, Any]]:
     """Smallest nprobe whose recall on a random sample of queries reaches `recall_target`,
     with no sampled cross-folder miss at or above threshold + CLEAR_MATCH_MARGIN.
 
@@ -361,7 +408,7 @@ def _choose_nprobe(faiss, cpu_index, gpu_index, x, labels, radius, rules: IndexR
     total = hist.sum()
     found = np.cumsum(hist)
     nprobe = min(tuning.nprobe_start, nlist)
-    tried = {}
+    tried: dict[int, float] = {}
     while True:
         if nprobe >= nlist:
             recall, clear_ok = 1.0, True  # every list probed: exact
@@ -378,22 +425,27 @@ def _choose_nprobe(faiss, cpu_index, gpu_index, x, labels, radius, rules: IndexR
 
 
 class IVFIndex:
-    def __init__(self, faiss, cpu_index, faiss_index, x, labels, radius, rules: IndexRules, seed: int,
-                 tuning: SearchTuning, list_scan: bool, probes: np.ndarray | None, info: dict,
-                 probe_scores: np.ndarray | None = None):
+    def __init__(self, faiss: ModuleType, cpu_index: Any, faiss_index: Any, x: NDArray[np.float32], labels: np.ndarray,
+                 radius: float, rules: IndexRules, seed: int, tuning: SearchTuning, list_scan: bool,
+                 probes: np.ndarray | None, info: dict[str, Any], probe_scores: np.ndarray | None = None):
         self.faiss, self.cpu_index, self.x, self.labels, self.radius = faiss, cpu_index, x, labels, radius
         self.faiss_index = faiss_index  # the device copy (GPU), or None
         self.rules, self.seed, self.tuning, self.list_scan, self.probes = rules, seed, tuning, list_scan, probes
         self.probe_scores = probe_scores  # the quantizer's products with `probes` (bounds)
-        self.info, self.stats = info, {}
+        self.info: dict[str, Any] = info
+        self.stats: dict[str, Any] = {}
         self.scan_bounds: _bounds.ScanBounds | None = None
-        self.certificate: dict | None = None
+        self.certificate: _bounds.Certificate | None = None
         self._certifier: _bounds.Certifier | None = None
-        self.lists = _TableLists(x, probes[:, 0], cpu_index.nlist) if list_scan else None
+        if list_scan and probes is None:
+            raise ValueError("the list scan needs every row's probes")
+        self.lists = _TableLists(x, probes[:, 0], cpu_index.nlist) if probes is not None and list_scan else None
         # the list scan shards by list (each list read once); faiss's range_search by query
+        self.units: int
+        self.unit: str
         self.units, self.unit = (cpu_index.nlist, "list") if list_scan else (len(x), "vec")
 
-    def calibrate(self, progress=None) -> None:
+    def calibrate(self, progress: Progress | None = None) -> None:
         with _stage(progress, "calibrating nprobe"):
             probes = self.probes
             list_of = probes[:, 0] if probes is not None else _list_of(self.faiss, self.cpu_index, len(self.x))
@@ -422,7 +474,7 @@ class IVFIndex:
         """info["certified"]: how much of the search is proven exact (see docs/search.md)."""
         nlist, nprobe = self.cpu_index.nlist, min(self.cpu_index.nprobe, self.cpu_index.nlist)
         st, cert = self.stats, self.certificate
-        out: dict = {"queries": None if cert is None else round(cert["queries"], 6)}
+        out: dict[str, Any] = {"queries": None if cert is None else round(cert["queries"], 6)}
         if cert is not None:
             out["unprobed_list_probes"] = cert["unprobed"]
             out["unprobed_proven"] = round(cert["unprobed_proven"], 6)
@@ -472,13 +524,16 @@ class IVFIndex:
             self._certified(self.stats.get("certified_rows", 0))
     # --- end bounds ---
 
-    def candidates(self, emit: Emit, start: int = 0, end: int | None = None, progress=None) -> None:
+    def candidates(self, emit: Emit, start: int = 0, end: int | None = None, progress: Progress | None = None,
+                   context: RunContext | None = None) -> None:
+        """`context`: the run's, whose memory budget the list scan checkpoints (None: none; ranges
+        run elsewhere have none). A parameter, not an attribute: the index is pickled for workers."""
         if self.list_scan:
             self.info["scan"] = "lists"
             for q, nb, dist in _list_scan_chunks(self.faiss, self.cpu_index, self.radius, self.x, labels=self.labels,
                                                  progress=progress, lists=self.lists, probes=self.probes,
                                                  stats=self.stats, tuning=self.tuning, start_list=start, end_list=end,
-                                                 bounds=self.scan_bounds):
+                                                 bounds=self.scan_bounds, context=context):
                 emit(q, nb, dist)
             if self.rules.certify:  # bounds: the rows whose own list is in this range
                 first, last = _span(self.cpu_index.nlist, start, end)
@@ -503,10 +558,12 @@ class IVFIndex:
 
 class IVFBackend:
     def __init__(self, rules: IndexRules, nlist: int, scan: str = "lists", seed: int = 0,
-                 tuning: SearchTuning = DEFAULT_TUNING):
+                 tuning: SearchTuning = DEFAULT_TUNING, context: RunContext | None = None):
         self.rules, self.nlist, self.scan, self.seed, self.tuning = rules, nlist, scan, seed, tuning
+        self.context = context  # the run's: its memory budget is checkpointed while every row is assigned
 
-    def build(self, x, labels, radius, progress=None, place=None) -> IVFIndex:
+    def build(self, x: NDArray[np.float32], labels: np.ndarray, radius: float, progress: Progress | None = None,
+              place: Place | None = None) -> IVFIndex:
         """`place(cpu_index) -> device index`: train and fill the index there (faiss's list scan
         is then not used: the device searches), and keep a CPU copy for calibration and fallback."""
         faiss, d, tuning = _faiss(), x.shape[1], self.tuning
@@ -515,10 +572,11 @@ class IVFBackend:
         cpu_index.cp.max_points_per_centroid = tuning.kmeans_points_per_centroid
         cpu_index.cp.niter = tuning.kmeans_niter
         cpu_index.cp.seed = self.seed
-        info = {"index": "IndexIVFFlat", "nlist": self.nlist}
+        info: dict[str, Any] = {"index": "IndexIVFFlat", "nlist": self.nlist}
         gpu_index = place(cpu_index) if place is not None else None
         list_scan = gpu_index is None and self.scan == "lists"
-        probes = probe_scores = None
+        probes: NDArray[np.int32] | None = None
+        probe_scores: NDArray[np.float32] | None = None
         with _stage(progress, f"training IVF (nlist={self.nlist})"):
             rows = _training_rows(labels, self.nlist, cpu_index.cp.max_points_per_centroid, self.seed)
             (gpu_index or cpu_index).train(x if rows is None else np.ascontiguousarray(x[rows]))
@@ -528,10 +586,20 @@ class IVFBackend:
                 # index: the scan gathers each list's rows from the table, so the table is held
                 # once (faiss's copy doubled peak memory) and may stay a file mapping.
                 probes, probe_scores = _nearest_lists(cpu_index.quantizer, x, min(tuning.probes_kept, cpu_index.nlist),
-                                                      scores=True)  # scores: for the bounds
+                                                      scores=True, context=self.context)  # scores: for the bounds
             else:
                 (gpu_index or cpu_index).add(x)
         if gpu_index is not None:
             cpu_index = faiss.index_gpu_to_cpu(gpu_index)
         return IVFIndex(faiss, cpu_index, gpu_index, x, labels, radius, self.rules, self.seed, tuning, list_scan,
                         probes, info, probe_scores=probe_scores)
+
+
+def _ivf(request: BackendRequest) -> IVFBackend:
+    # faiss wants >= 39 training points per list; more lists than that only add noise.
+    nlist = min(request.rules.nlist or auto_nlist(request.n), max(1, request.n // 39))
+    return IVFBackend(request.rules, nlist, scan=request.scan, seed=request.seed, tuning=request.tuning,
+                      context=request.context)
+
+
+register(BackendSpec("ivf", _ivf, order=30, gpu=True, calibrated=True))

@@ -1,10 +1,15 @@
 """The registry of checks: one module per kind of label error.
 
-A new check is one module in this package that defines a `Check` subclass and decorates it with
-`@register`, plus its line in `_MODULES` below (import order is report order). Everything else
-comes from the registry: its rules.yaml section (`checks: {<name>: {enabled, severity, ...}}`),
-its pytest test family, its `<name>.csv`, its report section, its findings.json entry and its
-baseline key. Importing this package imports no heavy library.
+A new check touches exactly one file of the package, its own module `checks/<name>.py`, plus its
+tests: a `Check` subclass decorated with `@register`, whose `order` places it in the report
+(builtin checks 0-2, misfiled 10, consistency 20, exact_duplicates 30, near_duplicates 40,
+names 50, leakage 60, calibration 70). `all_checks()` finds the module itself: it imports every
+module of this package except the helpers in `_NOT_CHECKS` and names starting with `_` (a new
+helper module is better named so; imported by mistake it registers nothing, it only costs its
+import). Everything else comes from the registry: its rules.yaml section
+(`checks: {<name>: {enabled, severity, ...}}`), its pytest test family, its `<name>.csv`, its
+report section, its findings.json entry and its baseline key. Importing this package imports no
+heavy library: the check modules are imported by the first `all_checks()`.
 """
 
 from __future__ import annotations
@@ -14,9 +19,9 @@ import importlib
 from .base import Check, CheckSettings, Issue, Param, SEVERITIES
 
 _REGISTRY: dict[str, type[Check]] = {}
-# check modules, in report order; each registers itself on import
-_MODULES: tuple[str, ...] = ("builtin", "misfiled", "consistency", "exact_duplicates", "near_duplicates", "names",
-                             "leakage", "calibration")
+# modules of this package that define no check (the checks' shared helpers); every other module
+# is a check module, which registers its checks on import
+_NOT_CHECKS = frozenset({"base", "settings", "data", "folder_fit", "itaiji"})
 _loaded = False
 
 
@@ -29,15 +34,23 @@ def register(cls: type[Check]) -> type[Check]:
     return cls
 
 
+def check_modules() -> list[str]:
+    """The check modules of this package (short names, sorted): every module but the helpers."""
+    import pkgutil  # here: importing the package stays as light as it was
+
+    return sorted(m.name for m in pkgutil.iter_modules(__path__)
+                  if m.name not in _NOT_CHECKS and not m.name.startswith("_"))
+
+
 def all_checks() -> list[type[Check]]:
-    """Every registered check, in report order."""
+    """Every registered check, in report order (`Check.order`; on a tie, by module, then as registered)."""
     global _loaded
     if not _loaded:
-        for module in _MODULES:
+        for module in check_modules():
             importlib.import_module(f"{__name__}.{module}")
         _loaded = True
-    order = {f"{__name__}.{m}": k for k, m in enumerate(_MODULES)}
-    return sorted(_REGISTRY.values(), key=lambda c: order.get(c.__module__, len(order)))
+    # a stable sort: checks of one module with one order stay in registration (definition) order
+    return sorted(_REGISTRY.values(), key=lambda c: (c.order, c.__module__))
 
 
 def __getattr__(name: str) -> object:
@@ -58,4 +71,4 @@ def get(name: str) -> type[Check]:
 
 
 __all__ = ["AgainstData", "Check", "CheckData", "CheckSettings", "Issue", "Param", "SEVERITIES", "all_checks",
-           "get", "register"]
+           "check_modules", "get", "register"]

@@ -6,39 +6,13 @@ baseline keys each issue by (check, key) so that every check ratchets on its own
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..issues import Issue  # noqa: F401  (a check's result type, importable from here)
 from .settings import LEVELS, SEVERITIES, AutoNumber, CheckSettings, Param  # noqa: F401  (importable from here)
 
 if TYPE_CHECKING:  # a check receives the run's data (checks/data.py, which imports the pipeline's types)
     from .data import CheckData
-
-
-
-
-@dataclass(frozen=True)
-class Issue:
-    """One thing a check found. It counts against `identity` (and `other_identity` too when the
-    check is symmetric); `score` ranks issues by evidence, highest first."""
-
-    check: str
-    identity: str = ""  # raw folder name; "" for a dataset-level issue about no one folder
-    file: str = ""
-    other_identity: str = ""
-    other_file: str = ""
-    score: float = 0.0
-    detail: str = ""  # the check's own words, names in it already shown (display_name): not escaped again
-    severity: str = "fail"
-    waived: str | None = None
-
-    @property
-    def key(self) -> tuple[str, str, str, str]:
-        """What the baseline keys the issue by (with the check's name)."""
-        return (self.identity, self.file, self.other_identity, self.other_file)
-
-    def involves(self, identity: str, symmetric: bool) -> bool:
-        return identity == self.identity or (symmetric and identity == self.other_identity)
 
 
 class Check:
@@ -61,6 +35,9 @@ class Check:
     # checks naming the same lane run one after another in one thread (they share mutable state,
     # e.g. misfiled's folder fit); lanes run in parallel. None: a lane of its own
     lane: ClassVar[str | None] = None
+    # place in the report, findings.json and the test run, lowest first (registry.all_checks);
+    # every shipped check sets its own, a check that does not comes after them
+    order: ClassVar[int] = 1000
 
     @classmethod
     def test_name(cls) -> str:
@@ -89,3 +66,7 @@ class Check:
         """Extra JSON-ready facts for findings.json (thresholds chosen from the data, counts):
         by default what `run` kept in `self.facts`."""
         return dict(getattr(self, "facts", {}))
+
+
+# what a check module imports from here, re-exports included (mypy --strict: no implicit re-export)
+__all__ = ["LEVELS", "SEVERITIES", "AutoNumber", "Check", "CheckSettings", "Issue", "Param"]

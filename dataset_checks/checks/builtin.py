@@ -25,6 +25,7 @@ class _Builtin(Check):
 @register
 class CrossIdentity(_Builtin):
     name = "cross_identity"
+    order = 0
     title = "faces of two identities"
     doc = ("A face of this folder matches a face of another folder at or above the cosine threshold "
            "(one person under two names, a photo filed twice, a misfiled photo). findings.csv, "
@@ -36,6 +37,7 @@ class CrossIdentity(_Builtin):
 @register
 class FacesDetected(_Builtin):
     name = "faces_detected"
+    order = 1
     title = "faces detected"
     doc = ("Every image the tool embeds decodes and shows exactly one face (folders with images and no "
            "embeddings file). Off: no test_faces_detected items. A group photo (several faces, the one "
@@ -51,6 +53,7 @@ class FacesDetected(_Builtin):
 @register
 class BadInput(_Builtin):
     name = "bad_input"
+    order = 2
     title = "input problems"
     doc = ("An embeddings file or folder that cannot be used (corrupt, missing array, NaN rows, unreadable, "
            "dangling link...), reported in the folder's test_identity. warn, info or off: they do not fail "

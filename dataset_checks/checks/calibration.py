@@ -17,7 +17,8 @@ import numpy as np
 
 from .. import svg
 from ..discover import display_name
-from ..memory import gather
+from ..context import budget_of
+from ..memory import Budget, gather
 from . import register
 from .base import Check, CheckSettings, Issue, Param
 from .data import CheckData
@@ -41,14 +42,15 @@ CHUNK = 8192  # gathered row pairs per product (~32 MB at d=512)
 
 
 def sample_same_similarities(vectors: np.ndarray, labels: np.ndarray, max_pairs: int,
-                             seed: int = 0) -> tuple[np.ndarray, int]:
+                             seed: int = 0, *, budget: Budget | None = None) -> tuple[np.ndarray, int]:
     """(cosines, all same-folder pairs): every same-folder pair when there are at most
     `max_pairs`, else `max_pairs` drawn uniformly over them (with replacement).
 
     Uniform over pairs, not over folders: a folder is drawn with probability proportional to its
     n(n-1)/2 pairs, then two distinct rows of it, which makes every unordered pair equally likely.
     Drawing folders uniformly would let the many small folders of a long-tailed dataset outweigh
-    the few large ones that hold most same-person pairs."""
+    the few large ones that hold most same-person pairs. `budget`: the run's memory budget,
+    checkpointed by the scattered reads (None: none)."""
     labels = np.asarray(labels, dtype=np.int64)
     n = labels.size
     if n < 2:
@@ -79,8 +81,8 @@ def sample_same_similarities(vectors: np.ndarray, labels: np.ndarray, max_pairs:
     x = np.asarray(vectors)
     out = np.empty(a.size, dtype=np.float64)
     for s in range(0, a.size, CHUNK):
-        xa = np.asarray(gather(x, a[s : s + CHUNK]), dtype=np.float32)
-        xb = np.asarray(gather(x, b[s : s + CHUNK]), dtype=np.float32)
+        xa = np.asarray(gather(x, a[s : s + CHUNK], budget=budget), dtype=np.float32)
+        xb = np.asarray(gather(x, b[s : s + CHUNK], budget=budget), dtype=np.float32)
         out[s : s + CHUNK] = np.einsum("ij,ij->i", xa, xb)
     return out, total
 
@@ -108,6 +110,7 @@ def _q(sorted_sims: np.ndarray, p: float) -> float | None:
 @register
 class Calibration(Check):
     name = "calibration"
+    order = 70
     title = "threshold calibration"
     doc = ("How the cross-identity threshold sits between this dataset's same-folder and cross-folder "
            "similarities: both distributions, the upper tail on a log scale, the thresholds in force, the "
@@ -128,9 +131,11 @@ class Calibration(Check):
             sample_cross_similarities
 
         table, rules = data.table, data.rules
+        assert rules is not None, "calibration reads the rules' calibration settings: run it with rules"
         cal = rules.calibration
         x, labels = table.vectors, np.asarray(table.identity_of)
         threshold = float(data.threshold)
+        memory = budget_of(data.context)  # (`budget` below is the chance-pair budget)
         choice = data.threshold_choice
         self.auto = choice is not None
         if choice is None:
@@ -138,12 +143,13 @@ class Calibration(Check):
             floor = model_floor(table.key, rules.centre)
             ceiling = cal.ceiling if cal.ceiling is not None else (CEILING_CENTRED if rules.centre else CEILING)
             choice = calibrate_threshold(x, labels, floor, chance_pairs=cal.chance_pairs, ceiling=ceiling,
-                                         sample_pairs=cal.sample_pairs, seed=cal.seed)
+                                         sample_pairs=cal.sample_pairs, seed=cal.seed, budget=memory)
         self.choice = choice
         cross_total = cross_pair_count(labels) if len(labels) else 0
         cross = np.sort(sample_cross_similarities(x, labels, settings["cross_pairs"], seed=cal.seed,
-                                                  cross_pairs=cross_total)) if cross_total else np.zeros(0)
-        same, same_total = sample_same_similarities(x, labels, settings["same_pairs"], seed=cal.seed)
+                                                  cross_pairs=cross_total, budget=memory)) if cross_total else np.zeros(0)
+        same, same_total = sample_same_similarities(x, labels, settings["same_pairs"], seed=cal.seed,
+                                                    budget=memory)
         same.sort()
         self.cross, self.same = cross, same
         self.threshold = threshold
@@ -243,7 +249,7 @@ class Calibration(Check):
     def numbers_html(self) -> str:
         s = self._summary
 
-        def g(v, fmt="{:.2g}"):
+        def g(v: float | None, fmt: str = "{:.2g}") -> str:
             return "&ndash;" if v is None else escape(fmt.format(v))
 
         rows = [
@@ -337,7 +343,7 @@ def _steps(h: np.ndarray, lo: float, hi: float, top: float, height: float, ymax:
 
 def _legend(check: Calibration, y: float, out: list[str]) -> float:
     s = check._summary
-    items = [(CROSS, None, f"cross-folder pairs ({s['cross_sampled']:,}{' = all' if s['cross_exact'] else ' sampled'})"),
+    items: list[tuple[str, str | None, str]] = [(CROSS, None, f"cross-folder pairs ({s['cross_sampled']:,}{' = all' if s['cross_exact'] else ' sampled'})"),
              (SAME, None, f"same-folder pairs ({s['same_sampled']:,}{' = all' if s['same_exact'] else ' sampled'})")]
     if check.choice.tail is not None:
         items.append((CROSS, "3 3", "cross-folder tail fit (GPD)"))
@@ -346,7 +352,7 @@ def _legend(check: Calibration, y: float, out: list[str]) -> float:
         items.append((colour, dash, f"{legend} {v:.4f}"))
     if check.overrides:
         items.append(("#b00020", None, f"per-identity overrides (ticks, {len(check.overrides)})"))
-    x = LEFT
+    x: float = LEFT
     for colour, dash, label in items:
         w = 34 + 6.4 * len(label)
         if x + w > WIDTH - RIGHT:

@@ -27,6 +27,7 @@ from .folder_fit import folder_fit, outlier_rows
 @register
 class Consistency(Check):
     name = "consistency"
+    order = 20
     lane = "folder_fit"  # shares FolderFit and its best-other state with misfiled
     title = "inconsistent folders"
     doc = ("A face far from every other face of its folder and close to no other folder (a "

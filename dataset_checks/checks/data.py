@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Protocol
 
 if TYPE_CHECKING:
+    from ..problems import Problem
+    from ..context import RunContext
     from ..discover import Identity
     from ..search import SearchResult
     from ..vectors import VectorTable
@@ -57,6 +59,8 @@ class CheckData:
     threshold_choice: Any = None
     # checks run in parallel lanes (check_run): a shared value is computed once, under this lock
     lock: Any = field(default_factory=threading.RLock, repr=False, compare=False)
+    # the run's budget, progress and cache (None: a check run alone, e.g. in a test, keeps no budget)
+    context: RunContext | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -71,4 +75,4 @@ class AgainstData:
     identities: list["Identity"]
     table: "VectorTable | None"
     unusable: str | None = None
-    lost: list = field(default_factory=list)
+    lost: list[Problem] = field(default_factory=list)

@@ -21,7 +21,7 @@ import stat
 import unicodedata
 from collections import defaultdict
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeAlias
 
 from . import register
 from .base import Check, CheckSettings, Issue, Param
@@ -34,6 +34,12 @@ if TYPE_CHECKING:  # annotations only; numpy is imported where used
 HEAD = 64 << 10  # bytes read first; small images (most face crops) are done in one read
 CHUNK = 1 << 20
 ROW_BLOCK_BYTES = 8 << 20  # vector rows fingerprinted per numpy call (4096 rows at d=512)
+
+# (identity, file, path, size, inode) of a file on disk
+FileEntry: TypeAlias = "tuple[str, str, str, int, tuple[int, int]]"
+# a row whose file is not on disk: no path, no size; ("v", row) in place of the inode
+VectorEntry: TypeAlias = "tuple[str, str, None, None, tuple[str, int]]"
+Entry: TypeAlias = "FileEntry | VectorEntry"
 
 
 def _fold(name: str) -> str:
@@ -77,29 +83,30 @@ def _digest(path: str, head_only: bool) -> bytes | None:
     return h.digest()
 
 
-def _same_content(entries: list[tuple], read) -> list[list[tuple]]:
+def _same_content(entries: list[FileEntry], read: Callable[[str, bool], bytes | None]) -> list[list[FileEntry]]:
     """Groups (2+) of entries with identical bytes. entries: (identity, file, path, size, inode)."""
-    groups: list[list[tuple]] = []
-    by_size: dict[int, list[tuple]] = defaultdict(list)
+    groups: list[list[FileEntry]] = []
+    by_size: dict[int, list[FileEntry]] = defaultdict(list)
     for e in entries:
         by_size[e[3]].append(e)
     for size, same_size in by_size.items():
         if len(same_size) < 2:
             continue
         # one read per inode: links to one file are one content
-        by_inode: dict[tuple, list[tuple]] = defaultdict(list)
+        by_inode: dict[tuple[int, int], list[FileEntry]] = defaultdict(list)
         for e in same_size:
             by_inode[e[4]].append(e)
         if len(by_inode) < 2:
             groups.append(same_size)
             continue
         inodes = list(by_inode.values())
-        buckets: dict[bytes, list[list[tuple]]] = defaultdict(list)
+        buckets: dict[bytes, list[list[FileEntry]]] = defaultdict(list)
         for members in inodes:
             d = read(members[0][2], True)
             if d is not None:
                 buckets[d].append(members)
         for heads in buckets.values():
+            full: dict[int | bytes, list[list[FileEntry]]]  # digest -> inodes (0: the head was all)
             if size <= HEAD or len(heads) < 2:
                 full = {0: heads}
             else:
@@ -118,6 +125,7 @@ def _same_content(entries: list[tuple], read) -> list[list[tuple]]:
 @register
 class ExactDuplicates(Check):
     name = "exact_duplicates"
+    order = 30
     title = "exact duplicates"
     doc = ("Byte-identical files (SHA-256 of the content) filed twice: under two identities (one photo, two "
            "labels: fails) or twice in one folder (weights that face double: in_folder severity). For folders "
@@ -141,7 +149,7 @@ class ExactDuplicates(Check):
 
     def run(self, data: CheckData, settings: CheckSettings) -> list[Issue]:
         entries, backed = self._files(data)
-        groups = _same_content(entries, _digest)
+        groups: list[Sequence[Entry]] = list(_same_content(entries, _digest))
         n_file_groups = len(groups)
         if settings["vectors"]:
             groups += self._vector_groups(data, backed)
@@ -175,7 +183,7 @@ class ExactDuplicates(Check):
         }
         return kept
 
-    def _files(self, data: CheckData) -> tuple[list[tuple], "np.ndarray"]:
+    def _files(self, data: CheckData) -> tuple[list[FileEntry], "np.ndarray"]:
         """(identity, file, path, size, inode) of every file on disk; and which rows of the table
         such a file backs.
 
@@ -194,7 +202,7 @@ class ExactDuplicates(Check):
         bounds = np.searchsorted(owner[order], np.arange(len(table.identities) + 1))
         in_order = bool(np.array_equal(order, np.arange(len(order))))
         backed = np.zeros(len(owner), bool)
-        entries: list[tuple] = []
+        entries: list[FileEntry] = []
         for idx, ident in enumerate(table.identities):
             if ident.fatal:
                 continue
@@ -207,7 +215,7 @@ class ExactDuplicates(Check):
             listed = sorted({p.name for p in scan.images})
             named = _on_disk(names, scan.names)
             found: set[str] = set()
-            inodes: set[tuple] = set()
+            inodes: set[tuple[int, int]] = set()
             for name in listed + [names[k] for k in named]:
                 if name in found:
                     continue
@@ -228,7 +236,7 @@ class ExactDuplicates(Check):
                 backed[rows[[k for k in named if names[k] in found]]] = True
         return entries, backed
 
-    def _vector_groups(self, data: CheckData, backed: "np.ndarray") -> list[list[tuple]]:
+    def _vector_groups(self, data: CheckData, backed: "np.ndarray") -> list[list[VectorEntry]]:
         """Groups (2+) of bit-identical rows among those no file backs. A 64-bit fingerprint of
         each row (the bits as 64-bit words, multiplied by fixed odd weights and summed mod 2^64)
         is computed in blocks of rows in table order; rows whose fingerprints collide are then

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     import numpy as np
+    from numpy.typing import NDArray
 
+    from ..memory import Budget
     from .base import CheckSettings
     from .data import CheckData
 
@@ -40,22 +42,23 @@ BLOCK_BYTES = 16 << 20  # float64 rows centred at a time (4096 at d=512): bounde
 class FolderFit:
     """How well every face fits its own folder, and (lazily) its best other folder."""
 
-    counts: "np.ndarray"  # faces per identity
-    own: "np.ndarray"  # float64 (n,): own(i); nan where the folder has one face
-    folder_mean: "np.ndarray"  # float64 (n_ids,): mean pairwise similarity in the folder; nan below 2 faces
-    sums: "np.ndarray"  # float64 (n_ids, d): sums of centred faces
-    centre: "np.ndarray"  # float64 (d,)
-    _order: "np.ndarray" = None  # rows in folder order (None: the table is in folder order already)
-    _starts: "np.ndarray" = None  # folder k's rows: _order[_starts[k]:_starts[k + 1]]
-    _best: dict = field(default_factory=dict)  # min_other -> _BestOther
-    extra: dict = field(default_factory=dict)
+    counts: NDArray[np.int64]  # faces per identity
+    own: NDArray[np.float64]  # (n,): own(i); nan where the folder has one face
+    folder_mean: NDArray[np.float64]  # (n_ids,): mean pairwise similarity in the folder; nan below 2 faces
+    sums: NDArray[np.float64]  # (n_ids, d): sums of centred faces
+    centre: NDArray[np.float64]  # (d,)
+    _starts: NDArray[np.int64]  # folder k's rows: _order[_starts[k]:_starts[k + 1]]
+    _order: NDArray[np.intp] | None = None  # rows in folder order (None: the table is in folder order already)
+    _best: dict[int, _BestOther] = field(default_factory=dict)  # min_other -> _BestOther
+    extra: dict[str, Any] = field(default_factory=dict)
+    budget: Budget | None = None  # the run's memory budget, checkpointed by the scattered reads
 
-    def distribution(self, min_faces: int = 3) -> "np.ndarray":
+    def distribution(self, min_faces: int = 3) -> NDArray[np.float64]:
         """own(i) of faces in folders of at least `min_faces` (fewer if there are none)."""
         import numpy as np
 
         for m in (min_faces, 2):
-            ok = self.counts[self._owner] >= m
+            ok: NDArray[np.bool_] = self.counts[self._owner] >= m
             if ok.any():
                 return self.own[ok]
         return np.empty(0)
@@ -69,24 +72,25 @@ class FolderFit:
         dist = self.distribution(min_faces)
         return float(np.quantile(dist, quantile)) if dist.size else math.nan
 
-    def centred(self, vectors: "np.ndarray", rows) -> "np.ndarray":
+    def centred(self, vectors: NDArray[Any], rows: NDArray[np.integer[Any]]) -> NDArray[np.float64]:
         """Rows (an index array or a slice) centred and re-normalised, float64: a new array, the
         table is only read."""
         import numpy as np
 
         from ..memory import gather
 
-        x = gather(vectors, rows).astype(np.float64) - self.centre
+        x = gather(vectors, rows, budget=self.budget).astype(np.float64) - self.centre
         norms = np.sqrt(np.einsum("ij,ij->i", x, x))
-        return x / np.where(norms > 0, norms, 1.0)[:, None]
+        unit: NDArray[np.float64] = x / np.where(norms > 0, norms, 1.0)[:, None]
+        return unit
 
-    def members(self, folder: int):
+    def members(self, folder: int) -> slice | NDArray[np.intp]:
         """The rows of `folder`: a slice when the table is in folder order, else an index array."""
         lo, hi = int(self._starts[folder]), int(self._starts[folder + 1])
         return slice(lo, hi) if self._order is None else self._order[lo:hi]
 
-    def best_other(self, data: CheckData, rows: "np.ndarray", min_other: int = 2, floor=None
-                   ) -> tuple["np.ndarray", "np.ndarray"]:
+    def best_other(self, data: CheckData, rows: NDArray[np.integer[Any]], min_other: int = 2,
+                   floor: float | NDArray[np.float64] | None = None) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
         """The best other folder of each face in `rows` (-1 if none) and the face's mean similarity
         to it (float64), among folders of at least `min_other` faces. Exact: every folder's mean
         vector is scored (blocked float32 GEMM), and the folders within float32 error of the best
@@ -97,10 +101,9 @@ class FolderFit:
         on the first dimensions, by their partial score plus a bound on the rest."""
         import numpy as np
 
-        rows = np.asarray(rows, dtype=np.int64)
         if min_other not in self._best:
             self._best[min_other] = _BestOther(self, min_other)
-        return self._best[min_other].get(data.table.vectors, rows, floor)
+        return self._best[min_other].get(data.table.vectors, np.asarray(rows, dtype=np.int64), floor)
 
     def best_face(self, data: CheckData, row: int, folder: int) -> tuple[int, float]:
         """The face of `folder` most similar to face `row` (centred cosine)."""
@@ -112,8 +115,9 @@ class FolderFit:
         return int(members[k]), float(sims[k])
 
     @property
-    def _owner(self) -> "np.ndarray":
-        return self.extra["owner"]
+    def _owner(self) -> NDArray[np.int64]:
+        owner: NDArray[np.int64] = self.extra["owner"]
+        return owner
 
 
 # Error bound of a face-to-mean score computed in float32 in the rotated basis (|x|, |mean| <= 1,
@@ -166,9 +170,10 @@ class _BestOther:
         self.sim = np.full(n, np.nan)
         self.exact = np.zeros(n, bool)  # the best folder is known: (other, sim)
         self.below = np.full(n, np.inf)  # the best folder is known to score below this
-        self._kept: dict[int, tuple] = {}  # stage -> (share of scores kept by recent bounds, [blocks skipped])
+        self._kept: dict[int, tuple[list[float], list[int]]] = {}  # stage -> (share of scores kept by recent bounds, [blocks skipped])
 
-    def get(self, vectors, rows, floor):
+    def get(self, vectors: NDArray[Any], rows: NDArray[np.int64], floor: float | NDArray[np.float64] | None
+            ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
         import numpy as np
 
         want = np.full(rows.size, -np.inf) if floor is None else np.broadcast_to(
@@ -186,7 +191,7 @@ class _BestOther:
         other[low], sim[low] = -1, np.nan
         return other, sim
 
-    def _compute(self, vectors, rows, floor):
+    def _compute(self, vectors: NDArray[Any], rows: NDArray[np.int64], floor: NDArray[np.float64]) -> None:
         import numpy as np
 
         if not len(self.ids):
@@ -211,7 +216,7 @@ class _BestOther:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="misfiled") as pool:
             list(pool.map(lambda b: self._block(vectors, rows[b], floor[b]), blocks))
 
-    def _block(self, vectors, rows, floor):
+    def _block(self, vectors: NDArray[Any], rows: NDArray[np.int64], floor: NDArray[np.float64]) -> None:
         """The best other folder of each of `rows`, over the candidate folders in tiles of
         columns: a tile's means are read once for all the block's rows (one block of a few rows
         against 100,000 means read 200 MB of means per block: memory-bound, 2.5x slower at 5M)."""
@@ -243,7 +248,9 @@ class _BestOther:
         else:
             self.exact[rows] = True  # a row with no candidate has no other folder
 
-    def _tile(self, q, qd, own, floor, edges, lo, hi):
+    def _tile(self, q: NDArray[np.float32], qd: NDArray[np.float64], own: NDArray[np.int64],
+              floor: NDArray[np.float64], edges: list[int], lo: int, hi: int
+              ) -> tuple[NDArray[np.intp], NDArray[np.int64], NDArray[np.float64]]:
         """Score the rows against the folder means of columns [lo, hi), stage by stage of
         dimensions: (positions in the rows, folder, float64 score) of each row's best folder
         there, among those that can reach its floor. After each stage a folder stays only where
@@ -294,6 +301,7 @@ class _BestOther:
                 return empty
             live, cols = live[open_rows], cols[open_cols]
         # every dimension scored: the folders within float32 error of each row's best, in float64
+        assert scores is not None  # the last of `edges` is d: its stage scores
         top = scores.max(axis=1)
         r, c = nonzero((scores >= (top - 2 * SCORE_TOL)[:, None]) & (scores > -np.inf))
         if not r.size:
@@ -332,20 +340,22 @@ class _BestOther:
         del recent[:-RETRY]
 
     @staticmethod
-    def _rest(rest_q) -> "np.ndarray":
+    def _rest(rest_q: NDArray[np.float32]) -> NDArray[np.float32]:
         """|rest of each face| (float32, rounded up)."""
         import numpy as np
 
-        return (np.sqrt(np.einsum("ij,ij->i", rest_q, rest_q, dtype=np.float64)) * (1 + SCORE_TOL)).astype(np.float32)
+        norms: NDArray[np.float64] = np.sqrt(np.einsum("ij,ij->i", rest_q, rest_q, dtype=np.float64))
+        return (norms * (1 + SCORE_TOL)).astype(np.float32)
 
     @staticmethod
-    def _need(floor) -> "np.ndarray":
+    def _need(floor: NDArray[np.float64]) -> NDArray[np.float32]:
         """The least bound that can still reach each floor (float32, rounded down)."""
         import numpy as np
 
         return (floor - SCORE_TOL).astype(np.float32)
 
-    def _reach(self, scores, rest_q, floor, tails):
+    def _reach(self, scores: NDArray[np.float32], rest_q: NDArray[np.float32], floor: NDArray[np.float64],
+               tails: NDArray[np.float32]) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
         """The rows and the folders (columns) of `scores` for which some (row, folder) can still
         reach the row's floor: partial score + |rest of the face| |rest of the mean| >= floor."""
         import numpy as np
@@ -353,11 +363,12 @@ class _BestOther:
         reach = np.multiply.outer(self._rest(rest_q), tails)
         reach += scores
         left = reach >= self._need(floor)[:, None]
-        open_rows = left.any(axis=1)
-        return open_rows, left[open_rows].any(axis=0)
+        # (numpy's stubs allow a scalar for any(axis=); over one axis of a 2-d array it is 1-d)
+        open_rows = cast("NDArray[np.bool_]", left.any(axis=1))
+        return open_rows, cast("NDArray[np.bool_]", left[open_rows].any(axis=0))
 
 
-def folder_means(data: CheckData) -> "np.ndarray":
+def folder_means(data: CheckData) -> NDArray[np.float64]:
     """Unit mean vector of every identity after centring (zero rows for empty identities): the
     folder sums of the run's one fit, normalised; shared by misfiled, consistency, names and the
     merge ranking."""
@@ -368,7 +379,8 @@ def folder_means(data: CheckData) -> "np.ndarray":
             sums = folder_fit(data).sums
             norms = np.sqrt(np.einsum("ij,ij->i", sums, sums))
             data.cache["folder_means"] = sums / np.where(norms > 0, norms, 1.0)[:, None]
-        return data.cache["folder_means"]
+        means: NDArray[np.float64] = data.cache["folder_means"]
+        return means
 
 
 def folder_fit(data: CheckData) -> FolderFit:
@@ -382,11 +394,14 @@ def folder_fit(data: CheckData) -> FolderFit:
     with data.lock:
         if "folder_fit" not in data.cache:
             data.cache["folder_fit"] = _folder_fit(data)
-        return data.cache["folder_fit"]
+        fit: FolderFit = data.cache["folder_fit"]
+        return fit
 
 
 def _folder_fit(data: CheckData) -> FolderFit:
     import numpy as np
+
+    from ..context import budget_of
 
     t = data.table
     x = t.vectors
@@ -396,8 +411,8 @@ def _folder_fit(data: CheckData) -> FolderFit:
     counts = np.bincount(owner, minlength=n_ids).astype(np.int64) if len(owner) else np.zeros(n_ids, np.int64)
     centre = x.mean(axis=0, dtype=np.float64) if len(x) else np.zeros(d)
     fit = FolderFit(counts=counts, own=np.full(len(x), np.nan), folder_mean=np.full(n_ids, np.nan),
-                    sums=np.zeros((n_ids, d)), centre=centre, extra={"owner": owner})
-    fit._starts = np.concatenate([[0], np.cumsum(counts)])
+                    sums=np.zeros((n_ids, d)), centre=centre, _starts=np.concatenate([[0], np.cumsum(counts)]),
+                    extra={"owner": owner}, budget=budget_of(data.context))
     if len(owner) and (owner[1:] < owner[:-1]).any():
         fit._order = np.argsort(owner, kind="stable")
     rows_per_block = max(1, BLOCK_BYTES // (8 * max(d, 1)))
@@ -418,7 +433,7 @@ def _folder_fit(data: CheckData) -> FolderFit:
         elif hi > lo:
             rows = slice(lo, hi) if fit._order is None else fit._order[lo:hi]
             xb, w = _weighted(fit, x, rows)
-            release_rows(x, rows)
+            release_rows(x, rows, budget=fit.budget)
             dot = np.empty(hi - lo)
             for k in np.flatnonzero(counts[first:last]).tolist():
                 a, b = int(fit._starts[first + k]) - lo, int(fit._starts[first + k + 1]) - lo
@@ -433,7 +448,8 @@ def _folder_fit(data: CheckData) -> FolderFit:
     return fit
 
 
-def _weighted(fit: FolderFit, x, rows) -> tuple["np.ndarray", "np.ndarray"]:
+def _weighted(fit: FolderFit, x: NDArray[Any], rows: slice | NDArray[np.intp]
+              ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """The rows in float64 and w = 1 / |row - centre| (1 where that is 0, as `centred` does)."""
     import numpy as np
 
@@ -443,12 +459,13 @@ def _weighted(fit: FolderFit, x, rows) -> tuple["np.ndarray", "np.ndarray"]:
     return xb, 1.0 / np.where(norms > 0, norms, 1.0)
 
 
-def _dots(fit: FolderFit, xb, w, folder_sum) -> "np.ndarray":
+def _dots(fit: FolderFit, xb: NDArray[np.float64], w: NDArray[np.float64], folder_sum: NDArray[np.float64]
+          ) -> NDArray[np.float64]:
     """Each centred face's dot product with its folder's sum."""
     return w * (xb @ folder_sum - fit.centre @ folder_sum)
 
 
-def _score_own(fit: FolderFit, rows, dot, n) -> None:
+def _score_own(fit: FolderFit, rows: slice | NDArray[np.intp], dot: NDArray[np.float64], n: NDArray[np.int64]) -> None:
     """own(i) from each face's dot product with its folder's sum (itself included) and the sizes."""
     import numpy as np
 
@@ -456,7 +473,7 @@ def _score_own(fit: FolderFit, rows, dot, n) -> None:
         fit.own[rows] = np.where(n > 1, (dot - 1.0) / (n - 1), np.nan)
 
 
-def _big_folder(fit: FolderFit, x, folder: int, rows_per_block: int) -> None:
+def _big_folder(fit: FolderFit, x: NDArray[Any], folder: int, rows_per_block: int) -> None:
     import numpy as np
 
     members = np.arange(len(fit.own))[fit.members(folder)]
@@ -472,7 +489,7 @@ def _big_folder(fit: FolderFit, x, folder: int, rows_per_block: int) -> None:
         _score_own(fit, rows, _dots(fit, xb, w, total), np.full(rows.size, n))
 
 
-def outlier_rows(fit: FolderFit, settings: CheckSettings):
+def outlier_rows(fit: FolderFit, settings: CheckSettings) -> NDArray[np.intp]:
     """The faces judged as outliers by consistency: far below the own-folder distribution, in
     folders large enough to tell (each needs its best other folder exactly)."""
     import numpy as np

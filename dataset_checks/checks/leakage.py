@@ -19,16 +19,21 @@ from __future__ import annotations
 
 from html import escape
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from ..arrays import nonzero
+from ..backends import RADIUS_MARGIN  # the search's own float32 margin
 from . import register
 from .base import Check, CheckSettings, Issue, Param
 from .data import CheckData
-from ..discover import display_name, why_no_identities
+from ..discover import Identity, display_name, why_no_identities
 from ..text import own_text
 from ..problems import MAX_PROBLEMS, SHOWN, Problem, few
+
+if TYPE_CHECKING:
+    from ..vectors import VectorTable
 
 # The cross-dataset search bounds: score cells per BLAS product and pairs kept in total. A run
 # over the cap is an error of the check (its tests fail saying so), never an unbounded list.
@@ -57,7 +62,7 @@ class AgainstDatasetError(RuntimeError):
     its family), as test_dataset fails for this dataset."""
 
 
-def lost_folders(identities: list, table) -> list[Problem]:
+def lost_folders(identities: list[Identity], table: VectorTable | None) -> list[Problem]:
     """The folders of another dataset that gave no vectors to `table`, each by its first fatal
     problem (a dangling link, a symbolic link loop, no permission, another model, no embeddings)."""
     out = []
@@ -79,8 +84,8 @@ def _listed(lost: list[Problem]) -> str:
             + "; ".join(str(p) for p in lost[:SHOWN]) + more)
 
 
-def judge_against(root: Path, identities: list, table, key: str | None, dim: int,
-                  other_model=None) -> tuple[str | None, list[Problem]]:
+def judge_against(root: Path, identities: list[Identity], table: VectorTable | None, key: str | None, dim: int,
+                  other_model: Callable[[], VectorTable | None] | None = None) -> tuple[str | None, list[Problem]]:
     """Whether another dataset can be checked for leakage, by the rule test_dataset applies to this
     one, and more strictly: (why not, or None; the folders that gave no vectors).
 
@@ -119,8 +124,6 @@ def cross_pairs(queries: np.ndarray, base: np.ndarray, threshold: float,
     re-scored in float64 like search.pair_similarity, so the answer is brute force's. Both tables
     are only read, in blocks (either may be a memmap larger than memory): memory is one base
     block's index, one query block's results and the pairs kept."""
-    from ..search import RADIUS_MARGIN
-
     empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
     if not len(queries) or not len(base) or queries.shape[1] != base.shape[1]:
         return empty
@@ -155,7 +158,7 @@ def cross_pairs(queries: np.ndarray, base: np.ndarray, threshold: float,
     return i[order], j[order], sim[order]
 
 
-def _dot(q, b, qi, nb, block: int = 1024) -> np.ndarray:
+def _dot(q: np.ndarray, b: np.ndarray, qi: np.ndarray, nb: np.ndarray, block: int = 1024) -> np.ndarray:
     # search.pair_similarity gathers both rows from one table; here they come from two
     out = np.empty(len(qi), dtype=np.float64)
     for s in range(0, len(qi), block):
@@ -181,7 +184,7 @@ def centred_means(vectors: np.ndarray, owner: np.ndarray, n: int, centre: np.nda
 
 
 def null_level(a: np.ndarray, b: np.ndarray, sigmas: float, floor: float,
-               sample: int = NULL_SAMPLE, seed: int = NULL_SEED) -> tuple[float, dict]:
+               sample: int = NULL_SAMPLE, seed: int = NULL_SEED) -> tuple[float, dict[str, Any]]:
     """The folder-mean cosine above which two folders are taken for one person.
 
     Almost every (this folder, other folder) pair is two different people, even when the
@@ -222,6 +225,7 @@ def mean_pairs(a: np.ndarray, b: np.ndarray, level: float) -> tuple[np.ndarray, 
 @register
 class Leakage(Check):
     name = "leakage"
+    order = 60
     title = "leakage into another dataset"
     doc = ("A face of this folder that is also in another dataset (rules against:, --against: a benchmark, a "
            "validation or test split): a face pair across the datasets at or above the threshold fails the "
@@ -241,7 +245,7 @@ class Leakage(Check):
     }
 
     def __init__(self) -> None:
-        self._summary: dict = {}
+        self._summary: dict[str, Any] = {}
         self._notes: list[str] = []  # folders of the other datasets that gave no vectors
         self._lost: set[str] = set()  # those folders as `<dataset>/<folder>`
 
@@ -264,6 +268,7 @@ class Leakage(Check):
             means_a = centred_means(t.vectors, t.identity_of, len(own), centre)
         for name, other in zip(names, data.against):
             o = other.table
+            assert o is not None  # a dataset without a table is unusable (judge_against), refused above
             fi, fj, fs = cross_pairs(t.vectors, o.vectors, data.threshold)
             theirs = [i.name for i in o.identities]
             for a, b, s in zip(fi.tolist(), fj.tolist(), fs.tolist()):
@@ -302,7 +307,7 @@ class Leakage(Check):
         return (key[2].rpartition("/")[0] in {d["name"] for d in self._summary.get("against", [])}
                 and key[2] not in self._lost)  # a folder that gave no vectors was not evaluated either
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         return self._summary
 
     def notes(self) -> list[str]:

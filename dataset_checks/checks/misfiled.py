@@ -23,6 +23,7 @@ from .folder_fit import FolderFit, folder_fit, outlier_rows  # noqa: F401  (Fold
 @register
 class Misfiled(Check):
     name = "misfiled"
+    order = 10
     lane = "folder_fit"  # shares FolderFit and its best-other state with consistency
     title = "misfiled faces"
     doc = ("A face far from the rest of its own folder but as close to another folder as that "

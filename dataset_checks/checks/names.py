@@ -43,6 +43,7 @@ from itertools import combinations
 from typing import Any, Iterable
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..discover import display_name
 from . import register
@@ -198,18 +199,21 @@ def near_pairs(keys: list[str], max_edits: int, max_ratio: float, min_length: in
         prefix[:, 1:] = np.cumsum(codes[:, :L].astype(np.uint64) * powers[:L], axis=1, dtype=np.uint64)
         rows = np.arange(ids.size)
 
-        def sub_hash(r, q, n, seg_len, seg_no):
-            h = (prefix[r, q + n] - prefix[r, q]) * inv[q]
-            return h * np.uint64(_MIX[0]) + seg_len.astype(np.uint64) * np.uint64(_MIX[1]) \
+        def sub_hash(r: np.ndarray, q: np.ndarray, n: np.ndarray, seg_len: np.ndarray,
+                     seg_no: np.ndarray) -> NDArray[np.uint64]:
+            h: NDArray[np.uint64] = (prefix[r, q + n] - prefix[r, q]) * inv[q]
+            mixed: NDArray[np.uint64] = h * np.uint64(_MIX[0]) + seg_len.astype(np.uint64) * np.uint64(_MIX[1]) \
                 + seg_no.astype(np.uint64) * np.uint64(_MIX[2])
+            return mixed
 
-        idx_h, idx_r = [], []
+        parts_h: list[np.ndarray] = []
+        parts_r: list[np.ndarray] = []
         for i in range(K + 1):
             start, n, ok = _segment_table(lens, K, i)
             r = rows[ok]
-            idx_h.append(sub_hash(r, start[ok], n[ok], lens[ok] * (L + 1) + n[ok], np.full(r.size, i)))
-            idx_r.append(r)
-        idx_h, idx_r = np.concatenate(idx_h), np.concatenate(idx_r)
+            parts_h.append(sub_hash(r, start[ok], n[ok], lens[ok] * (L + 1) + n[ok], np.full(r.size, i)))
+            parts_r.append(r)
+        idx_h, idx_r = np.concatenate(parts_h), np.concatenate(parts_r)
         order = np.argsort(idx_h, kind="stable")
         idx_h, idx_r = idx_h[order], idx_r[order]
         k_of = np.minimum(K, np.floor(max_ratio * lens + 1e-9).astype(np.int64))
@@ -397,6 +401,7 @@ def between_folder_level(means: np.ndarray, quantile: float, k: int, exclude: It
 @register
 class Names(Check):
     name = "names"
+    order = 50
     title = "one name, two folders"
     doc = ("Two folders whose names are one name: equal after folding case, width, punctuation and "
            "variant characters, the same parts in another order, one name's parts inside the other's, "
@@ -446,8 +451,8 @@ class Names(Check):
             means, settings["face_quantile"], CSLS_K, matched_rows)
         r = np.zeros(len(means))
         r[sample] = r_sample
-        involved = {row[names[x]] for pair in found for x in pair if names[x] in row}
-        involved = np.array(sorted(n for n in involved if has_faces[n]), dtype=np.int64)
+        in_pairs = {row[names[x]] for pair in found for x in pair if names[x] in row}
+        involved = np.array(sorted(n for n in in_pairs if has_faces[n]), dtype=np.int64)
         r[involved] = crowding(means, involved, CSLS_K)
         keys = {n: "".join(name_parts(x, settings["itaiji"], settings["camel_case"])) for n, x in enumerate(names)}
         issues = []

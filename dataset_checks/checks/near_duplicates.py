@@ -17,12 +17,21 @@ at 20,000 folders.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence, TypeAlias
 
 from . import register
 from .base import Check, CheckSettings, Issue, Param
 from .data import CheckData
 from ..discover import display_name
+
+if TYPE_CHECKING:  # annotations only; numpy is imported where used
+    import numpy as np
+    from numpy.typing import NDArray
+
+    from ..memory import Budget
+
+# folder_pairs' result: (a, b, sim) of the kept pairs, the number of pairs, each row's partners
+FolderPairs: TypeAlias = "tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64], int, NDArray[np.int64]]"
 
 BLOCK_CELLS = 1 << 22  # similarities held at once (16 MiB of float32)
 HASH_BLOCK_BYTES = 8 << 20  # rows fingerprinted / compared at once (identical_rows)
@@ -42,16 +51,16 @@ def auto_threshold(key: str | None, centred: bool) -> float:
     return AUTO.get((key or "", bool(centred)), AUTO_OTHER)
 
 
-def identical_rows(x, block_bytes: int = HASH_BLOCK_BYTES):
+def identical_rows(x: NDArray[Any], block_bytes: int = HASH_BLOCK_BYTES, *, budget: Budget | None = None
+                   ) -> tuple[NDArray[np.int64], NDArray[np.intp]]:
     """(first, group) for the rows of `x` (2-d, C-contiguous): `first` the smallest row index of
-    each distinct bit pattern (ascending), `group` (n,) each row's index into `first`.
+    each distinct bit pattern (ascending), `group` (n,) each row's index into `first`. `budget`:
+    the run's memory budget, checkpointed between blocks (None: none).
 
     A 64-bit fingerprint per row (its 32-bit words times fixed odd weights, summed mod 2^64), in
     blocks of rows; rows whose fingerprints collide are then compared bit for bit against the
     first row of their fingerprint, in blocks. O(n log n), memory O(n) indices plus one block."""
     import numpy as np
-
-    from ..memory import checkpoint
 
     n = len(x)
     words = x.view(np.uint32) if x.dtype.itemsize == 4 else x.view(np.uint8)
@@ -61,7 +70,8 @@ def identical_rows(x, block_bytes: int = HASH_BLOCK_BYTES):
     prints = np.empty(n, dtype=np.uint64)
     for s in range(0, n, block):
         prints[s : s + block] = np.einsum("ij,j->i", words[s : s + block].astype(np.uint64), weights)
-        checkpoint()
+        if budget is not None:
+            budget.checkpoint()
     order = np.argsort(prints, kind="stable")  # equal fingerprints: ascending rows
     sp = prints[order]
     del prints
@@ -69,15 +79,16 @@ def identical_rows(x, block_bytes: int = HASH_BLOCK_BYTES):
     label = order[np.maximum.accumulate(np.where(start, np.arange(n), 0))]  # first row of the fingerprint
     del sp, start
     # bit for bit: each row against the first row of its fingerprint
-    differ = []
+    differ_parts: list[NDArray[np.intp]] = []
     for s in range(0, n, block):
         rows = order[s : s + block]
         same = (words[rows] == words[label[s : s + block]]).all(axis=1)
-        differ.append(rows[~same])
-        checkpoint()
+        differ_parts.append(rows[~same])
+        if budget is not None:
+            budget.checkpoint()
     out = np.empty(n, dtype=np.int64)
     out[order] = label
-    differ = np.sort(np.concatenate(differ))
+    differ = np.sort(np.concatenate(differ_parts))
     if differ.size:  # fingerprint collisions of different rows (rare): grouped by their bytes
         seen: dict[bytes, int] = {}
         for r in differ.tolist():
@@ -86,7 +97,7 @@ def identical_rows(x, block_bytes: int = HASH_BLOCK_BYTES):
     return first, group.reshape(-1)
 
 
-def _first_pairs(p, q, keep: int) -> list[tuple[int, int]]:
+def _first_pairs(p: NDArray[np.intp], q: NDArray[np.intp] | None, keep: int) -> list[tuple[int, int]]:
     """The `keep` smallest pairs (lo, hi), lo < hi, of rows p[i] and q[j] (sorted, disjoint), or
     of two rows of p when q is None, in order."""
     import numpy as np
@@ -95,7 +106,7 @@ def _first_pairs(p, q, keep: int) -> list[tuple[int, int]]:
     u = p if q is None else np.sort(np.concatenate([p, q]))
     from_p = None if q is None else np.isin(u, p)
     for k, v in enumerate(u.tolist()):
-        other = p if q is None else (q if from_p[k] else p)
+        other = p if q is None or from_p is None else (q if from_p[k] else p)
         later = other[np.searchsorted(other, v, side="right") :][: keep - len(out)]
         out.extend((v, int(t)) for t in later.tolist())
         if len(out) >= keep:
@@ -103,7 +114,8 @@ def _first_pairs(p, q, keep: int) -> list[tuple[int, int]]:
     return out
 
 
-def folder_pairs(x, threshold: float, keep: int, block_cells: int = BLOCK_CELLS):
+def folder_pairs(x: NDArray[Any], threshold: float, keep: int, block_cells: int = BLOCK_CELLS, *,
+                 budget: Budget | None = None) -> FolderPairs:
     """Pairs a < b of rows of `x` (unit float32, one folder) with float64 cosine >= threshold.
 
     Returns (a, b, sim) of the `keep` most similar pairs (sim descending, ties by (a, b)), the
@@ -112,14 +124,15 @@ def folder_pairs(x, threshold: float, keep: int, block_cells: int = BLOCK_CELLS)
     Bit-identical rows are compared once: the distinct rows go through the blocked GEMM
     (`_scored_pairs`) weighted by how often each occurs, and a row's copies count as partners
     when its float64 self-similarity reaches the threshold. A folder of 200,000 copies of one
-    vector is one row to compare, not 2e10 pairs; the result is the brute force's."""
+    vector is one row to compare, not 2e10 pairs; the result is the brute force's. `budget`: the
+    run's memory budget (identical_rows checkpoints it)."""
     import numpy as np
 
     n = len(x)
     if n < 2:
         return _scored_pairs(x, threshold, keep, block_cells)
     x = np.ascontiguousarray(x, dtype=np.float32)
-    first, group = identical_rows(x)
+    first, group = identical_rows(x, budget=budget)
     if first.size == n:
         return _scored_pairs(x, threshold, keep, block_cells)
     w = np.bincount(group, minlength=first.size).astype(np.int64)
@@ -139,22 +152,25 @@ def folder_pairs(x, threshold: float, keep: int, block_cells: int = BLOCK_CELLS)
     # smallest row pair): a group pair outside those has `keep` better row pairs before its best
     second = members[starts[multi] + 1]
     top = np.lexsort((second, first[multi], -self_sim))[:keep]
-    cand = [(float(s), int(i), None) for i, s in zip(multi[top], self_sim[top])]
+    cand: list[tuple[float, int, int | None]] = [(float(s), int(i), None) for i, s in zip(multi[top], self_sim[top])]
     cand += [(float(s), int(i), int(j)) for i, j, s in zip(ra.tolist(), rb.tolist(), rs.tolist())]
-    a, b, sims = [], [], []
+    pa: list[int] = []
+    pb: list[int] = []
+    ps: list[float] = []
     for s, i, j in cand:
         p = members[starts[i] : starts[i] + min(int(w[i]), keep + 1)]
         q = None if j is None else members[starts[j] : starts[j] + min(int(w[j]), keep)]
         for lo, hi in _first_pairs(p, q, keep):
-            a.append(lo)
-            b.append(hi)
-            sims.append(s)
-    a, b, sims = np.asarray(a, np.int64), np.asarray(b, np.int64), np.asarray(sims, np.float64)
+            pa.append(lo)
+            pb.append(hi)
+            ps.append(s)
+    a, b, sims = np.asarray(pa, np.int64), np.asarray(pb, np.int64), np.asarray(ps, np.float64)
     order = np.lexsort((b, a, -sims))[:keep]
     return a[order], b[order], sims[order], total, degree
 
 
-def _scored_pairs(x, threshold: float, keep: int, block_cells: int = BLOCK_CELLS, weights=None):
+def _scored_pairs(x: NDArray[Any], threshold: float, keep: int, block_cells: int = BLOCK_CELLS,
+                  weights: NDArray[np.int64] | None = None) -> FolderPairs:
     """folder_pairs by blocked GEMM over every pair of rows of `x`; with `weights` (each row
     standing for that many identical rows), totals and degrees count the rows stood for, and
     the kept pairs are the `keep` best pairs of rows of `x` by (-sim, a, b)."""
@@ -223,7 +239,8 @@ def _scored_pairs(x, threshold: float, keep: int, block_cells: int = BLOCK_CELLS
     return best_a, best_b, best_s, total, degree
 
 
-def batch_pairs(x, folders: list, threshold: float, keep: int) -> list:
+def batch_pairs(x: NDArray[Any], folders: Sequence[NDArray[np.intp]], threshold: float, keep: int, *,
+                budget: Budget | None = None) -> list[FolderPairs]:
     """folder_pairs for many small folders at once: `folders` holds each folder's rows of `x` (at
     most `SMALL`); returns folder_pairs' (a, b, sim, total, degree) for each. The folders are
     zero-padded to the largest size among them and multiplied as one stack (float32); every
@@ -234,9 +251,9 @@ def batch_pairs(x, folders: list, threshold: float, keep: int) -> list:
 
     sizes = np.array([len(r) for r in folders], dtype=np.int64)
     size = int(sizes.max()) if len(folders) else 0
-    out = []
+    out: list[FolderPairs] = []
     if size < 2:
-        return [folder_pairs(x[rows], threshold, keep) for rows in folders]
+        return [folder_pairs(x[rows], threshold, keep, budget=budget) for rows in folders]
     rows = np.concatenate(folders)
     slot = np.repeat(np.arange(len(folders)), sizes)
     pos = np.arange(rows.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)
@@ -268,13 +285,14 @@ def batch_pairs(x, folders: list, threshold: float, keep: int) -> list:
         lo, hi = int(first[k]), min(int(first[k + 1]), int(first[k]) + keep)
         out.append((a[lo:hi], b[lo:hi], sim[lo:hi], int(totals[k]), degree[k, :n].astype(np.int64)))
     for k in dense.tolist():
-        out[k] = folder_pairs(stack[k, : sizes[k]], threshold, keep)
+        out[k] = folder_pairs(stack[k, : sizes[k]], threshold, keep, budget=budget)
     return out
 
 
 @register
 class NearDuplicates(Check):
     name = "near_duplicates"
+    order = 40
     title = "near-duplicate faces"
     doc = ("Near-identical faces inside one folder (bursts, re-encodes, crops of one photo): pairs of one "
            "folder whose cosine is at or above `threshold` (0: chosen for the model). They over-weight one "
@@ -296,10 +314,15 @@ class NearDuplicates(Check):
     def run(self, data: CheckData, settings: CheckSettings) -> list[Issue]:
         import numpy as np
 
+        from ..context import budget_of
         from ..memory import release_rows
 
         table = data.table
-        threshold = float(settings["threshold"]) or auto_threshold(table.key, data.rules.centre)
+        budget = budget_of(data.context)
+        threshold = float(settings["threshold"])
+        if not threshold:  # 0: auto, for the model and the rules' centring
+            assert data.rules is not None, "near_duplicates' auto threshold reads the rules' centring"
+            threshold = auto_threshold(table.key, data.rules.centre)
         keep = int(settings["max_per_folder"])
         owner = np.asarray(table.identity_of)
         order = np.argsort(owner, kind="stable")
@@ -307,7 +330,7 @@ class NearDuplicates(Check):
         sizes = np.diff(bounds)
         issues: list[Issue] = []
         folders = pairs = 0
-        found_in: dict[int, tuple] = {}  # folder -> folder_pairs' result, for folders with pairs
+        found_in: dict[int, FolderPairs] = {}  # folder -> folder_pairs' result, for folders with pairs
         small = np.flatnonzero((sizes >= 2) & (sizes <= SMALL))
         # small folders by padded size (a multiple of 8), as many per stack as BATCH_BYTES holds
         padded = -(-sizes[small] // 8) * 8
@@ -317,17 +340,17 @@ class NearDuplicates(Check):
             for s in range(0, group.size, per):
                 part = group[s : s + per].tolist()
                 members = [order[bounds[k] : bounds[k + 1]] for k in part]
-                results = batch_pairs(table.vectors, members, threshold, keep)
+                results = batch_pairs(table.vectors, members, threshold, keep, budget=budget)
                 found_in.update((k, r) for k, r in zip(part, results) if r[3])
                 for rows in members:  # a mapped table's rows, given back once read (peak memory)
-                    release_rows(table.vectors, rows)
+                    release_rows(table.vectors, rows, budget=budget)
         for k in np.flatnonzero(sizes > SMALL).tolist():
             rows = order[bounds[k] : bounds[k + 1]]
             lo, hi = int(rows[0]), int(rows[-1]) + 1
             # a folder in table order is one slice (no gather)
             vecs = table.vectors[lo:hi] if hi - lo == rows.size else table.vectors[rows]
-            r = folder_pairs(vecs, threshold, keep)
-            release_rows(table.vectors, rows)
+            r = folder_pairs(vecs, threshold, keep, budget=budget)
+            release_rows(table.vectors, rows, budget=budget)
             if r[3]:
                 found_in[k] = r
         for idx in sorted(found_in):

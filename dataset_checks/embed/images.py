@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..folderscan import IMAGE_EXTENSIONS, is_image_name  # noqa: F401 - public here too
+from ..folderscan import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS, is_image_name as is_image_name  # public here too
 
 MIN_SIDE = 32  # smaller than this cannot hold a face any detector finds (dlib's HOG needs ~80 px)
 MAX_PIXELS = 100_000_000  # larger images are refused instead of decoded (decompression bombs)
@@ -72,7 +72,7 @@ def _to_uint8(arr: np.ndarray, bits_hint: int) -> np.ndarray:
 
 def decode(data: bytes) -> Decoded:
     """Bytes of an image file -> `Decoded`. Never raises for bad data."""
-    from PIL import Image, ImageOps
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     notes: list[str] = []
     try:
@@ -107,7 +107,7 @@ def decode(data: bytes) -> Decoded:
                 arr = np.asarray(img.convert("RGB"))
     except Image.DecompressionBombError as exc:
         return Decoded(None, f"refused: {exc}")
-    except Image.UnidentifiedImageError:
+    except UnidentifiedImageError:
         return Decoded(None, "unreadable: not a recognised image format (corrupt or not an image)")
     except Exception as exc:  # Pillow raises many types for bad data (OSError, SyntaxError, ...)
         text = str(exc) or type(exc).__name__

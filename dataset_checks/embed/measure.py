@@ -18,14 +18,31 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, TypedDict
 
 import numpy as np
+from numpy.typing import NDArray
 
 BINS = np.linspace(-1.0, 1.0, 20001)  # 1e-4 wide
 
 
-def _load(root: Path, key: str):
-    vecs, owner = [], []
+class _Reach(TypedDict):
+    different_at_or_above: int
+    same_at_or_above_share: float
+
+
+class _Summary(TypedDict):
+    same_pairs: int
+    different_pairs: int
+    same: dict[str, float]
+    different: dict[str, float]
+    max_different: float
+    thresholds: dict[str, _Reach]
+
+
+def _load(root: Path, key: str) -> tuple[NDArray[np.float64], NDArray[np.int32]]:
+    vecs: list[NDArray[Any]] = []
+    owner: list[NDArray[np.int32]] = []
     for k, folder in enumerate(sorted(p for p in root.iterdir() if p.is_dir())):
         f = folder / "npKnown.npz"
         if not f.is_file():
@@ -38,11 +55,13 @@ def _load(root: Path, key: str):
     return np.concatenate(vecs).astype(np.float64), np.concatenate(owner)
 
 
-def _unit(x):
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+def _unit(x: NDArray[np.float64]) -> NDArray[np.float64]:
+    out: NDArray[np.float64] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
 
 
-def _hists(x: np.ndarray, owner: np.ndarray, block: int = 2048):
+def _hists(x: NDArray[np.float64], owner: NDArray[np.int32], block: int = 2048
+           ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     same = np.zeros(len(BINS) - 1, dtype=np.int64)
     diff = np.zeros(len(BINS) - 1, dtype=np.int64)
     x32 = x.astype(np.float32)
@@ -58,19 +77,19 @@ def _hists(x: np.ndarray, owner: np.ndarray, block: int = 2048):
     return same, diff
 
 
-def _quantile(h, q):
+def _quantile(h: NDArray[np.int64], q: float) -> float:
     c = np.cumsum(h)
     i = int(np.searchsorted(c, q * c[-1]))
     return float(BINS[min(i + 1, len(BINS) - 1)])
 
 
-def _mean(h):
+def _mean(h: NDArray[np.int64]) -> float:
     mid = (BINS[:-1] + BINS[1:]) / 2
     return float((h * mid).sum() / h.sum())
 
 
-def _summary(same, diff):
-    out = {
+def _summary(same: NDArray[np.int64], diff: NDArray[np.int64]) -> _Summary:
+    out: _Summary = {
         "same_pairs": int(same.sum()), "different_pairs": int(diff.sum()),
         "same": {"mean": _mean(same), **{f"p{q}": _quantile(same, q / 100) for q in (1, 5, 50, 95)}},
         "different": {"mean": _mean(diff), **{f"p{q}": _quantile(diff, q / 100) for q in (50, 99, 99.9, 99.99)}},
@@ -86,21 +105,21 @@ def _summary(same, diff):
     return out
 
 
-def similarity(root: Path, key: str = "dlib") -> dict:
+def similarity(root: Path, key: str = "dlib") -> dict[str, int | _Summary]:
     x, owner = _load(root, key)
     raw = _unit(x)
     centred = _unit(raw - raw.mean(axis=0))
-    res = {"faces": int(len(x)), "identities": int(len(np.unique(owner)))}
+    res: dict[str, int | _Summary] = {"faces": int(len(x)), "identities": int(len(np.unique(owner)))}
     for name, v in (("raw", raw), ("centred", centred)):
         res[name] = _summary(*_hists(v, owner))
     return res
 
 
-def throughput(root: Path, n: int, workers: int | None) -> dict:
+def throughput(root: Path, n: int, workers: int | None) -> dict[str, int | float | None]:
     from . import embed_images, get_embedder
     from .images import list_images
 
-    paths = []
+    paths: list[Path] = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         paths += list_images(folder)
         if len(paths) >= n:
@@ -118,7 +137,7 @@ def throughput(root: Path, n: int, workers: int | None) -> dict:
             "images_per_second": round(len(paths) / cold, 2), "cached_rerun_seconds": round(warm, 3)}
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dataset_checks.embed.measure")
     sub = ap.add_subparsers(dest="what", required=True)
     s = sub.add_parser("similarity")

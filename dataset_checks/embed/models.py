@@ -26,8 +26,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from numpy.typing import NDArray
 
 BUILTIN = "dlib"
+# What an embedder is called with (a batch of HxWx3 uint8 RGB images); its result is
+# anything split_results takes (see the module doc)
+Embedder = Callable[[list[NDArray[np.uint8]]], Any]
 DLIB_MODEL_FILES = ("shape_predictor_5_face_landmarks.dat", "dlib_face_recognition_resnet_model_v1.dat")
 # Thresholds for `threshold: auto`, measured on LFW (see docs/embeddings.md).
 DEFAULT_THRESHOLDS = {BUILTIN: {"raw": 0.95, "centred": 0.75}}
@@ -122,20 +126,21 @@ class DlibEmbedder:
         self.net = dlib.face_recognition_model_v1(str(folder / DLIB_MODEL_FILES[1]))
         self._rect = dlib.rectangle
 
-    def _detect(self, image: np.ndarray):
+    def _detect(self, image: NDArray[np.uint8]) -> list[Any]:  # dlib rectangles (dlib is untyped)
         h, w = image.shape[:2]
         scale = max(h, w) / DETECT_MAX_SIDE
         if scale <= 1:
             return list(self.detector(image, 0))
         from PIL import Image
 
-        small = np.asarray(Image.fromarray(image).resize((round(w / scale), round(h / scale)), Image.BILINEAR))
+        small = np.asarray(Image.fromarray(image).resize((round(w / scale), round(h / scale)),
+                                                                 Image.Resampling.BILINEAR))
         return [
             self._rect(int(r.left() * scale), int(r.top() * scale), int(r.right() * scale), int(r.bottom() * scale))
             for r in self.detector(small, 0)
         ]
 
-    def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
+    def __call__(self, images: list[NDArray[np.uint8]]) -> list[NDArray[np.float32]]:
         out = []
         for image in images:
             faces = self._detect(image)
@@ -157,7 +162,7 @@ class DlibEmbedder:
 # -- resolving ------------------------------------------------------------------------------
 
 
-def _import_callable(spec: str) -> Callable:
+def _import_callable(spec: str) -> Embedder:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise EmbedderUnavailable(f"embedder {spec!r}: expected 'dlib' or 'package.module:callable'")
@@ -172,7 +177,8 @@ def _import_callable(spec: str) -> Callable:
             raise EmbedderUnavailable(f"embedder {spec!r}: {module_name} has no attribute {attr!r}")
     if not callable(obj):
         raise EmbedderUnavailable(f"embedder {spec!r}: {attr} is not callable")
-    return obj
+    fn: Embedder = obj
+    return fn
 
 
 def get_embedder(spec: str) -> EmbedderInfo:
@@ -198,17 +204,17 @@ def get_embedder(spec: str) -> EmbedderInfo:
     )
 
 
-_LOADED: dict[str, Callable] = {}
+_LOADED: dict[str, Embedder] = {}
 
 
-def load_model(spec: str) -> Callable[[list[np.ndarray]], Any]:
+def load_model(spec: str) -> Embedder:
     """The callable itself (the model loaded), once per process."""
     if spec not in _LOADED:
         _LOADED[spec] = DlibEmbedder() if spec == BUILTIN else _import_callable(spec)
     return _LOADED[spec]
 
 
-def split_results(result: Any, n: int) -> list[tuple[np.ndarray | None, int]]:
+def split_results(result: Any, n: int) -> list[tuple[NDArray[np.float32] | None, int]]:
     """An embedder's return value -> per image (vector of the used face or None, faces found)."""
     if isinstance(result, np.ndarray) and result.ndim == 2:
         items = [result[i] for i in range(result.shape[0])]
@@ -216,7 +222,7 @@ def split_results(result: Any, n: int) -> list[tuple[np.ndarray | None, int]]:
         items = list(result)
     if len(items) != n:
         raise ValueError(f"embedder returned {len(items)} results for {n} images")
-    out = []
+    out: list[tuple[NDArray[np.float32] | None, int]] = []
     for item in items:
         if item is None:
             out.append((None, 0))

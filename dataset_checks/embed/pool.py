@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+from numpy.typing import NDArray
 
 from .cache import Cache, Entry, file_hash
 from .images import decode
@@ -32,7 +35,7 @@ class EmbedStats:
     workers: int = 0
     seconds: float = 0.0
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, int | float]:
         return {
             "images": self.images, "unique": self.unique, "cached": self.cached, "embedded": self.embedded,
             "corrupt_cache_entries": len(self.corrupt_cache), "workers": self.workers,
@@ -50,13 +53,15 @@ def embed_batch(spec: str, items: list[tuple[str, bytes]]) -> list[tuple[str, En
             results[digest] = Entry(None, -1, d.error, d.notes)
     if usable:
         model = load_model(spec)
+        arrays = [d.array for _, d in usable if d.array is not None]  # every one (usable's test)
+        outs: list[tuple[NDArray[np.float32] | None, int] | Exception]
         try:
-            outs = split_results(model([d.array for _, d in usable]), len(usable))
+            outs = list(split_results(model(arrays), len(usable)))
         except Exception:  # the model failed on this batch: one image at a time finds the culprit
             outs = []
-            for _, d in usable:
+            for array in arrays:
                 try:
-                    outs.append(split_results(model([d.array]), 1)[0])
+                    outs.append(split_results(model([array]), 1)[0])
                 except Exception as exc:
                     outs.append(exc)
         for (digest, d), out in zip(usable, outs):
@@ -85,7 +90,7 @@ def embed_images(
     embedder: EmbedderInfo,
     cache_dir: Path,
     workers: int | None = None,
-    progress: Callable | None = None,
+    progress: Callable[..., Any] | None = None,  # tqdm-style: progress(total=, desc=, unit=) -> bar
     refresh: bool = False,
 ) -> tuple[dict[Path, Entry], EmbedStats]:
     """Every image's `Entry`, from the cache or freshly embedded (and then cached). `refresh`
@@ -125,8 +130,8 @@ def embed_images(
         bar = progress(total=len(todo), desc=f"embedding ({embedder.name})", unit="img") if progress else None
         items = _read(todo)
 
-        def batches():
-            chunk = []
+        def batches() -> Iterator[list[tuple[str, bytes]]]:
+            chunk: list[tuple[str, bytes]] = []
             for item in items:
                 chunk.append(item)
                 if len(chunk) == batch:
@@ -135,7 +140,7 @@ def embed_images(
             if chunk:
                 yield chunk
 
-        def take(result):
+        def take(result: list[tuple[str, Entry]]) -> None:
             for digest, entry in result:
                 done[digest] = entry
                 try:
@@ -155,7 +160,7 @@ def embed_images(
                 ctx = multiprocessing.get_context("spawn")
                 with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_init_worker,
                                          initargs=(embedder.spec,)) as pool:
-                    pending = set()
+                    pending: set[Future[list[tuple[str, Entry]]]] = set()
                     source = batches()
                     for chunk in source:
                         pending.add(pool.submit(embed_batch, embedder.spec, chunk))

@@ -11,6 +11,11 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..rules import EngineRules
+    from .ray_engine import RayEngine
 
 RAY_INSTALL = 'pip install "dataset-checks[ray]"'
 
@@ -26,7 +31,7 @@ def ray_missing() -> str | None:
     return None
 
 
-def make_engine(rules, cache_dir: Path | None = None):
+def make_engine(rules: EngineRules | None, cache_dir: Path | None = None) -> RayEngine | None:
     """The engine for `Rules.engine` (an `EngineRules`): None for `local`, else an object whose
     `candidates(built, collector, vectors, x, progress)` runs the candidates stage. Checkpoints go
     to `cache_dir/ranges` (none without a cache folder)."""

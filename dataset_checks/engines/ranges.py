@@ -38,9 +38,14 @@ import time
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, TypedDict, cast
 
 import numpy as np
+from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from ..backends import BuiltIndex
+    from ..search import _Collector
 
 FORMAT = 1  # checkpoint files and run digests; bump when their meaning changes
 KEEP_RUNS = 4  # run folders kept under <cache>/ranges (the newest; older ones are removed)
@@ -82,7 +87,11 @@ class TableFile:
     rows: int
     dim: int
     sample: str  # sha256 of SAMPLE_ROWS evenly spaced rows
-    identity: tuple  # (size, mtime_ns, inode) on the driver's machine
+    identity: tuple[int, int, int]  # (size, mtime_ns, inode) on the driver's machine
+
+
+# what a worker scans: the table's file, or the array itself (shipped through the executor)
+Table = TableFile | np.ndarray
 
 
 def _sample_digest(x: np.ndarray) -> str:
@@ -109,7 +118,7 @@ def table_file(vectors: np.ndarray, x: np.ndarray) -> TableFile | None:
     return TableFile(str(Path(name).resolve()), n, d, sample, (st.st_size, st.st_mtime_ns, st.st_ino))
 
 
-def open_table(table) -> np.ndarray:
+def open_table(table: Table) -> np.ndarray:
     """The rows a worker scans: the array itself, or the table file mapped read-only."""
     if not isinstance(table, TableFile):
         return table
@@ -122,7 +131,7 @@ def open_table(table) -> np.ndarray:
     return x
 
 
-def table_identity(table, x: np.ndarray) -> str:
+def table_identity(table: TableFile | None, x: np.ndarray) -> str:
     """What the run digest records of the table: the file's identity, or an in-memory table's bytes."""
     if isinstance(table, TableFile):
         return json.dumps(["file", table.path, table.rows, table.dim, table.sample, list(table.identity)])
@@ -133,6 +142,10 @@ def table_identity(table, x: np.ndarray) -> str:
 
 
 # -- shipping a built index -------------------------------------------------------------------------
+# (payload, buffers, blobs, extern): what a worker gets of a `Shipped`
+ShippedParts = tuple[bytes, list[NDArray[np.uint8]], list[NDArray[np.uint8]], bytes]
+
+
 @dataclass
 class Shipped:
     """A built index as bytes: `payload` (pickle, protocol 5) with its numpy arrays as
@@ -140,12 +153,12 @@ class Shipped:
     `extern` pickles its `info` and `stats` (outputs, not inputs: left out of the digest)."""
 
     payload: bytes
-    buffers: list
-    blobs: list
+    buffers: list[NDArray[np.uint8]]
+    blobs: list[NDArray[np.uint8]]
     extern: bytes
     digest: str = ""
 
-    def parts(self) -> tuple:
+    def parts(self) -> ShippedParts:
         return self.payload, self.buffers, self.blobs, self.extern
 
     @property
@@ -155,17 +168,17 @@ class Shipped:
 
 
 class _Pickler(pickle.Pickler):
-    def __init__(self, file, table: np.ndarray, extern: dict[int, str]):
+    def __init__(self, file: IO[bytes], table: np.ndarray, extern: dict[int, str]):
         super().__init__(file, protocol=5, buffer_callback=self._buffer)
         self.table, self.extern = table, extern
-        self.buffers: list = []
-        self.blobs: list = []
+        self.buffers: list[NDArray[np.uint8]] = []
+        self.blobs: list[NDArray[np.uint8]] = []
         self.faiss: dict[int, int] = {}
 
     def _buffer(self, buf: pickle.PickleBuffer) -> None:
         self.buffers.append(np.frombuffer(buf.raw(), dtype=np.uint8))
 
-    def persistent_id(self, obj):
+    def persistent_id(self, obj: Any) -> tuple[str] | tuple[str, str] | tuple[str, int] | None:
         if obj is self.table:
             return ("table",)
         if id(obj) in self.extern:
@@ -187,12 +200,13 @@ class _Pickler(pickle.Pickler):
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, file, table: np.ndarray, extern: dict, buffers: list, blobs: list):
+    def __init__(self, file: IO[bytes], table: np.ndarray, extern: dict[str, Any], buffers: list[NDArray[np.uint8]],
+                 blobs: list[NDArray[np.uint8]]):
         super().__init__(file, buffers=buffers)
         self.table, self.extern, self.blobs = table, extern, blobs
         self.faiss: dict[int, Any] = {}
 
-    def persistent_load(self, pid):
+    def persistent_load(self, pid: Any) -> object:  # (pickle's own signature: pid is what persistent_id gave)
         kind = pid[0]
         if kind == "table":
             return self.table
@@ -209,7 +223,7 @@ class _Unpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"unknown reference {pid!r}")
 
 
-def ship(built, labels: np.ndarray, x: np.ndarray) -> Shipped:
+def ship(built: BuiltIndex, labels: np.ndarray, x: np.ndarray) -> Shipped:
     """`(built, labels)` as bytes for workers; `x` (the table the index was built on) is left
     out wherever the index refers to it."""
     info, stats = getattr(built, "info", {}), getattr(built, "stats", {})
@@ -225,28 +239,59 @@ def ship(built, labels: np.ndarray, x: np.ndarray) -> Shipped:
     shipped = Shipped(out.getvalue(), pickler.buffers, pickler.blobs,
                       pickle.dumps({"info": info, "stats": stats}, protocol=5))
     h = hashlib.sha256(shipped.payload)
-    for b in (*shipped.buffers, b"--", *shipped.blobs):
+    for b in (*shipped.buffers, np.frombuffer(b"--", dtype=np.uint8), *shipped.blobs):
         h.update(len(b).to_bytes(8, "little"))
-        h.update(memoryview(b))
+        h.update(b.data)  # (numpy's stubs give ndarray the buffer protocol only from Python 3.12)
     shipped.digest = h.hexdigest()
     return shipped
 
 
-def unship(parts: tuple, x: np.ndarray):
+def unship(parts: ShippedParts, x: np.ndarray) -> tuple[BuiltIndex, np.ndarray]:
     """(built, labels) back from `Shipped.parts()`, over the worker's table `x`. Arrays are
     views of the buffers (read-only where the store hands out read-only memory)."""
     payload, buffers, blobs, extern = parts
-    return _Unpickler(io.BytesIO(payload), x, pickle.loads(extern), list(buffers), list(blobs)).load()
+    loaded: tuple[BuiltIndex, np.ndarray] = _Unpickler(io.BytesIO(payload), x, pickle.loads(extern), list(buffers),
+                                                        list(blobs)).load()
+    return loaded
 
 
 # -- one range: the task body -----------------------------------------------------------------------
-def _scalars(d: dict) -> dict:
+class RangePairs(TypedDict):
+    """A range's result as the driver merges it, computed now (RangeResult) or read back from its
+    checkpoint (SavedRange). Plain dicts, so that they pickle and checkpoint as before."""
+
+    keys: NDArray[np.int64]  # unique, sorted: i * n + j, i < j
+    candidates: int
+    stats: dict[str, float]  # the index's counters, this range's share
+    info: dict[str, Any]  # the index's info entries the range changed (JSON scalars)
+    seconds: float
+    scan_seconds: float
+    host: str
+
+
+class RangeResult(RangePairs):
+    """What a worker returns (`run_range`)."""
+
+    code: str  # code_digest() of the worker: the driver refuses other code
+    pid: int
+
+
+class SavedRange(RangePairs):
+    """A range read back from its checkpoint file (`Checkpoints.load`)."""
+
+    format: int
+    key: str  # Checkpoints.range_key
+    start: int
+    end: int
+
+
+def _scalars(d: dict[str, Any]) -> dict[str, Any]:
     """The JSON-able scalar entries of an info dict (what a checkpoint can keep)."""
     return {str(k): (v.item() if isinstance(v, np.generic) else v) for k, v in d.items()
             if isinstance(v, (str, int, float, bool, np.generic)) and not isinstance(v, np.ndarray)}
 
 
-def run_range(parts: tuple, table, start: int, end: int, threshold: float, max_pairs: int) -> dict:
+def run_range(parts: ShippedParts, table: Table, start: int, end: int, threshold: float, max_pairs: int) -> RangeResult:
     """Every pair of the units [start, end): unique int64 keys (i * n + j, i < j) of the
     candidates the driver's collector would keep, and what the range cost."""
     from ..search import _Collector
@@ -267,7 +312,7 @@ def run_range(parts: tuple, table, start: int, end: int, threshold: float, max_p
 
 
 # -- cutting the units ------------------------------------------------------------------------------
-def unit_costs(built) -> np.ndarray:
+def unit_costs(built: BuiltIndex) -> NDArray[np.float64]:
     """About what each unit costs to scan. IVF list scan: the list's members times the queries
     that probe it (the cells its products score); flat scan: the row's upper-triangle columns;
     otherwise the index's own `unit_costs()` (folder caps), or every unit alike."""
@@ -301,7 +346,7 @@ def partition(costs: np.ndarray, ranges: int) -> list[tuple[int, int]]:
 
 
 # -- checkpoints ------------------------------------------------------------------------------------
-def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
+def _write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
     from ..safe_write import atomic_write  # the one writer: never through a link planted at `path`
 
     atomic_write(path, write, binary=True, fsync=True)
@@ -349,7 +394,7 @@ class Checkpoints:
         text = json.dumps({"format": FORMAT, "digest": self.digest, "requested": requested,
                            "bounds": bounds}).encode()
 
-        def write():
+        def write() -> None:
             self.folder.mkdir(parents=True, exist_ok=True)
             _write_atomic(self.folder / "plan.json", lambda fp: fp.write(text))
             self._prune()
@@ -367,19 +412,20 @@ class Checkpoints:
         for old in runs[KEEP_RUNS - 1 :]:
             shutil.rmtree(old, ignore_errors=True)
 
-    def save(self, start: int, end: int, result: dict) -> None:
+    def save(self, start: int, end: int, result: RangeResult) -> None:
         keys = np.ascontiguousarray(result["keys"], dtype=np.int64)
         meta = {"format": FORMAT, "key": self.range_key(start, end), "start": start, "end": end,
-                **{k: result[k] for k in ("candidates", "stats", "info", "seconds", "scan_seconds", "host")}}
+                "candidates": result["candidates"], "stats": result["stats"], "info": result["info"],
+                "seconds": result["seconds"], "scan_seconds": result["scan_seconds"], "host": result["host"]}
         meta_bytes = json.dumps(meta, sort_keys=True, default=float).encode()
         check = hashlib.sha256(keys.tobytes() + meta_bytes).hexdigest()
 
-        def write(fp):
+        def write(fp: BinaryIO) -> None:
             np.savez(fp, keys=keys, meta=np.frombuffer(meta_bytes, dtype=np.uint8), check=np.array(check))
 
         self._writing(lambda: _write_atomic(self.path(start, end), write))
 
-    def load(self, start: int, end: int, n: int) -> dict | None:
+    def load(self, start: int, end: int, n: int) -> SavedRange | None:
         """The range's result, or None (absent; or not trusted: `ignored` says why)."""
         path = self.path(start, end)
         if not path.exists():
@@ -404,10 +450,10 @@ class Checkpoints:
             self.ignored.append(f"checkpoint {path.name} ignored (made by another search: table, threshold, "
                                 "index or code differ); the range is recomputed")
             return None
-        return {**meta, "keys": keys}
+        return cast("SavedRange", {**meta, "keys": keys})  # meta: as `save` wrote it (checksum verified)
 
 
-def run_digest(shipped: Shipped, table_id: str, threshold: float, max_pairs: int, built) -> str:
+def run_digest(shipped: Shipped, table_id: str, threshold: float, max_pairs: int, built: BuiltIndex) -> str:
     h = hashlib.sha256()
     for part in (FORMAT, code_digest(), shipped.digest, table_id, repr(float(threshold)), int(max_pairs),
                  type(built).__name__, int(built.units), built.unit):
@@ -418,15 +464,38 @@ def run_digest(shipped: Shipped, table_id: str, threshold: float, max_pairs: int
 # -- the driver ---------------------------------------------------------------------------------------
 @dataclass
 class RangeRun:
-    """What an executor runs: the shipped index, the table (a `TableFile` or the array) and the
+    """What an executor runs: the shipped index, the table (its `TableFile`, or None: the array `x`) and the
     collector's threshold and pair limit."""
 
     shipped: Shipped
-    table: Any
+    table: TableFile | None  # None: workers get the array `x`
     x: np.ndarray
     threshold: float
     max_pairs: int
-    stats: dict = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class ExecutorInfo(TypedDict, total=False):
+    """What an executor says of where the ranges ran (merged into the engine's info)."""
+
+    address: str
+    nodes: int
+    cpus: int
+    table_fallback: str  # why the table went through the object store instead of its file
+
+
+class _RangeRowRequired(TypedDict):
+    start: int
+    end: int
+    pairs: int
+    seconds: float
+    resumed: bool  # read from its checkpoint, not computed in this run
+
+
+class RangeRow(_RangeRowRequired, total=False):
+    """One range in the engine's info (`per_range`)."""
+
+    scored_cells: int
 
 
 class Executor:
@@ -441,10 +510,10 @@ class Executor:
     def default_ranges(self, units: int) -> int:
         return max(1, 4 * self.cpus)
 
-    def results(self, run: RangeRun, ranges: list[tuple[int, int]]) -> Iterator[tuple[tuple[int, int], dict]]:
+    def results(self, run: RangeRun, ranges: list[tuple[int, int]]) -> Iterator[tuple[tuple[int, int], RangeResult]]:
         raise NotImplementedError
 
-    def describe(self) -> dict:
+    def describe(self) -> ExecutorInfo:
         return {}
 
     def close(self) -> None:
@@ -455,9 +524,9 @@ class SerialExecutor(Executor):
     """Every range in this process, one after the other, through the same shipping and task body
     as a worker's (the engine's tests run without Ray; read-only buffers as Ray's store gives)."""
 
-    def results(self, run, ranges):
+    def results(self, run: RangeRun, ranges: list[tuple[int, int]]) -> Iterator[tuple[tuple[int, int], RangeResult]]:
         payload, buffers, blobs, extern = run.shipped.parts()
-        views = []
+        views: list[NDArray[np.uint8]] = []
         for b in buffers:
             view = b.view()
             view.flags.writeable = False
@@ -477,6 +546,7 @@ class RangeEngine:
     computed range is checkpointed and merged (tests interrupt a run there)."""
 
     name = "ranges"
+    resume = True  # False (--full): no checkpoint is read, every range is computed and written anew
 
     def __init__(self, ranges: int | None = None, checkpoints: Path | None = None,
                  after_range: Callable[[int], None] | None = None):
@@ -485,13 +555,14 @@ class RangeEngine:
     def executor(self, run: RangeRun) -> Executor:
         return SerialExecutor()
 
-    def local_reason(self, built) -> str | None:
+    def local_reason(self, built: BuiltIndex) -> str | None:
         """Why this index is searched in this process instead (None: it is shipped)."""
         if type(built).__name__ == "GpuIndex":
             return "the GPU index runs on this machine's GPU"
         return None
 
-    def candidates(self, built, collector, vectors: np.ndarray, x: np.ndarray, progress=None) -> dict:
+    def candidates(self, built: BuiltIndex, collector: _Collector, vectors: np.ndarray, x: np.ndarray,
+                   progress: Callable[..., Any] | None = None) -> dict[str, Any]:
         from ..backends import _bar
 
         t0 = time.perf_counter()
@@ -509,16 +580,16 @@ class RangeEngine:
         digest = run_digest(shipped, table_id, collector.threshold, collector.max_pairs, built)
         store = Checkpoints(self.checkpoints, digest) if self.checkpoints is not None else None
         # hostile cache: --full (resume False) reads no checkpoint; its ranges are written anew
-        bounds = store.saved_plan(self.ranges) if store is not None and getattr(self, "resume", True) else None
-        done: dict[tuple[int, int], dict] = {}
+        bounds = store.saved_plan(self.ranges) if store is not None and self.resume else None
+        done: dict[tuple[int, int], SavedRange] = {}
         if store is not None and bounds is not None:
             for start, end in bounds:
-                got = store.load(start, end, n)
-                if got is not None:
-                    done[(start, end)] = got
+                saved = store.load(start, end, n)
+                if saved is not None:
+                    done[(start, end)] = saved
         info["ship_seconds"] = round(time.perf_counter() - t0, 4)
-        executor = None
-        per_range: list[dict] = []
+        executor: Executor | None = None
+        per_range: list[RangeRow] = []
         bar = _bar(progress, units, f"searching ({self.name})", built.unit)
         try:
             if bounds is None or len(done) < len(bounds):
@@ -530,14 +601,15 @@ class RangeEngine:
                     bounds = partition(unit_costs(built), requested)
                     if store is not None:
                         store.save_plan(bounds, requested)
-            for (start, end), got in sorted(done.items()):
-                self._merge(built, collector, got)
-                per_range.append(self._row(start, end, got, resumed=True))
+            for (start, end), saved in sorted(done.items()):
+                self._merge(built, collector, saved)
+                per_range.append(self._row(start, end, saved, resumed=True))
                 bar.update(end - start)
             todo = [r for r in bounds if r not in done]
             computed = 0
             t2 = time.perf_counter()
             if todo:
+                assert executor is not None  # started above: not every range was done
                 for (start, end), got in executor.results(run, todo):
                     if got["code"] != code_digest():
                         raise RuntimeError(f"a worker on {got['host']} runs other dataset_checks search code than "
@@ -579,7 +651,7 @@ class RangeEngine:
         return info
 
     @staticmethod
-    def _merge(built, collector, got: dict) -> None:
+    def _merge(built: BuiltIndex, collector: _Collector, got: RangePairs) -> None:
         collector.candidates += int(got.get("candidates", 0))
         collector.add_keys(np.asarray(got["keys"], dtype=np.int64))
         for k, v in (got.get("stats") or {}).items():
@@ -587,16 +659,16 @@ class RangeEngine:
         built.info.update(got.get("info") or {})
 
     @staticmethod
-    def _row(start: int, end: int, got: dict, resumed: bool) -> dict:
-        row = {"start": start, "end": end, "pairs": int(np.asarray(got["keys"]).size),
-               "seconds": round(float(got.get("seconds", 0.0)), 4), "resumed": resumed}
+    def _row(start: int, end: int, got: RangePairs, resumed: bool) -> RangeRow:
+        row: RangeRow = {"start": start, "end": end, "pairs": int(np.asarray(got["keys"]).size),
+                         "seconds": round(float(got.get("seconds", 0.0)), 4), "resumed": resumed}
         cells = (got.get("stats") or {}).get("scored_cells")
         if cells:
             row["scored_cells"] = int(cells)
         return row
 
 
-def describe(info: dict | None) -> str | None:
+def describe(info: dict[str, Any] | None) -> str | None:
     """A few words on the engine for the report's search line (None for the local engine)."""
     if not info:
         return None

@@ -20,19 +20,21 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import ray
 
 from ..search import SearchTooBroad
-from .ranges import Executor, RangeEngine, RangeRun, TableFile, TableNotVisible, run_range
+from .ranges import (Executor, ExecutorInfo, RangeEngine, RangeResult, RangeRun, ShippedParts, Table, TableFile,
+                     TableNotVisible, run_range)
 
 MIN_STORE = 128 << 20  # object store of a local cluster: at least this, else the shipped bytes twice
 
 
 @ray.remote(num_cpus=1)
-def _range_task(parts: tuple, table: Any, start: int, end: int, threshold: float, max_pairs: int) -> dict:
+def _range_task(parts: ShippedParts, table: Table, start: int, end: int, threshold: float,
+                max_pairs: int) -> RangeResult:
     return run_range(parts, table, start, end, threshold, max_pairs)
 
 
@@ -62,21 +64,30 @@ class RayExecutor(Executor):
                 ray.init(address="local", num_cpus=engine.num_cpus or _local_cpus(), object_store_memory=int(store),
                          include_dashboard=False, **kw)
         self.where = target or ("local cluster" if self.owned else "the Ray already initialised here")
-        self.cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        self.nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
-        self.pending: dict = {}
+        # Ray leaves these two untyped (unused-ignore: where Ray is not installed, they are Any)
+        resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call, unused-ignore]
+        self.cpus = max(1, int(resources.get("CPU", 1)))
+        nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call, unused-ignore]
+        self.nodes = sum(1 for node in nodes if node.get("Alive"))
+        self.pending: dict[ray.ObjectRef[RangeResult], tuple[int, int]] = {}
         self.fallback: str | None = None
-        self.state = ray.put(run.shipped.parts())
+        self.state: ray.ObjectRef[ShippedParts] | None = ray.put(run.shipped.parts())
+        self.table: TableFile | ray.ObjectRef[Table] | None  # None: closed
         if isinstance(run.table, TableFile):
             self.table, self.table_mode = run.table, "file"
         else:
-            self.table, self.table_mode = ray.put(np.asarray(run.x)), "object store"
+            self.table, self.table_mode = self._put_table(run), "object store"
+
+    @staticmethod
+    def _put_table(run: RangeRun) -> ray.ObjectRef[Table]:
+        return ray.put(np.asarray(run.x))
 
     def _submit(self, run: RangeRun, r: tuple[int, int]) -> None:
+        assert self.state is not None and self.table is not None, "a range submitted after close()"
         ref = _range_task.remote(self.state, self.table, r[0], r[1], run.threshold, run.max_pairs)
         self.pending[ref] = r
 
-    def results(self, run, ranges):
+    def results(self, run: RangeRun, ranges: list[tuple[int, int]]) -> Iterator[tuple[tuple[int, int], RangeResult]]:
         for r in ranges:
             self._submit(run, r)
         while self.pending:
@@ -88,7 +99,7 @@ class RayExecutor(Executor):
                 cause = getattr(exc, "cause", None)
                 if isinstance(cause, TableNotVisible) and isinstance(self.table, TableFile):
                     self.fallback = str(cause)  # from now on the table goes through the object store
-                    self.table, self.table_mode = ray.put(np.asarray(run.x)), "object store"
+                    self.table, self.table_mode = self._put_table(run), "object store"
                 if isinstance(cause, TableNotVisible) and not isinstance(self.table, TableFile):
                     self._submit(run, r)
                     continue
@@ -97,8 +108,8 @@ class RayExecutor(Executor):
                 raise
             yield r, got
 
-    def describe(self) -> dict:
-        out = {"address": self.where, "nodes": self.nodes, "cpus": self.cpus}
+    def describe(self) -> ExecutorInfo:
+        out: ExecutorInfo = {"address": self.where, "nodes": self.nodes, "cpus": self.cpus}
         if self.fallback:
             out["table_fallback"] = self.fallback
         return out
@@ -124,7 +135,7 @@ class RayEngine(RangeEngine):
 
     def __init__(self, address: str | None = None, ranges: int | None = None, checkpoints: Path | None = None,
                  after_range: Callable[[int], None] | None = None, num_cpus: int | None = None,
-                 object_store_memory: int | None = None, init_kwargs: dict | None = None):
+                 object_store_memory: int | None = None, init_kwargs: dict[str, Any] | None = None):
         super().__init__(ranges=ranges, checkpoints=checkpoints, after_range=after_range)
         self.address, self.num_cpus, self.object_store_memory = address, num_cpus, object_store_memory
         self.init_kwargs = dict(init_kwargs or {})
