@@ -26,7 +26,7 @@ MESSAGE_ISSUES = 3  # issues shown per identity in the terminal; the rest in <ch
 # parses a module's source with `ast`), CPython 3.11 raises a spurious "SystemError: AST
 # constructor recursion depth mismatch" (cpython gh-106905), and the check fails. A test holds
 # this list to what the checks' sources import.
-LANE_IMPORTS = ("arrays", "blas", "context", "discover", "embed", "folderscan", "memory", "merge", "rules", "search",
+LANE_IMPORTS = ("arrays", "backends", "blas", "context", "discover", "embed", "folderscan", "memory", "merge", "rules", "search",
                 "table_store", "text", "threshold", "vectors")
 
 

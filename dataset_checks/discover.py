@@ -22,7 +22,7 @@ KNOWN_VECTOR_KEYS = ("efficientnetv2_arcface", "dlib")
 FACE01_SIDE_ORDER = ("same_face", "noFace", "multipleFaces")
 FACE01_SIDE_FOLDERS = frozenset(FACE01_SIDE_ORDER)
 # What an identity folder holds: an embeddings file (FACE01's first; every format's file names:
-# vectors.embeddings_file_names), images.
+# formats.embeddings_file_names), images.
 FACE01_FILE = "npKnown.npz"
 PLAIN_FILE = "embeddings.npz"
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
@@ -156,26 +156,3 @@ def discover_identities(root: str | Path) -> list[Identity]:
         problems = tuple(found[name]) + tuple(_name_problems(name, clash))
         identities.append(Identity(name=name, path=root / name, problems=problems))
     return identities
-
-
-def why_no_identities(root: Path, what: str = "--dataset") -> str:
-    """Why `root` gave no identity folder, in words (test_dataset's message; the leakage check's for
-    an --against dataset): it cannot be listed, is empty (not mounted?), is one identity folder, or
-    holds only files and hidden or side folders. `what`: the option that named it."""
-    root = Path(root)
-    shown_root = display_name(str(root))
-    try:
-        entries = sorted(os.listdir(root))
-    except OSError as exc:
-        return f"{shown_root} cannot be listed: {exc.strerror or exc}"
-    from .vectors import embeddings_file_names  # (it imports this module)
-
-    claimed = embeddings_file_names()
-    own = [e for e in entries if e in claimed or is_image_name(e)]
-    if own:
-        return (f"{shown_root} holds {display_name(own[0])} itself: it looks like ONE identity folder. {what} must "
-                f"be the folder that holds one folder per identity (its parent, {display_name(str(root.parent))}?)")
-    if not entries:
-        return f"{shown_root} is empty: no identity folders (storage not mounted, or the wrong path?)"
-    return (f"{shown_root} holds no identity folder ({len(entries)} entr{'y' if len(entries) == 1 else 'ies'}: "
-            "files, hidden folders or FACE01 side folders only)")

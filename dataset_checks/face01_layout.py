@@ -21,6 +21,7 @@ with its dtype and row shape. The root npz is read with allow_pickle=False (neve
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -94,7 +95,7 @@ def root_layout(root: str | Path) -> str | None:
             f"folder {PRESET_FOLDER}/{what}, which holds many people, the person being the file-name prefix "
             f"before the first '_'. Read as it is, {PRESET_FOLDER} would be ONE identity and the root "
             f"{ROOT_FILE} ignored, so nothing was checked. Convert it into one folder per person (the original "
-            f"is not written): {COMMAND} {shown_root} NEW_FOLDER, then run with --dataset NEW_FOLDER")
+            f"is not written): {COMMAND} {shlex.quote(shown_root)} NEW_FOLDER, then run with --dataset NEW_FOLDER")
 
 
 class Refused(Exception):
@@ -275,9 +276,9 @@ def report(src: Path, dst: Path, done: Converted) -> list[str]:
         lines.append(f"{len(done.missing)} name(s) in {ROOT_FILE} with no image in {PRESET_FOLDER}/ (vectors kept): "
                      f"{_few(done.missing)}")
     if done.skipped:
-        lines.append(f"{len(done.skipped)} entr{'y' if len(done.skipped) == 1 else 'ies'} of {PRESET_FOLDER}/ that "
-                     f"are not images, left out: {_few(done.skipped)}")
-    lines.append(f"check it with: dataset-checks --dataset {display_name(str(dst))}")
+        what = "entry of" if len(done.skipped) == 1 else "entries of"
+        lines.append(f"{len(done.skipped)} {what} {PRESET_FOLDER}/ not an image, left out: {_few(done.skipped)}")
+    lines.append(f"check it with: dataset-checks --dataset {shlex.quote(display_name(str(dst)))}")
     return lines
 
 

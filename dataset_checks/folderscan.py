@@ -18,12 +18,13 @@ from .discover import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS
 from .discover import PLAIN_FILE as PLAIN_FILE
 from .discover import FACE01_SIDE_FOLDERS, display_name, inside, why
 from .discover import is_image_name as is_image_name  # (embed.images imports it from here)
+from .formats import embeddings_file_names
 from .problems import Problem
 
 
 @dataclass
 class FolderScan:
-    embeddings: Path | None = None  # the first file name a format claims (vectors.embeddings_file_names)
+    embeddings: Path | None = None  # the first file name a format claims (formats.embeddings_file_names)
     images: list[Path] = field(default_factory=list)  # sorted by name
     problems: list[Problem] = field(default_factory=list)
     unreadable: bool = False  # the folder itself could not be listed: nothing else is known
@@ -106,7 +107,6 @@ def zip_index(path: str, size: int) -> str | None:
 def scan_folder(folder: Path, where: str, stamps: bool = False) -> FolderScan:
     """List `folder` once; `where` is its shown path relative to the dataset root (no slash).
     `stamps`: also stat every file that will be read (one syscall each)."""
-    from .vectors import embeddings_file_names  # (the formats import this module)
 
     claimed = embeddings_file_names()
     out = FolderScan()
@@ -192,3 +192,24 @@ def scan_folder(folder: Path, where: str, stamps: bool = False) -> FolderScan:
     out.stamps.sort()
     out.problems.sort(key=lambda p: p.file)
     return out
+
+
+def why_no_identities(root: Path, what: str = "--dataset") -> str:
+    """Why `root` gave no identity folder, in words (test_dataset's message; the leakage check's for
+    an --against dataset): it cannot be listed, is empty (not mounted?), is one identity folder, or
+    holds only files and hidden or side folders. `what`: the option that named it."""
+    root = Path(root)
+    shown_root = display_name(str(root))
+    try:
+        entries = sorted(os.listdir(root))
+    except OSError as exc:
+        return f"{shown_root} cannot be listed: {exc.strerror or exc}"
+    claimed = embeddings_file_names()
+    own = [e for e in entries if e in claimed or is_image_name(e)]
+    if own:
+        return (f"{shown_root} holds {display_name(own[0])} itself: it looks like ONE identity folder. {what} must "
+                f"be the folder that holds one folder per identity (its parent, {display_name(str(root.parent))}?)")
+    if not entries:
+        return f"{shown_root} is empty: no identity folders (storage not mounted, or the wrong path?)"
+    return (f"{shown_root} holds no identity folder ({len(entries)} entr{'y' if len(entries) == 1 else 'ies'}: "
+            "files, hidden folders or FACE01 side folders only)")

@@ -8,16 +8,6 @@ from dataclasses import dataclass
 SCAN_KINDS = ("lists", "faiss")
 
 
-def __getattr__(name: str) -> tuple[str, ...]:
-    # INDEX_TYPES: "auto" (the search's own choice) and the type of every registered backend
-    # (backends/__init__.py), read when asked: the backends import this module, not it them.
-    if name == "INDEX_TYPES":
-        from .backends import index_types
-
-        return ("auto", *index_types())
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 @dataclass(frozen=True)
 class IndexRules:
     type: str = "auto"  # auto (exact: flat below flat_below, else caps) | flat | caps | ivf (not proven exact)

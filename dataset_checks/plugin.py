@@ -431,9 +431,13 @@ def _check_writable(config: pytest.Config, session: CheckSession) -> None:
             raise pytest.UsageError(f"{flag}: {display_name(problem)}; nothing was checked")
     # every file this run will write: a link (or a folder) at its name is refused now, not after
     # the search (the writers refuse it too); the baseline's is checked by Baseline.load
-    from .sinks import planned_files
+    from .sinks import UnknownOutput, planned_files
 
-    targets = {path: "--report-dir" for path in planned_files(session.report_dir, session.rules)}
+    try:
+        planned = planned_files(session.report_dir, session.rules)
+    except UnknownOutput as exc:  # rules `outputs:` names an output no sink offers
+        raise pytest.UsageError(str(exc)) from None
+    targets = {path: "--report-dir" for path in planned}
     if session.html_path is not None:
         targets[session.html_path] = "--html"
     if xml:  # pytest's junitxml opens the path itself: a link there would be written through

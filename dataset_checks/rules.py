@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 import yaml  # type: ignore[import-untyped]  # no types-PyYAML in the environment: yaml is Any to mypy
 
 from .discover import KNOWN_VECTOR_KEYS  # noqa: F401  (importable from here as before)
-from . import index_rules
 from .index_rules import SCAN_KINDS, IndexRules  # noqa: F401  (IndexRules: importable from here)
 
 if TYPE_CHECKING:  # the registry is imported when first needed (see check_settings)
@@ -308,6 +307,8 @@ def _recall_target(c: _Checker, value: Any) -> float:
 
 def parse_rules(data: Any, file: Path | None = None) -> Rules:
     """Validate an already-parsed YAML document; relative paths resolve against the file's folder."""
+    from .backends import index_types  # `index.type`: auto, or a registered backend's (numpy: not at import)
+
     c = _Checker(file)
     data = c.mapping("", data, _TOP_KEYS)
     base = file.parent if file is not None else Path.cwd()
@@ -358,7 +359,7 @@ def parse_rules(data: Any, file: Path | None = None) -> Rules:
     if not isinstance(certify, bool):
         raise c.fail("index.certify", "true or false", certify)
     index = IndexRules(
-        type=c.choice("index.type", ix.get("type", "auto"), index_rules.INDEX_TYPES),  # the registered backends
+        type=c.choice("index.type", ix.get("type", "auto"), ("auto", *index_types())),
         nlist=c.optional_int("index.nlist", ix.get("nlist"), 1),
         nprobe=c.optional_int("index.nprobe", ix.get("nprobe"), 1),
         flat_below=flat_below,

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -132,11 +132,6 @@ class CheckSession:
         return self._identities
 
     # -- the run -------------------------------------------------------------------------
-    def _bar(self, iterable: Iterable[Any] | None = None, **kw: Any) -> Any:
-        from tqdm import tqdm
-
-        return tqdm(iterable, file=sys.stderr, leave=False, dynamic_ncols=True, **kw)
-
     def findings(self) -> Findings:
         """Load, search and judge once; later calls return the same result.
 
@@ -196,7 +191,7 @@ class CheckSession:
         return out
 
     def _why_no_identities(self) -> str:
-        from .discover import why_no_identities
+        from .folderscan import why_no_identities
 
         return why_no_identities(self.root)
 
@@ -384,7 +379,7 @@ class CheckSession:
 
         merge_seconds = {"merge": self.timings["merge"]} if "merge" in self.timings else {}
         written = write_all(self.report_dir, RunView(self._findings, self.merge_candidates(), self.check_results,
-                                                     timings=merge_seconds))
+                                                     timings=merge_seconds, rules=self.rules))
         self.written = written.files
         self.write_errors.extend(written.errors)
         if self.update_baseline and self.baseline is not None:  # baseline

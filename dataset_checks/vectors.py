@@ -20,7 +20,7 @@ keys it may give, and `read`, which turns the file's bytes into names, vectors a
 (the two above are `NpzReader`s, FACE01_READER and PLAIN_READER). Everything else asks the
 registry (`readers`, `embeddings_file_names`, `reader_for`): which file is a folder's embeddings
 file and what a dataset version stamps (folderscan.scan_folder), embeddings_path, the
-"no embeddings" problem, `key: auto`'s tie order, discover.why_no_identities; images without
+"no embeddings" problem, `key: auto`'s tie order, folderscan.why_no_identities; images without
 an embeddings file go to `embed` whatever the formats. A folder holding several claimed files
 is read from the first: the built-in readers first (FACE01, plain), then discovered ones.
 
@@ -45,18 +45,18 @@ import io
 import math
 import re
 import os
-import threading
 import zipfile
 from collections import Counter
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple, Protocol, overload
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple, overload
 
 import numpy as np
 from numpy.lib import format as npy_format
 from numpy.typing import NDArray
 
 from .arrays import normalise
+from .formats import EmbeddingsReader, FolderVectors, embeddings_file_names, readers, register_reader
 from .discover import KNOWN_VECTOR_KEYS, Identity, display_name, why
 from .folderscan import FACE01_FILE, PLAIN_FILE, FolderScan, scan_folder
 from .memory import FOLDER_SHARE, folder_bound, size_text  # noqa: F401  (size_text: importable from here as before)
@@ -113,76 +113,6 @@ class TooLarge(MemoryError):
     def __init__(self, size: int, limit: int):
         super().__init__(f"{size} bytes over the bound of {limit}")
         self.size, self.limit = size, limit
-
-
-@dataclass
-class FolderVectors:
-    identity: Identity
-    source: Path | None = None
-    names: list[str] = field(default_factory=list)
-    arrays: dict[str, NDArray[Any]] = field(default_factory=dict)  # vector key -> (N, D) numbers, N = len(names)
-    problems: list[Problem] = field(default_factory=list)
-
-
-class EmbeddingsReader(Protocol):
-    """One on-disk embeddings format of an identity folder (see the module doc for adding one)."""
-
-    @property
-    def file_names(self) -> tuple[str, ...]:
-        """The file names it claims in an identity folder, preferred first."""
-        ...
-
-    @property
-    def vector_keys(self) -> tuple[str, ...]:
-        """The vector arrays it may give, preferred first: with `key: auto`, keys found in as many
-        folders are ranked by reader, then by this order."""
-        ...
-
-    def read(self, data: bytes, rel: str, vector_key: str | None, limit: int, out: FolderVectors) -> None:
-        """Fill `out.names` and `out.arrays` from the whole file `data` (already read, within the
-        memory bound), or add to `out.problems` why not; never raises for bad data.
-
-        `rel`: the file as shown in problems; `vector_key`: the rules' key (None: auto); `limit`:
-        the most bytes the file's arrays may take once read (check before allocating them).
-        `accept_arrays` does the checks every format shares (1-D names, (N, D) numbers, N rows)."""
-        ...
-
-
-# Every format: the built-in two (appended below their reader), then those of the package's
-# `embeddings_*` modules, imported on first use. Read by reader threads: replaced, never mutated.
-_READERS: tuple[EmbeddingsReader, ...] = ()
-_READERS_LOCK = threading.RLock()  # a discovered module registers itself while discovery holds it
-_discovered = False
-FORMAT_MODULES = "embeddings_"  # a module of this package whose name starts so is a format's
-
-
-def register_reader(reader: EmbeddingsReader) -> None:
-    """Add a format after those known (a format's module calls this when it is imported)."""
-    global _READERS
-    with _READERS_LOCK:
-        _READERS = (*_READERS, reader)
-
-
-def readers() -> tuple[EmbeddingsReader, ...]:
-    """Every embeddings format, preferred first (a folder's file is the first one claimed)."""
-    global _discovered
-    if not _discovered:
-        with _READERS_LOCK:
-            if not _discovered:
-                import importlib
-                import pkgutil
-
-                package = __name__.rpartition(".")[0]
-                for module in sorted(m.name for m in pkgutil.iter_modules(importlib.import_module(package).__path__)):
-                    if module.startswith(FORMAT_MODULES):
-                        importlib.import_module(f"{package}.{module}")
-                _discovered = True
-    return _READERS
-
-
-def embeddings_file_names() -> tuple[str, ...]:
-    """The file names an identity folder's embeddings may have, preferred first."""
-    return tuple(name for reader in readers() for name in reader.file_names)
 
 
 def reader_for(name: str) -> EmbeddingsReader:

@@ -184,6 +184,23 @@ def test_unlisted_images_are_one_warning_and_the_listed_faces_are_checked(tmp_pa
     assert not list(tmp_path.glob(".dataset_checks_cache/**/*.npz"))
     if embedder == "dlib":
         assert loaded == []
+    thumbs = s.thumbnails()  # the report shows the planted pair's faces
+    assert thumbs.data_uri("Planted", "Planted_0002.jpg") and thumbs.data_uri("Other", "Other_0003.jpg")
+
+
+def test_the_warning_escapes_names_and_bounds_its_list(tmp_path, rng):
+    root = tmp_path / "ds"
+    a, b = clustered(rng, [2, 2], DIM)
+    _face01(root, "A", a, _names("A", 2), {f: "" for f in _names("A", 2)}, 1)
+    unlisted = ["evil\n\x1b[31mname.jpg"] + [f"z{k}.jpg" for k in range(7)]
+    for k, name in enumerate(unlisted):
+        _image(root / "A" / name, 50 + k)
+    _face01(root, "B", b, _names("B", 2), {f: "" for f in _names("B", 2)}, 2)
+    v = _session(tmp_path, root, embedder="dlib").findings().verdicts["A"]
+    (p,) = v.problems
+    assert v.status == "pass" and p.code == "not-in-npz" and "\n" not in p.message and "\x1b" not in p.message
+    assert p.message.startswith("8 image(s) not in npKnown.npz (FACE01 found no face?): evil%0A%1B[31mname.jpg, "
+                                "z0.jpg, z1.jpg, z2.jpg, z3.jpg, ... first 5 of 8 shown; not checked (")
 
 
 def test_an_embedder_of_the_files_model_still_embeds_them(tmp_path, rng, fakes):

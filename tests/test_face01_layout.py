@@ -19,7 +19,7 @@ from dataset_checks.face01_layout import COMMAND, convert, main, root_layout
 from dataset_checks.rules import RulesError, load_rules, parse_rules
 from dataset_checks.run import Pipeline
 from dataset_checks.vectors import load_table
-from helpers import ARC, write_face01
+from helpers import write_face01
 from test_report import PKG
 
 PEOPLE = {"Audrey Hepburn": ["Audrey Hepburn_9.png", "Audrey Hepburn_1.png", "Audrey Hepburn_default.png"],
@@ -121,6 +121,18 @@ def test_convert_round_trip_one_folder_per_person_and_src_untouched(tmp_path):
         assert np.allclose(table.vectors[rows], want, atol=1e-6)
 
 
+def test_dlib_root_file_keeps_its_key_dtype_and_shape(tmp_path):
+    src = tmp_path / "FACE01"
+    names = ["A_1.png", "B_1.png", "A_2.png"]
+    face01_root(src, names)
+    dlib = np.random.default_rng(3).standard_normal((3, 128))  # FACE01's dlib variant: float64 (N, 128)
+    np.savez(src / "npKnown", name=names, dlib=dlib)
+    convert(src, tmp_path / "people")
+    with np.load(tmp_path / "people" / "A" / "npKnown.npz", allow_pickle=False) as npz:
+        assert sorted(npz.files) == ["dlib", "name"] and npz["dlib"].dtype == np.float64
+        assert np.array_equal(npz["dlib"], dlib[[0, 2]]) and list(npz["name"]) == ["A_1.png", "A_2.png"]
+
+
 def test_names_without_a_prefix_unlisted_images_and_face01_subfolders(tmp_path, capsys):
     src, dst = tmp_path / "FACE01", tmp_path / "people"
     face01_root(src, ["Solo.png", "Audrey Hepburn_1.png", "_x.jpg", "Audrey Hepburn_2.png"])
@@ -134,7 +146,7 @@ def test_names_without_a_prefix_unlisted_images_and_face01_subfolders(tmp_path, 
     assert "2 name(s) without a '_' prefix, each in a folder named by its whole file name stem: 'Solo.png', '_x.jpg'" in out
     assert "1 image(s) not in npKnown.npz (FACE01 found no face?), filed by prefix with no vector: " \
            "'Audrey Hepburn_9.png'" in out
-    assert "1 entry of preset_face_images/ that are not images, left out: 'notes.txt'" in out
+    assert "1 entry of preset_face_images/ not an image, left out: 'notes.txt'" in out
     assert sorted(p.name for p in dst.iterdir()) == ["Audrey Hepburn", "Solo", "_x"]
     assert (dst / "Audrey Hepburn" / "same_face" / "Audrey Hepburn_2.png").is_file()
     assert (dst / "Audrey Hepburn" / "Audrey Hepburn_9.png").is_file()
@@ -261,3 +273,22 @@ def test_a_bad_outputs_value_is_refused(tmp_path):
     assert str(unknown.value) == (f"{path.resolve()}: key 'outputs': expected optional outputs among face01_pairs, "
                                   "found unknown ['face01_pairz']")
     assert isinstance(unknown.value, ValueError) and "face01_pairs" in sinks.optional_outputs()
+
+
+def test_pairs_face01_through_pytest_and_an_unknown_output_refused(pytester):
+    _pairs_dataset(pytester.path / "d")
+    rules = pytester.path / "rules.yaml"
+    rules.write_text("threshold: 0.99\noutputs: [face01_pairs]\n", encoding="utf-8")
+    result = pytester.runpytest_inprocess(PKG, "-p", "no:cacheprovider", "--report-dir", "out", "--rules", str(rules),
+                                          f"--dataset={pytester.path / 'd'}")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED  # the planted pairs fail
+    out = pytester.path / "out"
+    pairs = _rows(out / "pairs_face01.csv")
+    assert pairs and pairs == [[row[1], row[3], row[4]] for row in _rows(out / "findings.csv")[1:]]
+    result.stdout.fnmatch_lines(["*wrote*pairs_face01.csv*"])
+    rules.write_text("threshold: 0.99\noutputs: [face01_pairz]\n", encoding="utf-8")
+    result = pytester.runpytest_inprocess(PKG, "-p", "no:cacheprovider", "--report-dir", "out2", "--rules", str(rules),
+                                          f"--dataset={pytester.path / 'd'}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "expected optional outputs among face01_pairs, found unknown ['face01_pairz']" in result.stderr.str()
+    assert not (pytester.path / "out2" / "findings.csv").exists()

@@ -11,7 +11,9 @@ import pytest
 
 import dataset_checks
 from dataset_checks import vectors
-from dataset_checks.discover import discover_identities, why_no_identities
+from dataset_checks import formats
+from dataset_checks.discover import discover_identities
+from dataset_checks.folderscan import why_no_identities
 from dataset_checks.folderscan import scan_folder
 from dataset_checks.vectors import load_table, read_folder
 
@@ -52,8 +54,8 @@ def json_format(tmp_path, monkeypatch):
     extra.mkdir()
     (extra / "embeddings_json.py").write_text(MODULE)
     monkeypatch.setattr(dataset_checks, "__path__", [*dataset_checks.__path__, str(extra)])
-    monkeypatch.setattr(vectors, "_READERS", vectors._READERS)
-    monkeypatch.setattr(vectors, "_discovered", False)
+    monkeypatch.setattr(formats, "_READERS", formats._READERS)
+    monkeypatch.setattr(formats, "_discovered", False)
     yield
     sys.modules.pop("dataset_checks.embeddings_json", None)
 

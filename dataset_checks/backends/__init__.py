@@ -17,8 +17,8 @@ Each backend module registers itself when imported: `register(BackendSpec(...))`
 `index.type` value that selects it, a factory (`BackendRequest` -> `Backend`), its place in the
 listing of types, whether it runs on a GPU (`GpuBackend` then wraps it) and whether it has a
 calibration stage. Every module of this package is imported the first time the registry is read
-(`backend_spec`, `index_types`), so no list of backends exists to update: `index_rules.INDEX_TYPES`
-("auto" then the registered types, which the rules parser validates `index.type` against),
+(`backend_spec`, `index_types`), so no list of backends exists to update: the rules parser (`index.type`: "auto" or a
+registered type),
 `search.choose_backend` and `search.find_pairs` (GPU or not, calibration stage or not) all ask
 the registry. bounds.py (a helper) and gpu.py (the device wrapper) register nothing. A backend
 module defers heavy or optional imports (faiss: `_faiss()`) to its build: reading the registry,
@@ -170,7 +170,7 @@ class BackendRequest:
 class BackendSpec:
     index_type: str  # the `index.type` value that selects this backend
     factory: Callable[[BackendRequest], Backend]
-    order: int  # place in INDEX_TYPES, which the rules' error message lists in this order
+    order: int  # place in `index_types()`, which the rules' error message lists in this order
     gpu: bool = False  # on a GPU, `GpuBackend` wraps it (its `build` then takes `place`)
     calibrated: bool = False  # find_pairs runs `calibrate` after the build, as a timed stage
 

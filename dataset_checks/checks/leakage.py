@@ -28,9 +28,11 @@ from ..backends import RADIUS_MARGIN  # the search's own float32 margin
 from . import register
 from .base import Check, CheckSettings, Issue, Param
 from .data import CheckData
-from ..discover import Identity, display_name, why_no_identities
+from ..discover import Identity, display_name
+from ..folderscan import why_no_identities
 from ..text import own_text
 from ..problems import MAX_PROBLEMS, SHOWN, Problem, few
+from ..vectors import NO_FACE
 
 if TYPE_CHECKING:
     from ..vectors import VectorTable
@@ -64,12 +66,15 @@ class AgainstDatasetError(RuntimeError):
 
 def lost_folders(identities: list[Identity], table: VectorTable | None) -> list[Problem]:
     """The folders of another dataset that gave no vectors to `table`, each by its first fatal
-    problem (a dangling link, a symbolic link loop, no permission, another model, no embeddings)."""
+    problem (a dangling link, a symbolic link loop, no permission, another model, no embeddings);
+    a FACE01 folder in which FACE01 found no face is not lost: it holds no face to compare."""
     out = []
     for k, ident in enumerate(identities):
         if table is not None and k < len(table.counts) and table.counts[k] > 0:
             continue
         probs = list(table.problems.get(k, ())) if table is not None else list(ident.problems)
+        if probs and not any(p.fatal for p in probs) and any(p.code == NO_FACE for p in probs):
+            continue  # FACE01 found no face there: a folder with nothing to leak, not a lost one
         first = next((p for p in probs if p.fatal), probs[0] if probs else None)
         out.append(first or Problem(ident.display + "/", "no usable vectors", code="empty"))
     return out
