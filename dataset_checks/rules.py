@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 import yaml  # type: ignore[import-untyped]  # no types-PyYAML in the environment: yaml is Any to mypy
 
 from .discover import KNOWN_VECTOR_KEYS  # noqa: F401  (importable from here as before)
+from .threshold import DEFAULT_THRESHOLD  # noqa: F401  (importable from here as before)
 from .index_rules import SCAN_KINDS, IndexRules  # noqa: F401  (IndexRules: importable from here)
 
 if TYPE_CHECKING:  # the registry is imported when first needed (see check_settings)
     from .checks import Check, CheckSettings
 
-DEFAULT_THRESHOLD = 0.85
 
 
 class _Text(str):

@@ -422,7 +422,7 @@ class Pipeline:
     def _model_rules(self, table: VectorTable, prepared: Prepared) -> None:
         """Centre the vectors (embeddings.centre) and resolve `threshold: auto` for the model."""
         from .embed import DEFAULT_THRESHOLDS
-        from .rules import DEFAULT_THRESHOLD
+        from .threshold import DEFAULT_THRESHOLD
         from .vectors import centre_vectors
 
         if self.rules.centre:

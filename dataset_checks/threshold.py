@@ -32,6 +32,8 @@ from numpy.typing import NDArray
 
 from .memory import Budget, gather
 
+DEFAULT_THRESHOLD = 0.85  # a model without a default of its own (rules `threshold`, the floor of `auto`)
+
 # Defaults (rules.yaml `calibration:`); the measurements behind them are in benchmarks/lfw_threshold.py.
 CHANCE_PAIRS = 1.0  # expected different-person pairs at/above the threshold, whole dataset
 # The same photo filed twice must always fail. On LFW (dlib) such pairs scored 0.984-0.998 raw

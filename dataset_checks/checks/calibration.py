@@ -90,7 +90,7 @@ def sample_same_similarities(vectors: np.ndarray, labels: np.ndarray, max_pairs:
 def model_floor(key: str | None, centred: bool) -> float:
     """The floor `threshold: auto` would use for this embedding key (session._model_rules)."""
     from ..embed import DEFAULT_THRESHOLDS
-    from ..rules import DEFAULT_THRESHOLD
+    from ..threshold import DEFAULT_THRESHOLD
 
     if key in DEFAULT_THRESHOLDS:
         return DEFAULT_THRESHOLDS[key]["centred" if centred else "raw"]

@@ -496,3 +496,29 @@ def outlier_rows(fit: FolderFit, settings: CheckSettings) -> NDArray[np.intp]:
 
     outlier = fit.threshold(settings["outlier"], settings["outlier_quantile"])
     return np.flatnonzero((fit.counts[fit._owner] >= settings["min_faces"]) & (fit.own < outlier))
+
+
+def crowding(means: np.ndarray, rows: np.ndarray, k: int, block: int = 256) -> np.ndarray:
+    """Mean cosine of each of `rows`' mean vectors to its k nearest other (non-empty) means.
+
+    float32 products (a ranking signal; 4x less memory traffic than float64 blocks, which cost
+    1.6 s at 20k identities), blocks of `block` rows."""
+    import numpy as np
+
+    present = np.flatnonzero(np.einsum("ij,ij->i", means, means) > 0)
+    k = min(k, present.size - 1)
+    out = np.zeros(rows.size)
+    if k <= 0:
+        return out
+    m = np.ascontiguousarray(means[present], dtype=np.float32)
+    column = np.full(len(means), -1, dtype=np.int64)  # identity -> its column of m
+    column[present] = np.arange(present.size)
+    for s in range(0, rows.size, block):
+        q = rows[s : s + block]
+        sims = np.asarray(means[q], dtype=np.float32) @ m.T
+        own = column[q]
+        mine = np.flatnonzero(own >= 0)
+        sims[mine, own[mine]] = -np.inf  # not itself
+        top = np.partition(sims, sims.shape[1] - k, axis=1)[:, -k:]
+        out[s : s + block] = top.mean(axis=1, dtype=np.float64)
+    return out

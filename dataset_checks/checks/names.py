@@ -360,9 +360,9 @@ def _digits(key: str) -> str:
 
 def crowding(means: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
     """r(X) of merge.py's CSLS score for the folders `rows` (0 for folders without faces)."""
-    from ..merge import _crowding
+    from .folder_fit import crowding
 
-    return _crowding(means, rows, k)
+    return crowding(means, rows, k)
 
 
 LEVEL_TOP = 5  # the face level is never set by fewer than this many random folder pairs
