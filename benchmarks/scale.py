@@ -164,6 +164,8 @@ def one_run(kind: str, dataset: Path, work: Path, n: int, identities: int, queri
             "nprobe": meta.get("search", {}).get("nprobe"), "memory": meta.get("memory"),
             "index": meta.get("index"), "exact": (meta.get("exact") or {}).get("exact"),
             "report_html_mb": round(report.stat().st_size / 2**20, 1) if report.is_file() else None,
+            # what a CI log holds of the run (-q): stdout and stderr, lines
+            "terminal_lines": len((run_dir / "pytest.log").read_text(errors="replace").splitlines()),
             **{f"recall_{k}": v for k, v in rec.items()}}
 
 

@@ -49,6 +49,9 @@ class _HtmlReportData(Protocol):
 
     def set_data(self, key: str, value: object) -> None: ...
 
+    # its count of each outcome: setting it counts one more test of that outcome
+    outcomes: Any
+
 
 _HTML_DATA = pytest.StashKey[_HtmlReportData]()  # the run's report.html data (pytest_html_report_title)
 _HTML_PUBLISHED = pytest.StashKey[Path]()  # report.html, once the finished file was renamed there
@@ -513,6 +516,29 @@ def _run_once(config: pytest.Config, session: CheckSession) -> None:
     else:
         session.findings()
     gc_policy.keep()  # the results live until the end: later collections need not walk them
+    _terminal_budget(config, session)
+
+
+# More failing tests than this and the terminal lists them in our section, strongest evidence
+# first, instead of pytest's lines per failing test (a FAILURES entry and a short-summary line
+# each: 36,355 lines at 1M faces). Every failing test is still a failing test: report.html,
+# findings.json's failed_tests and JUnit XML list each; --tb or -r given by the user win.
+TERMINAL_FAILURES = 200
+TERMINAL_CAPPED_IDENTITIES = 30  # failing identities our section lists when it stands in for pytest's
+
+
+def _terminal_budget(config: pytest.Config, session: CheckSession) -> None:
+    if session.terminal_capped is not None or session.run_error:
+        return
+    failing = sum(len(o.failing) for o in session.findings().identity_outcomes().values())
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if failing <= TERMINAL_FAILURES or config.option.tbstyle != "auto" or reporter is None:
+        session.terminal_capped = 0
+        return
+    config.option.tbstyle = "no"  # read by the terminal reporter when it writes the FAILURES section
+    if config.option.reportchars == "fE":  # pytest's default -r: without its FAILED line per failing test
+        reporter.reportchars = reporter.reportchars.replace("f", "")
+    session.terminal_capped = failing
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
@@ -722,7 +748,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter,
     check = config.stash.get(SESSION, None)
     if check is not None and (check.written or check.write_errors):
         terminalreporter.section("dataset_checks")
-        for line in check.summary_lines():
+        capped = bool(check.terminal_capped)
+        if capped:
+            terminalreporter.write_line(
+                f"dataset_checks: {check.terminal_capped:,} failing tests (over {TERMINAL_FAILURES}): the strongest are "
+                "listed below instead of one entry each; every one is in report.html, findings.json (failed_tests) "
+                "and --junitxml; --tb=short lists each here")
+        for line in check.summary_lines(limit=TERMINAL_CAPPED_IDENTITIES if capped else 10):
             terminalreporter.write_line(terminal_line(line, limit=1000))
     return result
 
@@ -813,8 +845,9 @@ def pytest_runtest_makereport(item: pytest.Item,
     if check is None or report.when != "call" or spec is None or "identity" not in spec.params:
         return report
     identity = spec.params["identity"]
-    # a test_identity row shows its pairs; a check's row only when it fails (passing rows: one line)
-    if identity is not None and (report.failed or _is_test_identity(item)):
+    # a test_identity row shows its pairs (a check's row says its issues in its log; the pairs
+    # are on the identity's test_identity row)
+    if identity is not None and _is_test_identity(item):
         html = check.identity_html(identity)
         if html:
             # report.extras: pytest-html's documented way for a plugin to add to a row
@@ -878,6 +911,15 @@ def pytest_html_results_table_row(report: pytest.TestReport, cells: list[str]) -
         # one (two of every three reports of a run)
         cells.clear()
         return
+    if report.passed and not report.sections and not getattr(report, "extras", None) and _summarise_passing(check):
+        # a large run's passing tests are counted, not listed (issue 23: 20,000 rows made a 37 MB
+        # page): pytest-html counts a row it builds; this one is counted through its report data
+        data = config.stash.get(_HTML_DATA, None) if config is not None else None
+        if data is not None:
+            cells.clear()
+            data.outcomes = "passed"  # pytest-html's own count of passed tests stays true
+            check.passing_rows_left_out += 1
+            return
     from html import escape
 
     # pytest-html 4.2 inserts this cell with innerHTML (pytest-html#1024): escape the id.
@@ -892,6 +934,16 @@ def pytest_html_results_table_row(report: pytest.TestReport, cells: list[str]) -
         key = "1"  # other failing tests (faces not detected) right after the ranked identities
     # pytest-html sorts by the cell's text: the hidden key first, then what a reader sees.
     cells.insert(2, f'<td class="col-dcorder"><span hidden>{key}</span>{escape(label)}</td>')
+
+
+def _summarise_passing(check: CheckSession) -> bool:
+    """Whether report.html counts passing tests instead of listing them: over REPORT_PASSING_ROWS."""
+    from .report import REPORT_PASSING_ROWS
+
+    if check._findings is None:
+        return False
+    outcomes = check._findings.identity_outcomes().values()
+    return sum(o.status == "pass" for o in outcomes) > REPORT_PASSING_ROWS
 
 
 _NO_LOG = "No log output captured."  # pytest-html's log of a row with nothing to show

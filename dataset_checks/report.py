@@ -28,6 +28,12 @@ from .text import own_text, terminal_line
 from .thumbnails import Thumbnails
 
 PAIRS_PER_IDENTITY = 4
+# report.html at any size: the strongest failing identities show their pairs with thumbnails,
+# the rest their best pair as text; above REPORT_PASSING_ROWS passing tests, those are counted
+# in the summary, not listed row by row (every identity is in findings.json, every pair in
+# findings.csv)
+REPORT_DETAILED = 300
+REPORT_PASSING_ROWS = 1000
 MERGE_ROWS = 25
 MERGE_THUMBS = 3
 WAIVED_ROWS = 50
@@ -138,7 +144,7 @@ def verification_text(v: dict[str, Any] | None) -> str:
 
 
 def summary_html(findings: Findings, candidates: list[MergeCandidate], files: Iterable[str] = (),
-                 baseline: dict[str, Any] | None = None) -> str:
+                 baseline: dict[str, Any] | None = None, passing_rows_left_out: int = 0) -> str:
     meta, c = findings.metadata, findings.counts()
     timings = meta.get("timings") or {}
     rows = [
@@ -169,6 +175,13 @@ def summary_html(findings: Findings, candidates: list[MergeCandidate], files: It
         rows.append(("Baseline", text))
     if meta.get("error"):
         rows.append(("Error", _t(meta["error"])))
+    if passing_rows_left_out:
+        rows.append(("Rows", f"{passing_rows_left_out:,} passing tests are counted, not listed row by row (over "
+                             f"{REPORT_PASSING_ROWS:,}): the table lists every failing, not checkable or waived one, "
+                             f"strongest evidence first; findings.json has every identity's status"))
+    if c["failed"] > REPORT_DETAILED:
+        rows.append(("Detail", f"the {REPORT_DETAILED} strongest failing identities show their pairs with "
+                               "thumbnails; the others their best pair (findings.csv has every pair)"))
     files = list(files)
     if files:
         rows.append(("Files", "<br>".join(_e(f) for f in files)))
@@ -197,8 +210,9 @@ def pattern_html(pattern: Pattern) -> str:
 
 def identity_html(verdict: Verdict, thumbs: Thumbnails | None, limit: int = PAIRS_PER_IDENTITY,
                   findings: Findings | None = None, candidates: Iterable[MergeCandidate] = (),
-                  patterns: list[Pattern] | None = None) -> str:
-    """Offending pairs of a failing identity (thumbnails); waived pairs of any identity (names).
+                  patterns: list[Pattern] | None = None, text_only: bool = False) -> str:
+    """Offending pairs of a failing identity (thumbnails; `text_only`: one line each, the rows
+    past report.html's REPORT_DETAILED strongest); waived pairs of any identity (names).
 
     With `findings` (and `candidates`) the pattern line knows the other folders' sizes and the
     merge scores; without, it still names the shape. `patterns`: the identity's patterns when
@@ -212,7 +226,8 @@ def identity_html(verdict: Verdict, thumbs: Thumbnails | None, limit: int = PAIR
         lines = "".join(pattern_html(p) for p in patterns[:3])
         if len(patterns) > 3:
             lines += f"<div>&hellip; and {len(patterns) - 3} more folder(s)</div>"
-        shown = "".join(_pair(thumbs, name, m) for m in failing[:limit])
+        shown = ("<ul>" + "".join(f"<li>{_t(m.line())}</li>" for m in failing[:limit]) + "</ul>" if text_only
+                 else "".join(_pair(thumbs, name, m) for m in failing[:limit]))
         more = f"<p>&hellip; and {len(failing) - limit} more pair(s) in findings.csv</p>" if len(failing) > limit else ""
         parts.append(f"<div class='dc-identity'>{lines}<b>{len(failing)} pair(s) match another identity at cosine &ge; "
                      f"{verdict.threshold:g}</b><div class='dc-pairs'>{shown}</div>{more}</div>")

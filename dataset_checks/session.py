@@ -86,6 +86,10 @@ class CheckSession:
         self.pipeline: Pipeline | None = None  # the run (dataset_checks.run), once findings() ran
         self.result: RunResult | None = None  # its typed result (None when it failed)
         self.full = False  # incremental: --full (search everything, whatever the stored state says)
+        # failing tests that the terminal lists in our section only (plugin._terminal_budget);
+        # 0: pytest lists them itself; None: not decided yet
+        self.terminal_capped: int | None = None
+        self.passing_rows_left_out = 0  # report.html: passing tests summarised, not listed (plugin)
         if rules.dataset is None:
             from dataclasses import replace
 
@@ -330,7 +334,7 @@ class CheckSession:
         if self._findings is None:
             return ""
         return summary_html(self._findings, self.merge_candidates(), [str(p) for p in self.report_files()],
-                            self.baseline_status())
+                            self.baseline_status(), passing_rows_left_out=self.passing_rows_left_out)
 
     def sections_html(self) -> list[str]:
         from .report import merge_html, waived_html
@@ -343,12 +347,17 @@ class CheckSession:
         return [merge_html(self.merge_candidates(), self.thumbnails()), *checks, waived_html(self._findings)]
 
     def identity_html(self, name: str) -> str:
-        """Offending pairs with thumbnails for a failing identity; waived pairs by name."""
-        from .report import identity_html
+        """Offending pairs with thumbnails for a failing identity; waived pairs by name. Past the
+        REPORT_DETAILED strongest failing identities: its best pair as text (findings.csv has
+        every pair), so that report.html stays a page a browser opens at any size."""
+        from .report import REPORT_DETAILED, identity_html
 
         if self._findings is None or name not in self._findings.verdicts:
             return ""
         verdict = self._findings.verdicts[name]
+        if verdict.status == "fail" and self.identity_rank().get(name, 0) >= REPORT_DETAILED:
+            return identity_html(verdict, None, limit=1, findings=self._findings, patterns=self.patterns(name),
+                                 text_only=True)
         return identity_html(verdict, self.thumbnails() if verdict.status == "fail" else None,
                              findings=self._findings, patterns=self.patterns(name))
 

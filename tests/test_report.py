@@ -71,7 +71,9 @@ def extras_of(rec) -> dict[str, str]:
             m = re.search(r"\[(.*)\]$", rep.nodeid)
             if m is None:  # test_dataset: no identity
                 continue
-            out[m.group(1)] = "".join(e["content"] for e in getattr(rep, "extras", []) if e["format_type"] == "html")
+            # every row of the identity (its pairs are on its test_identity row)
+            out[m.group(1)] = out.get(m.group(1), "") + "".join(
+                e["content"] for e in getattr(rep, "extras", []) if e["format_type"] == "html")
     return out
 
 
@@ -303,3 +305,31 @@ def test_hostile_folder_name_never_reaches_the_report_unescaped(pytester, run):
     tests = report_tests(raw)
     cells = [c for t in tests.values() for c in t["resultsTableRow"]]
     assert any("%3Cimg src=x onerror=alert(1)%3E" in c for c in cells)
+
+
+def test_a_large_run_counts_its_passing_tests_and_details_its_strongest_failures(pytester, dataset, run, monkeypatch):
+    # issue 23: report.html at scale. Over REPORT_PASSING_ROWS passing tests, those are counted
+    # (pytest-html's own count stays true) and not listed; past the REPORT_DETAILED strongest
+    # failing identities, a row shows its best pair as text, without thumbnails
+    import dataset_checks.report as report_mod
+
+    monkeypatch.setattr(report_mod, "REPORT_PASSING_ROWS", 1)
+    monkeypatch.setattr(report_mod, "REPORT_DETAILED", 1)
+    rec = run("--dataset", str(dataset), "--threshold", "0.85")
+    passed = len([r for r in rec.getreports("pytest_runtest_logreport") if r.when == "call" and r.passed])
+    failed = len([r for r in rec.getreports("pytest_runtest_logreport") if r.when == "call" and r.failed])
+    assert passed > 2 and failed >= 2
+    html = (pytester.path / "out" / "report.html").read_text(encoding="utf-8")
+    tests = report_tests(html)
+    assert {t["result"] for t in tests.values()} == {"Failed"}  # every row left is a failure
+    assert len(tests) == failed
+    assert f'<span class="passed">{passed} Passed,</span>' in html  # pytest-html's count, still right
+    assert f"{passed:,} passing tests are counted, not listed row by row" in html
+    assert "the 1 strongest failing identities show their pairs with" in html
+    with_thumbs = [k for k, t in tests.items() if "::test_identity[" in k
+                   and any("<img" in e.get("content", "") for e in t.get("extras", []))]
+    assert len(with_thumbs) == 1  # the strongest only; the others: their best pair as text
+    texts = {k: "".join(e.get("content", "") for e in t.get("extras", [])) for k, t in tests.items()
+             if "::test_identity[" in k}
+    bad = {k: text[-300:] for k, text in texts.items() if k not in with_thumbs and (".jpg" not in text or "<img" in text)}
+    assert not bad, bad

@@ -207,3 +207,32 @@ def test_message_brief_keeps_a_few_lines():
     assert brief.lines == ("X: 5 misfiled faces issue(s):", "  x1 ↔ Y/y1: far", "  x2",
                            "  ... and 2 more line(s) (report.html)")
     assert message_brief("one line").lines == ("one line",)
+
+
+def test_many_failing_tests_are_listed_in_our_section_not_one_entry_each(pytester, dataset, monkeypatch):
+    # issue 23: thousands of failing identities made a 36,000-line terminal; over the budget
+    # the terminal lists the strongest in one section, and every failing test stays a failure
+    import dataset_checks.plugin as plugin
+
+    monkeypatch.setattr(plugin, "TERMINAL_FAILURES", 2)
+    result = _run(pytester, dataset, "-q", "--junitxml", "junit.xml")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    out = result.stdout.str()
+    assert " FAILURES =" not in out and not any(line.startswith("FAILED ") for line in result.stdout.lines)
+    capped = [line for line in result.stdout.lines if "failing tests (over 2): the strongest are listed below" in line]
+    assert len(capped) == 1
+    failing = failing_identities(dataset)
+    assert "failing identities, strongest evidence first:" in out
+    junit = ET.parse(pytester.path / "junit.xml").getroot()
+    failed = {tc.get("name") for tc in junit.iter("testcase") if tc.find("failure") is not None}
+    assert {f"test_identity[{name}]" for name in failing} <= failed  # every one is still a failing test
+    # the user's own --tb wins: each failure listed again
+    result = _run(pytester, dataset, "-q", "--tb=short")
+    assert " FAILURES =" in result.stdout.str() and any(line.startswith("FAILED ") for line in result.stdout.lines)
+    assert not any("failing tests (over 2)" in line for line in result.stdout.lines)
+
+
+def test_few_failing_tests_keep_pytests_own_lines(pytester, dataset):
+    result = _run(pytester, dataset, "-q")
+    assert " FAILURES =" in result.stdout.str() and any(line.startswith("FAILED ") for line in result.stdout.lines)
+    assert not any("the strongest are listed below" in line for line in result.stdout.lines)
