@@ -46,6 +46,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
+from report_size import chromium_seconds  # noqa: E402
 from seed_scale import run_child  # noqa: E402
 
 THRESHOLD = 0.85
@@ -164,6 +165,8 @@ def one_run(kind: str, dataset: Path, work: Path, n: int, identities: int, queri
             "nprobe": meta.get("search", {}).get("nprobe"), "memory": meta.get("memory"),
             "index": meta.get("index"), "exact": (meta.get("exact") or {}).get("exact"),
             "report_html_mb": round(report.stat().st_size / 2**20, 1) if report.is_file() else None,
+            # headless Chromium until its first screen (nan without Chromium)
+            "report_first_screen_s": round(chromium_seconds(report, "screenshot"), 1) if report.is_file() else None,
             # what a CI log holds of the run (-q): stdout and stderr, lines
             "terminal_lines": len((run_dir / "pytest.log").read_text(errors="replace").splitlines()),
             **{f"recall_{k}": v for k, v in rec.items()}}
@@ -183,6 +186,12 @@ def render(rows: list[dict], env: str) -> str:
                    f"{r['rss_over_table']} | {r['pytest_s']} ({r['pytest_ms_per_identity']}) | "
                    f"{r['recall_recall']:.4f} ({r['recall_exact_pairs']} pairs) | "
                    f"{r['recall_brute_force_s_estimate'] / 60:.1f} min |")
+    out += ["", "Review (what a person and a CI log get): report.html MB, its first screen in headless Chromium, "
+            "terminal lines with -q:", ""]
+    for r in rows:
+        if r.get("terminal_lines") is not None:
+            out.append(f"- {r['vectors']:,} {r['run']}: report.html {r.get('report_html_mb')} MB, first screen "
+                       f"{r.get('report_first_screen_s')} s, {r['terminal_lines']:,} terminal lines")
     out += ["", "Stages (seconds):", ""]
     for r in rows:
         out.append(f"- {r['vectors']:,} {r['run']}: " + ", ".join(f"{k} {v}" for k, v in r["timings"].items())

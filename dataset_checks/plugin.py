@@ -754,8 +754,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter,
                 f"dataset_checks: {check.terminal_capped:,} failing tests (over {TERMINAL_FAILURES}): the strongest are "
                 "listed below instead of one entry each; every one is in report.html, findings.json (failed_tests) "
                 "and --junitxml; --tb=short lists each here")
-        for line in check.summary_lines(limit=TERMINAL_CAPPED_IDENTITIES if capped else 10):
+        lines = check.summary_lines(limit=TERMINAL_CAPPED_IDENTITIES if capped else 10)
+        for line in lines:
             terminalreporter.write_line(terminal_line(line, limit=1000))
+        if capped and lines:  # the headline again, in the last screen of a long log
+            terminalreporter.write_line(terminal_line(lines[0], limit=1000))
     return result
 
 

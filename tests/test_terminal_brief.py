@@ -223,6 +223,8 @@ def test_many_failing_tests_are_listed_in_our_section_not_one_entry_each(pyteste
     assert len(capped) == 1
     failing = failing_identities(dataset)
     assert "failing identities, strongest evidence first:" in out
+    headline = [line for line in result.stdout.lines if " identities fail (" in line]
+    assert len(headline) == 2 and headline[0] == headline[1]  # again at the end: in the log's last screen
     junit = ET.parse(pytester.path / "junit.xml").getroot()
     failed = {tc.get("name") for tc in junit.iter("testcase") if tc.find("failure") is not None}
     assert {f"test_identity[{name}]" for name in failing} <= failed  # every one is still a failing test
