@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Iterable, Literal, cast
 
+from .backends import _bar
 from .blas import cores, single_threaded
 from .checks import Check, CheckSettings, all_checks
 from .checks.data import CheckData
@@ -161,22 +162,25 @@ def run_checks(data: CheckData, waivers: dict[Key, str] | None = None, accept: s
     # one core anyway; threads woken per product cost more than they save (3x on the 2-core
     # benchmark machine with other work running; see dataset_checks.blas). Set once around the
     # lanes: the setting is process-wide.
+    # a bar of checks done (a run with progress shown: its context's bar factory)
+    bar = _bar(data.context.progress if data.context is not None else None, len(todo), "checks", "check")
     with single_threaded():
         if workers == 1:
             for lane in lanes.values():
-                _run_lane(lane, data)
+                _run_lane(lane, data, bar)
         else:
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="check") as pool:
                 # the longest lanes first (most checks), so the short ones fill in beside them
-                for future in [pool.submit(_run_lane, lane, data)
+                for future in [pool.submit(_run_lane, lane, data, bar)
                                for lane in sorted(lanes.values(), key=len, reverse=True)]:
                     future.result()
+    bar.close()
     for result in todo:
         _judge(result, rules, waivers, accept)
     return {result.name: result for result in todo}
 
 
-def _run_lane(lane: list[CheckResult], data: CheckData) -> None:
+def _run_lane(lane: list[CheckResult], data: CheckData, bar: _bar) -> None:
     for result in lane:
         t0 = time.perf_counter()
         try:
@@ -186,6 +190,7 @@ def _run_lane(lane: list[CheckResult], data: CheckData) -> None:
             result.error = f"{type(exc).__name__}: {exc}"
             result.issues = []
         result.seconds = time.perf_counter() - t0
+        bar.update(1)
 
 
 def _judge(result: CheckResult, rules: Rules, waivers: dict[Key, str], accept: str | None) -> None:

@@ -20,6 +20,7 @@ from .cutoff import Threshold
 from .findings import Findings, build_findings
 from .issues import Issue
 from .rules import Rules
+from .backends import _stage
 from .search import SearchTooBroad, exactness, find_pairs
 from .vectors import load_table
 from .verify import verify_search
@@ -175,8 +176,9 @@ class Pipeline:
         verification = None
         if self.search is not None:
             t0 = time.perf_counter()
-            verification = verify_search(table.vectors, table.identity_of, self.threshold.radius,
-                                         self.search.i, self.search.j)
+            with _stage(progress, "verifying a sample against brute force"):
+                verification = verify_search(table.vectors, table.identity_of, self.threshold.radius,
+                                             self.search.i, self.search.j)
             self._add_missed(table, verification.pop("_missed_rows", ((), ())), verification)
             def face(r: int) -> str:
                 return f"{table.identities[table.identity_of[r]].display}/{table.files[r]}"
@@ -456,9 +458,10 @@ class Pipeline:
                         "sample_pairs": int(cal.sample_pairs), "seed": int(cal.seed)}
             if self._baseline_threshold(settings):
                 return
-            choice = calibrate_threshold(table.vectors, table.identity_of, floor, chance_pairs=cal.chance_pairs,
-                                         ceiling=ceiling, sample_pairs=cal.sample_pairs, seed=cal.seed,
-                                         budget=self.budget)
+            with _stage(self._bar if self.progress else None, "calibrating the threshold (threshold: auto)"):
+                choice = calibrate_threshold(table.vectors, table.identity_of, floor, chance_pairs=cal.chance_pairs,
+                                             ceiling=ceiling, sample_pairs=cal.sample_pairs, seed=cal.seed,
+                                             budget=self.budget)
             self.timings["threshold"] = choice.seconds
             self.threshold = replace(self.threshold, value=float(choice.value), source=choice.source_text(),
                                      choice=choice, record={"value": choice.value, "settings": settings})

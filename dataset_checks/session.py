@@ -256,10 +256,14 @@ class CheckSession:
                 self._candidates = []
                 return self._candidates
             t0 = time.perf_counter()
+            from .backends import _stage
+
             means = self.pipeline.folder_means if self.pipeline is not None else None
-            self._candidates = merge_candidates(t.vectors, t.identity_of, [i.name for i in t.identities], f.pairs,
-                                                name_matches=matches_of(self.check_results.values()), means=means,
-                                                copy_similarity=f.metadata.get("copy_similarity"))
+            bars = self.pipeline._bar if self.pipeline is not None and self.progress else None
+            with _stage(bars, "ranking the folders that may be one person"):
+                self._candidates = merge_candidates(t.vectors, t.identity_of, [i.name for i in t.identities], f.pairs,
+                                                    name_matches=matches_of(self.check_results.values()),
+                                                    means=means, copy_similarity=f.metadata.get("copy_similarity"))
             self.timings["merge"] = time.perf_counter() - t0  # a stage like the others (findings.json)
         return self._candidates
 

@@ -130,3 +130,55 @@ def test_a_sink_that_fails_is_named_and_the_others_still_write(tmp_path, monkeyp
     written = sinks.write_all(tmp_path / "out", sinks.RunView(result.findings, (), result.check_results))
     assert len(written.errors) == 1 and "findings.csv" in written.errors[0] and "No space" in written.errors[0]
     assert (tmp_path / "out" / "findings.json").is_file() and not (tmp_path / "out" / "findings.csv").exists()
+
+
+class _Bars:
+    """A tqdm-like factory that records each bar: its description, total and the count reached."""
+
+    def __init__(self) -> None:
+        self.bars: list[dict] = []
+
+    def __call__(self, iterable=None, **kw):
+        bar = {"desc": kw.get("desc"), "total": kw.get("total"), "n": 0, "closed": False}
+        self.bars.append(bar)
+        if iterable is not None:
+            def gen():
+                for item in iterable:
+                    bar["n"] += 1
+                    yield item
+            return gen()
+
+        class Bar:
+            def update(self, k=1):
+                bar["n"] += k
+
+            def close(self):
+                bar["closed"] = True
+
+        return Bar()
+
+
+def test_every_long_stage_shows_a_bar_with_its_count(tmp_path, monkeypatch):
+    # issue 23: progress a person can follow; a bar exists only where the run shows progress
+    # (a terminal), so CI logs stay quiet (Pipeline(progress=False) opens none)
+    from dataset_checks.session import CheckSession
+
+    _dataset(tmp_path / "d", 6)
+    bars = _Bars()
+    monkeypatch.setattr(Pipeline, "_bar", lambda self, iterable=None, **kw: bars(iterable, **kw))
+    session = CheckSession(parse_rules({"threshold": "auto", "dataset": str(tmp_path / "d")}), progress=True)
+    session.cache_root = tmp_path
+    session.findings()
+    session.merge_candidates()
+    by_desc = {b["desc"]: b for b in bars.bars}
+    for desc in ("listing", "loading", "calibrating the threshold (threshold: auto)", "searching",
+                 "verifying a sample against brute force", "checks", "ranking the folders that may be one person"):
+        assert desc in by_desc, (desc, list(by_desc))
+    assert by_desc["loading"]["n"] == by_desc["loading"]["total"] == 7
+    checks = by_desc["checks"]
+    assert checks["n"] == checks["total"] == len(session.check_results) and checks["closed"]
+    quiet = CheckSession(parse_rules({"threshold": "auto", "dataset": str(tmp_path / "d")}), progress=False)
+    quiet.cache_root = tmp_path / "q"
+    before = len(bars.bars)
+    quiet.findings()
+    assert len(bars.bars) == before  # no bar without a terminal
