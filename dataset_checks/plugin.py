@@ -945,8 +945,10 @@ def _summarise_passing(check: CheckSession) -> bool:
 
     if check._findings is None:
         return False
-    outcomes = check._findings.identity_outcomes().values()
-    return sum(o.status == "pass" for o in outcomes) > REPORT_PASSING_ROWS
+    if check.summarise_passing is None:  # once per run: this is asked for every row
+        outcomes = check._findings.identity_outcomes().values()
+        check.summarise_passing = sum(o.status == "pass" for o in outcomes) > REPORT_PASSING_ROWS
+    return check.summarise_passing
 
 
 _NO_LOG = "No log output captured."  # pytest-html's log of a row with nothing to show

@@ -61,6 +61,7 @@ class CheckSession:
         self._ranked: list[RankedIdentity] | None = None  # failing identities by evidence, once per run
         self._patterns: dict[str, list[Pattern]] = {}  # identity name -> its patterns (failing ones)
         self._row_order: dict[str, tuple[str, str]] | None = None
+        self._rank: dict[str, int] | None = None  # identity_rank(), once per run
         self._thumbs: Thumbnails | None = None
         self.report_dir = Path(report_dir) if report_dir is not None else None
         self.progress = stderr_is_terminal() if progress is None else progress
@@ -90,6 +91,7 @@ class CheckSession:
         # 0: pytest lists them itself; None: not decided yet
         self.terminal_capped: int | None = None
         self.passing_rows_left_out = 0  # report.html: passing tests summarised, not listed (plugin)
+        self.summarise_passing: bool | None = None  # whether it does (decided once, plugin._summarise_passing)
         if rules.dataset is None:
             from dataclasses import replace
 
@@ -323,13 +325,17 @@ class CheckSession:
 
     def identity_rank(self) -> dict[str, int]:
         """Identity name -> position by evidence: failing ones first, strongest evidence first
-        (patterns.rank_failing), then those that could not be checked, then the rest by name."""
+        (patterns.rank_failing), then those that could not be checked, then the rest by name. Once
+        per run: the ordering and every report row read it."""
+        if self._rank is not None:
+            return self._rank
         findings = self.findings()
         rank = {r.verdict.identity.name: n for n, r in enumerate(self.ranked())}
         rest = sorted((v for v in findings.verdicts.values() if v.identity.name not in rank),
                       key=lambda v: (v.status == "pass", v.identity.name))
         for v in rest:
             rank[v.identity.name] = len(rank)
+        self._rank = rank
         return rank
 
     def summary_html(self) -> str:
@@ -437,7 +443,7 @@ class CheckSession:
         """Remove the demo dataset and drop the results (the run is over: pytest's final garbage
         collection then has ~100k fewer objects to walk)."""
         self._findings = self._candidates = self.table = self.search = None
-        self._ranked, self._patterns, self._row_order = None, {}, None
+        self._ranked, self._patterns, self._row_order, self._rank = None, {}, None, None
         if self._demo_dir is not None:
             shutil.rmtree(self._demo_dir.parent, ignore_errors=True)
             self._demo_dir = None

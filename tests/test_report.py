@@ -333,3 +333,47 @@ def test_a_large_run_counts_its_passing_tests_and_details_its_strongest_failures
              if "::test_identity[" in k}
     bad = {k: text[-300:] for k, text in texts.items() if k not in with_thumbs and (".jpg" not in text or "<img" in text)}
     assert not bad, bad
+
+
+def test_per_row_work_does_not_grow_with_the_dataset(pytester, run, monkeypatch):
+    # every report row asks the session about its identity: what it asks must be computed once
+    # per run, not once per row (20,000 rows each summing 20,000 outcomes took minutes at 1M)
+    import numpy as np
+
+    from dataset_checks.findings import Findings
+    from dataset_checks.session import CheckSession
+    from helpers import clustered, write_face01
+
+    rng = np.random.default_rng(3)
+    root = pytester.path / "many"
+    faces = clustered(rng, [3] * 120, 32, intra=0.6)
+    faces[1][0] = faces[0][0]  # one failing pair among 120 folders
+    for k, x in enumerate(faces):
+        write_face01(root, f"P{k:03d}", x)
+    import dataset_checks.patterns as patterns_mod
+
+    calls = {"outcomes": 0, "ranked": 0, "rank": 0}
+    outcomes, rank_failing, identity_rank = Findings.identity_outcomes, patterns_mod.rank_failing, CheckSession.identity_rank
+
+    def count_outcomes(self):
+        calls["outcomes"] += 1
+        return outcomes(self)
+
+    def count_rank_failing(*args, **kw):
+        calls["ranked"] += 1
+        return rank_failing(*args, **kw)
+
+    def count_identity_rank(self):
+        calls["rank"] += self._rank is None  # computed, not read back
+        return identity_rank(self)
+
+    monkeypatch.setattr(Findings, "identity_outcomes", count_outcomes)
+    monkeypatch.setattr(patterns_mod, "rank_failing", count_rank_failing)
+    monkeypatch.setattr(CheckSession, "identity_rank", count_identity_rank)
+    import dataset_checks.report as report_mod
+
+    monkeypatch.setattr(report_mod, "REPORT_PASSING_ROWS", 10)  # the counting path runs for every passing row
+    rec = run("--dataset", str(root), "--threshold", "0.95")
+    rows = len([r for r in rec.getreports("pytest_runtest_logreport") if r.when == "call"])
+    assert rows >= 120
+    assert calls["outcomes"] <= 20 and calls["ranked"] == 1 and calls["rank"] == 1, (calls, rows)
