@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import write_face01
+from helpers import fake_embedder, write_face01
 
 PKG = str(Path(__file__).resolve().parents[1] / "dataset_checks")
 FILLERS = ["Alice_Cooper", "Bruno_Mars", "Chaka_Khan", "Dolly_Parton", "Freddie_Mercury", "Gwen_Stefani",
@@ -113,24 +113,6 @@ def test_every_count_is_the_number_of_identities_with_a_failing_test(pytester, d
     assert doc["identities"]["Zed_Broken"]["status"] == "error"
 
 
-FAKE = '''
-import numpy as np
-
-def embed(images):
-    """Test embedder: 4x4 grid of grey means; a black image has no face."""
-    out = []
-    for im in images:
-        if im.reshape(-1, 3).mean(axis=0).sum() < 5:
-            out.append(None)
-            continue
-        h, w = im.shape[:2]
-        out.append(np.array([im[i * h // 4:(i + 1) * h // 4, j * w // 4:(j + 1) * w // 4].mean()
-                             for i in range(4) for j in range(4)], dtype=np.float32) - 127.0)
-    return out
-
-embed.model_name = "fake_counts"
-embed.model_version = "1"
-'''
 
 
 def _png(path: Path, person: int, shot: int, face: bool = True) -> None:
@@ -149,7 +131,7 @@ def _png(path: Path, person: int, shot: int, face: bool = True) -> None:
 def test_image_folders_count_faces_detected_failures(pytester, monkeypatch):
     mods = pytester.path / "mods"
     mods.mkdir()
-    (mods / "fakeemb_counts.py").write_text(FAKE, encoding="utf-8")
+    (mods / "fakeemb_counts.py").write_text(fake_embedder("fake_counts"), encoding="utf-8")
     monkeypatch.syspath_prepend(str(mods))
     root = pytester.path / "imgs"
     for k in range(6):

@@ -28,30 +28,12 @@ from dataset_checks.folderscan import scan_folder
 from dataset_checks.rules import parse_rules
 from dataset_checks.session import CheckSession
 from dataset_checks.thumbnails import Thumbnails
-from helpers import ARC, clustered, cross_identity_only, family_outcomes, write_face01
+from helpers import ARC, clustered, cross_identity_only, fake_embedder, family_outcomes, write_face01
 from test_report import PKG
 
 DIM = 64
 THRESHOLD = 0.9  # generated faces of two people stay far below it; a planted copy far above
 
-FAKE = '''
-import numpy as np
-
-def embed(images):
-    """4x4 grid of grey means (16-d); a black image: no face."""
-    out = []
-    for im in images:
-        if im.reshape(-1, 3).mean(axis=0).sum() < 5:
-            out.append(None)
-            continue
-        h, w = im.shape[:2]
-        out.append(np.array([im[i * h // 4:(i + 1) * h // 4, j * w // 4:(j + 1) * w // 4].mean()
-                             for i in range(4) for j in range(4)], dtype=np.float32) - 127.0)
-    return out
-
-embed.model_name = MODEL
-embed.model_version = "1"
-'''
 
 
 @pytest.fixture
@@ -59,8 +41,8 @@ def fakes(tmp_path, monkeypatch):
     """Plugged embedders (no dlib): one making 'fake' vectors, one making the file's own key."""
     mods = tmp_path / "mods"
     mods.mkdir()
-    (mods / "f2fake_other.py").write_text(FAKE.replace("MODEL", repr("fake")))
-    (mods / "f2fake_arc.py").write_text(FAKE.replace("MODEL", repr(ARC)))
+    (mods / "f2fake_other.py").write_text(fake_embedder("fake"))
+    (mods / "f2fake_arc.py").write_text(fake_embedder(ARC))
     monkeypatch.syspath_prepend(str(mods))
     return {"other": "f2fake_other:embed", "own": "f2fake_arc:embed"}
 
